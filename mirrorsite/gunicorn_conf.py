@@ -1,0 +1,19 @@
+"""Gunicorn settings for the mirror, from the same environment as Django's settings.
+
+gthread workers: blob hits go out through sendfile (gunicorn's wsgi.file_wrapper), so a
+thread only waits on the socket; misses stream from the upstream in a thread each.
+"""
+import os
+
+bind = [os.environ.get("REGISTRY_HTTP_ADDR", "0.0.0.0:5000")]
+worker_class = "gthread"
+workers = int(os.environ.get("MIRROR_WEB_WORKERS", "2"))
+threads = int(os.environ.get("MIRROR_WEB_THREADS", "32"))
+# Large blobs stream for minutes; the gthread heartbeat keeps the worker alive meanwhile.
+timeout = 120
+graceful_timeout = int(os.environ.get("MIRROR_WEB_GRACEFUL_TIMEOUT", "10"))
+keepalive = 75
+accesslog = "-" if os.environ.get("MIRROR_ACCESS_LOG", "true").lower() in ("1", "true", "yes", "on") else None
+errorlog = "-"
+loglevel = os.environ.get("MIRROR_LOG_LEVEL", "info").lower()
+wsgi_app = "mirrorsite.wsgi:application"

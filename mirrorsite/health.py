@@ -1,0 +1,25 @@
+"""Liveness and readiness for load balancers and orchestrators."""
+from django.db import DatabaseError, connection
+from django.http import HttpRequest, JsonResponse
+
+from registry.blobstore import default_store
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """The process answers."""
+    return JsonResponse({"status": "ok"})
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """The process can serve its cache: database reachable, blob store writable."""
+    checks = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+    except DatabaseError as error:
+        checks["database"] = f"error: {type(error).__name__}"
+    store = default_store()
+    checks["storage"] = "ok" if store.tmp_dir.is_dir() and store.blob_dir.is_dir() else "error: missing"
+    ready = all(value == "ok" for value in checks.values())
+    return JsonResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)

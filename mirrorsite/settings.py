@@ -1,0 +1,149 @@
+"""Mirrorsite settings: every knob is an environment variable, read here and only here.
+
+The embedded default (no environment at all) is a complete mirror of Docker Hub that keeps
+everything (SQLite database, blobs, temporary files, generated secret key) under
+MIRROR_DATA_DIR. The README lists every variable.
+"""
+from pathlib import Path
+import secrets
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+# --- Where the embedded default keeps its state -------------------------------------------
+MIRROR_DATA_DIR = Path(env.str("MIRROR_DATA_DIR", default=str(BASE_DIR / "data"))).resolve()
+MIRROR_DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _embedded_secret_key() -> str:
+    """A key generated once per data directory, so sessions survive restarts."""
+    path = MIRROR_DATA_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="") or _embedded_secret_key()
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# A mirror is reached under many host names (IPs, DNS aliases, load balancers).
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["*"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "registry",
+    "dashboard",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "mirrorsite.urls"
+WSGI_APPLICATION = "mirrorsite.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ------------------------------------------------------------------------------
+DATABASES = {
+    "default": env.db_url(
+        "DATABASE_URL", default=f"sqlite:///{MIRROR_DATA_DIR / 'db.sqlite3'}"
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several server processes share the file: WAL lets readers run beside one writer,
+    # IMMEDIATE transactions and a busy timeout turn lock contention into waiting, not errors.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+# Serve the admin's assets straight from the installed apps: no collectstatic step to forget.
+STATIC_ROOT = None
+WHITENOISE_USE_FINDERS = True
+
+# --- The web server (`manage.py serve`) -----------------------------------------------------
+REGISTRY_HTTP_ADDR = env.str("REGISTRY_HTTP_ADDR", default="0.0.0.0:5000")
+MIRROR_WEB_WORKERS = env.int("MIRROR_WEB_WORKERS", default=2)
+MIRROR_WEB_THREADS = env.int("MIRROR_WEB_THREADS", default=32)
+
+# --- The default upstream (Distribution's names, so a registry:2 command line carries over) --
+REGISTRY_PROXY_REMOTEURL = env.str("REGISTRY_PROXY_REMOTEURL", default="https://registry-1.docker.io")
+REGISTRY_PROXY_USERNAME = env.str("REGISTRY_PROXY_USERNAME", default="")
+REGISTRY_PROXY_PASSWORD = env.str("REGISTRY_PROXY_PASSWORD", default="")
+# "auto": one-component names mean library/<name> when the upstream is Docker Hub.
+MIRROR_UPSTREAM_LIBRARY_PREFIX = env.str("MIRROR_UPSTREAM_LIBRARY_PREFIX", default="auto")
+MIRROR_UPSTREAM_CONNECT_TIMEOUT = env.float("MIRROR_UPSTREAM_CONNECT_TIMEOUT", default=5.0)
+MIRROR_UPSTREAM_READ_TIMEOUT = env.float("MIRROR_UPSTREAM_READ_TIMEOUT", default=60.0)
+
+# --- Cache behaviour --------------------------------------------------------------------------
+# Seconds a tag's digest is trusted before an upstream HEAD revalidates it (0 = every time).
+MIRROR_TAG_TTL = env.int("MIRROR_TAG_TTL", default=60)
+# How old (since its last successful revalidation) a tag may be and still be served stale
+# when the upstream is down or rate-limits us.
+MIRROR_TAG_MAX_STALENESS = env.int("MIRROR_TAG_MAX_STALENESS", default=30 * 24 * 3600)
+# Last-pulled times are buffered in each process and written at most this often (seconds).
+MIRROR_PULL_TIME_FLUSH_INTERVAL = env.int("MIRROR_PULL_TIME_FLUSH_INTERVAL", default=60)
+
+LOG_LEVEL = env.str("MIRROR_LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        # 404s and 405s are everyday registry answers, not warnings.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+    },
+}
+
+# --- Celery (workers for prefetch, refresh and garbage collection) ---------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
+CELERY_TASK_IGNORE_RESULT = True

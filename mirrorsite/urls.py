@@ -1,0 +1,24 @@
+from django.contrib import admin
+from django.urls import path, re_path
+
+from registry import views as registry_views
+
+from . import health
+
+# Repository names contain slashes, so they are matched loosely here and validated
+# against the OCI grammar in the views (a bad name is NAME_INVALID, not a 404).
+NAME = r"(?P<name>.+?)"
+
+urlpatterns = [
+    path("v2/", registry_views.base),
+    re_path(r"^v2/_catalog$", registry_views.catalog),
+    re_path(rf"^v2/{NAME}/manifests/(?P<reference>[^/]+)$", registry_views.manifest),
+    re_path(rf"^v2/{NAME}/blobs/uploads(?:/.*)?$", registry_views.unsupported),
+    re_path(rf"^v2/{NAME}/blobs/(?P<digest>[^/]+)$", registry_views.blob),
+    re_path(rf"^v2/{NAME}/tags/list$", registry_views.tags_list),
+    re_path(rf"^v2/{NAME}/referrers/(?P<digest>[^/]+)$", registry_views.referrers),
+    re_path(r"^v2/.*$", registry_views.unknown_endpoint),
+    path("healthz", health.healthz),
+    path("readyz", health.readyz),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,352 @@
+"""The pull-through logic: resolve a tag, get a manifest, fetch a blob.
+
+Plain Python over the models, the blob store and the upstream client; it knows nothing of
+HTTP requests, so the views, the Celery tasks and the tests all call the same functions.
+Names given to these functions are as clients send them; `Upstream.upstream_name` maps them
+to the upstream's own (`alpine` → `library/alpine` on Docker Hub).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import json
+from datetime import timedelta
+import logging
+from pathlib import Path
+import threading
+from typing import Iterator
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import oci, pulltimes
+from .blobstore import BlobStore, DigestMismatch, default_store
+from .models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, Upstream, UpstreamAccount
+from .upstream import RateLimit, UpstreamClient, UpstreamUnavailable
+
+logger = logging.getLogger(__name__)
+
+# Upstream failures after which a cached tag is served stale rather than failing the pull.
+STALE_SERVABLE = (UpstreamUnavailable, oci.TooManyRequests)
+
+
+@dataclass(frozen=True)
+class ManifestResult:
+    digest: str
+    media_type: str
+    content: bytes
+    # Set when the upstream could not confirm the tag and the cached digest was served anyway.
+    stale_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class CachedBlob:
+    """A committed blob: serve it from the store."""
+
+    path: Path
+    size: int
+
+
+@dataclass
+class FillingBlob:
+    """A miss: the bytes stream to the client as they are written and verified."""
+
+    size: int | None
+    chunks: Iterator[bytes] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class TagPage:
+    tags: list[str]
+    next_last: str | None  # set when there is a further page
+    stale: bool = False
+
+
+# --- upstream clients ------------------------------------------------------------------------
+_clients: dict[tuple, UpstreamClient] = {}
+_clients_lock = threading.Lock()
+
+
+def upstream_client(upstream: Upstream) -> UpstreamClient:
+    """The process-wide client of an upstream; it caches tokens and connections."""
+    username, password = settings.REGISTRY_PROXY_USERNAME, settings.REGISTRY_PROXY_PASSWORD
+    key = (upstream.pk, upstream.url, username)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = UpstreamClient(
+                upstream.url,
+                username,
+                password,
+                connect_timeout=settings.MIRROR_UPSTREAM_CONNECT_TIMEOUT,
+                read_timeout=settings.MIRROR_UPSTREAM_READ_TIMEOUT,
+                on_ratelimit=_ratelimit_recorder(upstream, username),
+            )
+            _clients[key] = client
+    return client
+
+
+def _ratelimit_recorder(upstream: Upstream, username: str):
+    def record(ratelimit: RateLimit) -> None:
+        UpstreamAccount.objects.filter(upstream=upstream, username=username or "").update(
+            ratelimit_limit=ratelimit.limit,
+            ratelimit_remaining=ratelimit.remaining,
+            ratelimit_window=ratelimit.window,
+            ratelimit_seen_at=timezone.now(),
+        )
+
+    return record
+
+
+# --- manifests -------------------------------------------------------------------------------
+def get_manifest(upstream: Upstream, name: str, reference: oci.Reference) -> ManifestResult:
+    """The manifest a client asked for, from cache when it may be, else from the upstream."""
+    repo_name = upstream.upstream_name(oci.validate_name(name))
+    if reference.digest is not None:
+        return _manifest_by_digest(upstream, repo_name, reference.digest)
+    return _manifest_by_tag(upstream, repo_name, reference.tag)
+
+
+def _manifest_by_digest(upstream: Upstream, repo_name: str, digest: oci.Digest) -> ManifestResult:
+    cached = Manifest.objects.filter(
+        repository__upstream=upstream, repository__name=repo_name, digest=str(digest)
+    ).first()
+    if cached is not None:
+        pulltimes.record(Manifest, "pk", cached.pk)
+        return ManifestResult(cached.digest, cached.media_type, bytes(cached.content))
+    response = upstream_client(upstream).get_manifest(repo_name, str(digest))
+    if not digest.matches(response.content):
+        logger.error("upstream manifest %s@%s does not match its digest", repo_name, digest)
+        raise oci.ManifestInvalid("upstream manifest does not match its digest", {"digest": str(digest)})
+    manifest = _store_manifest(upstream, repo_name, str(digest), response)
+    return ManifestResult(manifest.digest, manifest.media_type, response.content)
+
+
+def _manifest_by_tag(upstream: Upstream, repo_name: str, tag_name: str) -> ManifestResult:
+    tag = (
+        Tag.objects.select_related("manifest")
+        .filter(repository__upstream=upstream, repository__name=repo_name, name=tag_name)
+        .first()
+    )
+    now = timezone.now()
+    if tag is not None and now - tag.validated_at < timedelta(seconds=settings.MIRROR_TAG_TTL):
+        return _serve_tag(tag)
+    if tag is None:
+        manifest = _fetch_tag(upstream, repo_name, tag_name)
+        tag = _point_tag(manifest.repository, tag_name, manifest)
+        return _serve_tag(tag)
+
+    # Revalidate with a HEAD: Docker Hub does not count it as a pull. A failed HEAD is never
+    # retried as a GET; the cached digest is served stale instead.
+    client = upstream_client(upstream)
+    try:
+        head = client.head_manifest(repo_name, tag_name)
+    except STALE_SERVABLE as error:
+        if now - tag.validated_at > timedelta(seconds=settings.MIRROR_TAG_MAX_STALENESS):
+            raise
+        logger.warning("serving %s:%s stale: %s", repo_name, tag_name, error.message)
+        result = _serve_tag(tag)
+        return ManifestResult(result.digest, result.media_type, result.content, stale_reason=error.message)
+
+    if head.digest == tag.manifest.digest:
+        Tag.objects.filter(pk=tag.pk).update(validated_at=now)
+        return _serve_tag(tag)
+    if head.digest:
+        result = _manifest_by_digest(upstream, repo_name, oci.parse_digest(head.digest))
+        manifest = Manifest.objects.get(repository=tag.repository, digest=result.digest)
+    else:  # an upstream that does not say the digest on HEAD: fetch by tag
+        manifest = _fetch_tag(upstream, repo_name, tag_name)
+    return _serve_tag(_point_tag(tag.repository, tag_name, manifest))
+
+
+def _fetch_tag(upstream: Upstream, repo_name: str, tag_name: str) -> Manifest:
+    response = upstream_client(upstream).get_manifest(repo_name, tag_name)
+    digest = oci.sha256_digest(response.content)
+    if response.digest and response.digest != str(digest):
+        declared = oci.parse_digest(response.digest)
+        if not declared.matches(response.content):
+            logger.error("upstream manifest %s:%s does not match %s", repo_name, tag_name, response.digest)
+            raise oci.ManifestInvalid("upstream manifest does not match its digest", {"digest": response.digest})
+        digest = declared
+    return _store_manifest(upstream, repo_name, str(digest), response)
+
+
+def _serve_tag(tag: Tag) -> ManifestResult:
+    pulltimes.record(Tag, "pk", tag.pk)
+    pulltimes.record(Manifest, "pk", tag.manifest_id)
+    manifest = tag.manifest
+    return ManifestResult(manifest.digest, manifest.media_type, bytes(manifest.content))
+
+
+def _point_tag(repository: Repository, tag_name: str, manifest: Manifest) -> Tag:
+    tag, _ = Tag.objects.update_or_create(
+        repository=repository, name=tag_name, defaults={"manifest": manifest, "validated_at": timezone.now()}
+    )
+    tag.manifest = manifest
+    return tag
+
+
+def _repository(upstream: Upstream, repo_name: str) -> Repository:
+    try:
+        with transaction.atomic():
+            return Repository.objects.get_or_create(upstream=upstream, name=repo_name)[0]
+    except IntegrityError:  # created concurrently
+        return Repository.objects.get(upstream=upstream, name=repo_name)
+
+
+def _store_manifest(upstream: Upstream, repo_name: str, digest: str, response) -> Manifest:
+    """Keep a verified manifest, what it references, and the repository's claim to its blobs."""
+    repository = _repository(upstream, repo_name)
+    media_type = oci.manifest_media_type(response.content, response.headers.get("Content-Type"))
+    blobs, children = oci.manifest_references(response.content)
+    try:
+        with transaction.atomic():
+            manifest, created = Manifest.objects.get_or_create(
+                repository=repository,
+                digest=digest,
+                defaults={"media_type": media_type, "content": response.content, "size": len(response.content)},
+            )
+            if created:
+                ManifestReference.objects.bulk_create(
+                    [ManifestReference(manifest=manifest, digest=d, kind=ManifestReference.Kind.BLOB) for d in blobs]
+                    + [ManifestReference(manifest=manifest, digest=d, kind="manifest") for d in children],
+                    ignore_conflicts=True,
+                )
+                _link_blobs(repository, blobs)
+    except IntegrityError:
+        manifest = Manifest.objects.get(repository=repository, digest=digest)
+    manifest.repository = repository
+    return manifest
+
+
+def _link_blobs(repository: Repository, digests: list[str]) -> None:
+    RepositoryBlob.objects.bulk_create(
+        [RepositoryBlob(repository=repository, digest=d) for d in digests], ignore_conflicts=True
+    )
+
+
+# --- blobs -----------------------------------------------------------------------------------
+def stat_blob(upstream: Upstream, name: str, digest: oci.Digest, store: BlobStore | None = None) -> int:
+    """The size of a blob, for HEAD: from cache, else an upstream HEAD. Never downloads."""
+    store = store or default_store()
+    repo_name = upstream.upstream_name(oci.validate_name(name))
+    size = store.size(digest)
+    if size is not None and _is_linked(upstream, repo_name, digest):
+        pulltimes.record(Blob, "digest", str(digest))
+        return size
+    head = upstream_client(upstream).head_blob(repo_name, str(digest))
+    if size is not None:
+        # The upstream just confirmed this repository has the blob we already hold.
+        _link_blobs(_repository(upstream, repo_name), [str(digest)])
+        return size
+    if head.content_length is None:
+        raise UpstreamUnavailable("upstream did not say the blob's size")
+    return head.content_length
+
+
+def fetch_blob(upstream: Upstream, name: str, digest: oci.Digest, store: BlobStore | None = None) -> CachedBlob | FillingBlob:
+    """A cached blob, or an upstream download that fills the cache while the client reads it."""
+    store = store or default_store()
+    repo_name = upstream.upstream_name(oci.validate_name(name))
+    size = store.size(digest)
+    if size is not None:
+        if not _is_linked(upstream, repo_name, digest):
+            # Held for another repository: serve it here only once the upstream confirms.
+            upstream_client(upstream).head_blob(repo_name, str(digest))
+            _link_blobs(_repository(upstream, repo_name), [str(digest)])
+        pulltimes.record(Blob, "digest", str(digest))
+        return CachedBlob(store.path(digest), size)
+    download = upstream_client(upstream).open_blob(repo_name, str(digest))
+    try:
+        fill = store.begin_fill(digest, download.size)
+    except BaseException:
+        download.close()
+        raise
+    return FillingBlob(download.size, _stream_fill(upstream, repo_name, digest, download, fill))
+
+
+def _stream_fill(upstream: Upstream, repo_name: str, digest: oci.Digest, download, fill) -> Iterator[bytes]:
+    """Yield the upstream's bytes while writing them; the last chunk waits for the digest check,
+    so a client of a corrupt blob gets a truncated response, never a complete wrong one."""
+    held = b""
+    try:
+        for chunk in download.chunks():
+            if not chunk:
+                continue
+            fill.write(chunk)
+            if held:
+                yield held
+            held = chunk
+        fill.commit()
+    except BaseException as error:
+        fill.abort()
+        if isinstance(error, DigestMismatch):
+            logger.error("upstream blob %s@%s rejected: %s", repo_name, digest, error)
+        raise
+    finally:
+        download.close()
+    _record_blob(upstream, repo_name, digest, fill.size)
+    if held:
+        yield held
+
+
+def _record_blob(upstream: Upstream, repo_name: str, digest: oci.Digest, size: int) -> None:
+    try:
+        Blob.objects.get_or_create(digest=str(digest), defaults={"size": size})
+    except IntegrityError:
+        pass
+    _link_blobs(_repository(upstream, repo_name), [str(digest)])
+
+
+def _is_linked(upstream: Upstream, repo_name: str, digest: oci.Digest) -> bool:
+    return RepositoryBlob.objects.filter(
+        repository__upstream=upstream, repository__name=repo_name, digest=str(digest)
+    ).exists()
+
+
+# --- listings --------------------------------------------------------------------------------
+def list_tags(upstream: Upstream, name: str, n: int | None, last: str | None) -> TagPage:
+    """The upstream's tags, page by page; the cached ones when the upstream is unreachable."""
+    repo_name = upstream.upstream_name(oci.validate_name(name))
+    if n == 0:
+        return TagPage([], None)
+    try:
+        response = upstream_client(upstream).get_tags(repo_name, n, last)
+        tags = _parse_tag_list(response.content)
+        next_last = None
+        if "rel=\"next\"" in response.headers.get("Link", "") and tags:
+            next_last = tags[-1]
+        return TagPage(tags, next_last)
+    except STALE_SERVABLE:
+        cached = Tag.objects.filter(repository__upstream=upstream, repository__name=repo_name)
+        if not cached.exists():
+            raise
+        names = sorted(cached.values_list("name", flat=True))
+        return _paginate(names, n, last, stale=True)
+
+
+def _parse_tag_list(content: bytes) -> list[str]:
+    try:
+        tags = json.loads(content).get("tags") or []
+    except (ValueError, AttributeError):
+        raise UpstreamUnavailable("upstream sent an unreadable tag list") from None
+    return [tag for tag in tags if isinstance(tag, str)]
+
+
+def list_repositories(upstream: Upstream, n: int | None, last: str | None) -> TagPage:
+    """What is cached from an upstream (the catalog), in lexical order."""
+    names = Repository.objects.filter(upstream=upstream).order_by("name")
+    if last:
+        names = names.filter(name__gt=last)
+    limit = n if n is not None else 1000
+    page = list(names.values_list("name", flat=True)[: limit + 1])
+    return TagPage(page[:limit], page[limit - 1] if len(page) > limit and limit else None)
+
+
+def _paginate(items: list[str], n: int | None, last: str | None, stale: bool = False) -> TagPage:
+    if last:
+        items = [item for item in items if item > last]
+    if n is None:
+        return TagPage(items, None, stale)
+    page = items[:n]
+    return TagPage(page, page[-1] if len(items) > n and page else None, stale)

@@ -1,0 +1,69 @@
+"""`manage.py serve`: migrate, then run the mirror's server in the foreground.
+
+SIGINT or SIGTERM stops everything it started; the children also die with this process
+(PR_SET_PDEATHSIG), so a killed launcher leaves nothing behind.
+"""
+from __future__ import annotations
+
+import ctypes
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from registry.models import Upstream
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # not Linux: the signal forwarding below still applies
+        pass
+
+
+class Command(BaseCommand):
+    help = "Migrate the database and serve the mirror (web server) until SIGINT/SIGTERM."
+
+    def handle(self, *args, **options) -> None:
+        call_command("migrate", interactive=False, verbosity=0)
+        upstream = Upstream.objects.default()
+        self.stdout.write(
+            f"Mirrorsite on http://{settings.REGISTRY_HTTP_ADDR} mirroring {upstream.url}; "
+            f"data in {settings.MIRROR_DATA_DIR}"
+        )
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "python:mirrorsite.gunicorn_conf"],
+                preexec_fn=_die_with_parent,
+            )
+        ]
+        stopping = False
+
+        def stop(signum: int, frame) -> None:
+            nonlocal stopping
+            stopping = True
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        while not stopping and all(child.poll() is None for child in children):
+            time.sleep(0.2)
+        stop(signal.SIGTERM, None)  # one child died on its own: take the others down too
+        deadline = time.monotonic() + 20
+        for child in children:
+            try:
+                child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        codes = [child.returncode for child in children]
+        if not stopping or any(code not in (0, -signal.SIGTERM) for code in codes):
+            sys.exit(1 if not stopping else 0)

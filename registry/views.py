@@ -1,0 +1,129 @@
+"""The /v2/ pull API: parse and validate, call the cache, turn the result into a response."""
+from __future__ import annotations
+
+from urllib.parse import quote, urlencode
+
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+
+from . import cache, oci
+from .models import Upstream
+from .responses import blob_file_response, error_response, parse_range, registry_endpoint
+
+STALE_WARNING = '110 mirrorsite "Response is Stale"'
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def request_upstream(request: HttpRequest) -> Upstream:
+    """The upstream a request is for. Only the default upstream exists so far."""
+    return Upstream.objects.filter(name="default").first() or Upstream.objects.default()
+
+
+@registry_endpoint
+def base(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({})
+
+
+@registry_endpoint
+def manifest(request: HttpRequest, name: str, reference: str) -> HttpResponse:
+    oci.validate_name(name)
+    parsed = oci.parse_reference(reference)
+    result = cache.get_manifest(request_upstream(request), name, parsed)
+    response = HttpResponse(
+        b"" if request.method == "HEAD" else result.content, content_type=result.media_type
+    )
+    response["Content-Length"] = str(len(result.content))
+    response["Docker-Content-Digest"] = result.digest
+    response["ETag"] = f'"{result.digest}"'
+    if parsed.digest is not None:
+        response["Cache-Control"] = IMMUTABLE
+    if result.stale_reason:
+        response["Warning"] = STALE_WARNING
+    return response
+
+
+@registry_endpoint
+def blob(request: HttpRequest, name: str, digest: str) -> HttpResponse:
+    oci.validate_name(name)
+    parsed = oci.parse_digest(digest)
+    upstream = request_upstream(request)
+    if request.method == "HEAD":
+        size = cache.stat_blob(upstream, name, parsed)
+        response = HttpResponse(b"", content_type="application/octet-stream")
+        response["Content-Length"] = str(size)
+    else:
+        found = cache.fetch_blob(upstream, name, parsed)
+        if isinstance(found, cache.CachedBlob):
+            response = blob_file_response(found.path, found.size, parse_range(request.headers.get("Range"), found.size))
+        else:
+            if found.size is not None:
+                try:  # refuse an impossible range now; a possible one is answered with the whole blob
+                    parse_range(request.headers.get("Range"), found.size)
+                except oci.RangeNotSatisfiable:
+                    found.chunks.close()
+                    raise
+            response = StreamingHttpResponse(found.chunks, content_type="application/octet-stream")
+            if found.size is not None:
+                response["Content-Length"] = str(found.size)
+    response["Docker-Content-Digest"] = str(parsed)
+    response["ETag"] = f'"{parsed}"'
+    response["Accept-Ranges"] = "bytes"
+    response["Cache-Control"] = IMMUTABLE
+    return response
+
+
+@registry_endpoint
+def tags_list(request: HttpRequest, name: str) -> HttpResponse:
+    oci.validate_name(name)
+    n, last = _pagination(request)
+    page = cache.list_tags(request_upstream(request), name, n, last)
+    response = JsonResponse({"name": name, "tags": page.tags})
+    _link_next(response, f"/v2/{name}/tags/list", n, page.next_last)
+    if page.stale:
+        response["Warning"] = STALE_WARNING
+    return response
+
+
+@registry_endpoint
+def catalog(request: HttpRequest) -> HttpResponse:
+    n, last = _pagination(request)
+    page = cache.list_repositories(request_upstream(request), n, last)
+    response = JsonResponse({"repositories": page.tags})
+    _link_next(response, "/v2/_catalog", n, page.next_last)
+    return response
+
+
+@registry_endpoint
+def referrers(request: HttpRequest, name: str, digest: str) -> HttpResponse:
+    oci.validate_name(name)
+    oci.parse_digest(digest)
+    # Upstream referrers are not proxied yet: an empty index is a valid answer.
+    return JsonResponse(
+        {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": []}, content_type=oci.OCI_INDEX
+    )
+
+
+@registry_endpoint
+def unsupported(request: HttpRequest, **_: str) -> HttpResponse:
+    raise oci.Unsupported("this mirror is read-only: pushes and deletes are not supported")
+
+
+@registry_endpoint
+def unknown_endpoint(request: HttpRequest) -> HttpResponse:
+    return error_response(oci.NameUnknown("no such registry endpoint", status=404), request.method)
+
+
+def _pagination(request: HttpRequest) -> tuple[int | None, str | None]:
+    n = request.GET.get("n")
+    last = request.GET.get("last") or None
+    if n is None or n == "":
+        return None, last
+    if not n.isdigit() or len(n) > 6:
+        raise oci.PaginationInvalid("n must be a non-negative integer", {"n": n[:20]})
+    return int(n), last
+
+
+def _link_next(response: HttpResponse, path: str, n: int | None, next_last: str | None) -> None:
+    if next_last is None:
+        return
+    query = urlencode({key: value for key, value in (("n", n), ("last", next_last)) if value is not None})
+    response["Link"] = f'<{quote(path)}?{query}>; rel="next"'
