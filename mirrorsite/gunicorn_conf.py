@@ -1,12 +1,12 @@
 """Gunicorn settings for the mirror, from the same environment as Django's settings.
 
-gthread workers: blob hits go out through sendfile (gunicorn's wsgi.file_wrapper), so a
+gthread workers (with a TLS probe answer, see gunicorn_worker): blob hits go out through sendfile (gunicorn's wsgi.file_wrapper), so a
 thread only waits on the socket; misses stream from the upstream in a thread each.
 """
 import os
 
 bind = [os.environ.get("REGISTRY_HTTP_ADDR", "0.0.0.0:5000")]
-worker_class = "gthread"
+worker_class = "mirrorsite.gunicorn_worker.MirrorWorker"
 workers = int(os.environ.get("MIRROR_WEB_WORKERS", "2"))
 threads = int(os.environ.get("MIRROR_WEB_THREADS", "32"))
 # Large blobs stream for minutes; the gthread heartbeat keeps the worker alive meanwhile.

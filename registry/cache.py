@@ -26,6 +26,12 @@ from .upstream import RateLimit, UpstreamClient, UpstreamUnavailable
 
 logger = logging.getLogger(__name__)
 
+class UpstreamDigestMismatch(oci.RegistryError):
+    """The upstream's bytes for a digest hash to something else: nothing is stored."""
+
+    code, status = "DIGEST_INVALID", 502
+
+
 # Upstream failures after which a cached tag is served stale rather than failing the pull.
 STALE_SERVABLE = (UpstreamUnavailable, oci.TooManyRequests)
 
@@ -262,7 +268,17 @@ def fetch_blob(upstream: Upstream, name: str, digest: oci.Digest, store: BlobSto
     except BaseException:
         download.close()
         raise
-    return FillingBlob(download.size, _stream_fill(upstream, repo_name, digest, download, fill))
+    stream = _stream_fill(upstream, repo_name, digest, download, fill)
+    # Run the fill up to its first chunk now: a blob that fits in one chunk is verified
+    # before the response starts, so its client gets a clean error instead of a cut one.
+    first = next(stream, b"")
+    return FillingBlob(download.size, _prepend(first, stream))
+
+
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if first:
+        yield first
+    yield from rest  # closing this generator closes the fill's, aborting it
 
 
 def _stream_fill(upstream: Upstream, repo_name: str, digest: oci.Digest, download, fill) -> Iterator[bytes]:
@@ -278,10 +294,12 @@ def _stream_fill(upstream: Upstream, repo_name: str, digest: oci.Digest, downloa
                 yield held
             held = chunk
         fill.commit()
-    except BaseException as error:
+    except DigestMismatch as error:
         fill.abort()
-        if isinstance(error, DigestMismatch):
-            logger.error("upstream blob %s@%s rejected: %s", repo_name, digest, error)
+        logger.error("upstream blob %s@%s rejected: %s", repo_name, digest, error)
+        raise UpstreamDigestMismatch("upstream sent bytes that do not match the digest", {"digest": str(digest)}) from None
+    except BaseException:
+        fill.abort()
         raise
     finally:
         download.close()
@@ -306,23 +324,24 @@ def _is_linked(upstream: Upstream, repo_name: str, digest: oci.Digest) -> bool:
 
 # --- listings --------------------------------------------------------------------------------
 def list_tags(upstream: Upstream, name: str, n: int | None, last: str | None) -> TagPage:
-    """The upstream's tags, page by page; the cached ones when the upstream is unreachable."""
+    """The upstream's tags in lexical order, page by page; the cached ones when the upstream
+    is unreachable. Pagination is applied here too, as not every upstream honours n/last."""
     repo_name = upstream.upstream_name(oci.validate_name(name))
     if n == 0:
         return TagPage([], None)
     try:
         response = upstream_client(upstream).get_tags(repo_name, n, last)
-        tags = _parse_tag_list(response.content)
-        next_last = None
-        if "rel=\"next\"" in response.headers.get("Link", "") and tags:
-            next_last = tags[-1]
-        return TagPage(tags, next_last)
     except STALE_SERVABLE:
-        cached = Tag.objects.filter(repository__upstream=upstream, repository__name=repo_name)
-        if not cached.exists():
+        cached = list(
+            Tag.objects.filter(repository__upstream=upstream, repository__name=repo_name).values_list("name", flat=True)
+        )
+        if not cached:
             raise
-        names = sorted(cached.values_list("name", flat=True))
-        return _paginate(names, n, last, stale=True)
+        return _paginate(sorted(cached), n, last, stale=True)
+    page = _paginate(sorted(_parse_tag_list(response.content)), n, last)
+    if page.next_last is None and page.tags and 'rel="next"' in response.headers.get("Link", ""):
+        return TagPage(page.tags, page.tags[-1])
+    return page
 
 
 def _parse_tag_list(content: bytes) -> list[str]:

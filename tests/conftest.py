@@ -1,0 +1,102 @@
+"""Session fixtures shared by all tests: a real upstream registry (Debian's Distribution)
+with Docker-Hub-style token auth, images pushed to it once per session, a deliberately
+broken fake upstream, and an isolated skopeo.
+
+Everything listens on 127.0.0.1, ephemeral ports only.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import pytest
+
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.skopeo import Skopeo
+from tests.support.images import PushedImage, PushedIndex, push_image, push_index, retag
+from tests.support.token_server import TokenServer
+from tests.support.upstream_registry import UpstreamRegistry
+
+MB = 1024 * 1024
+
+UPSTREAM_USER = "mirror-bot"
+UPSTREAM_PASSWORD = "mirror-bot-e2e-password"
+PRIVATE_REPOSITORIES = frozenset({"private/secret"})
+
+
+@dataclass
+class SessionImages:
+    """What the `images` fixture pushed to `upstream` (each with its own seed, so no blob is shared)."""
+
+    upstream: UpstreamRegistry
+    small: PushedImage  # library/small:1, one ~100 KB layer
+    big: PushedImage  # library/big:1, layers ~4, 6, 8, 10, 12 MB
+    multi: PushedIndex  # library/multi:1, linux/amd64 + linux/arm64
+    moving: PushedImage  # library/moving:latest as first pushed
+    private: PushedImage  # private/secret:1, needs credentials
+    moving_history: list[PushedImage] = field(default_factory=list)
+    _seeds: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
+
+    def retag_moving(self, seed: int | None = None) -> PushedImage:
+        """Push a new, different image to library/moving:latest upstream ("the tag moved").
+
+        Session-wide side effect: later tests see the moved tag; use
+        `moving_current` rather than `moving` if you depend on the current target.
+        """
+        image = retag(self.upstream, "library/moving", "latest", seed=next(self._seeds) if seed is None else seed)
+        self.moving_history.append(image)
+        return image
+
+    @property
+    def moving_current(self) -> PushedImage:
+        return self.moving_history[-1]
+
+
+@pytest.fixture(scope="session")
+def token_server() -> Iterator[TokenServer]:
+    server = TokenServer(
+        users={UPSTREAM_USER: UPSTREAM_PASSWORD},
+        private_repositories=PRIVATE_REPOSITORIES,
+        issuer="mirrorsite-e2e-token-issuer",
+    ).start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def upstream(token_server: TokenServer) -> Iterator[UpstreamRegistry]:
+    registry = UpstreamRegistry(
+        token_server, username=UPSTREAM_USER, password=UPSTREAM_PASSWORD, service="upstream-registry"
+    ).start()
+    yield registry
+    registry.cleanup()
+
+
+@pytest.fixture(scope="session")
+def images(upstream: UpstreamRegistry) -> SessionImages:
+    small = push_image(upstream, "library/small", "1", layer_sizes=[100 * 1024], seed=1)
+    big = push_image(upstream, "library/big", "1", layer_sizes=[4 * MB, 6 * MB, 8 * MB, 10 * MB, 12 * MB], seed=2)
+    multi = push_index(
+        upstream, "library/multi", "1", platforms=[("linux", "amd64"), ("linux", "arm64")],
+        layer_sizes=[100 * 1024], seed=3,
+    )
+    moving = push_image(upstream, "library/moving", "latest", layer_sizes=[100 * 1024], seed=4)
+    private = push_image(upstream, "private/secret", "1", layer_sizes=[100 * 1024], seed=5)
+    return SessionImages(
+        upstream=upstream, small=small, big=big, multi=multi, moving=moving, private=private, moving_history=[moving]
+    )
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream().start()
+    yield fake
+    fake.stop()
+
+
+
+@pytest.fixture(scope="session")
+def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
+    return Skopeo(tmp_path_factory.mktemp("skopeo"))

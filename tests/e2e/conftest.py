@@ -1,0 +1,32 @@
+"""The mirror under test, as real server processes pointed at the session's upstreams."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.mirror import MirrorProcess
+from tests.support.upstream_registry import UpstreamRegistry
+
+# Short, so a test can watch a tag expire and be revalidated.
+TAG_TTL = 2
+
+
+@pytest.fixture(scope="session")
+def mirror(upstream: UpstreamRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MirrorProcess]:
+    """The mirror of the token-auth upstream, pulling with the upstream account."""
+    process = MirrorProcess(
+        tmp_path_factory.mktemp("mirror") / "data", upstream.url,
+        username=upstream.username, password=upstream.password, MIRROR_TAG_TTL=str(TAG_TTL),
+    ).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def broken_mirror(fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MirrorProcess]:
+    """A mirror of the fake upstream that serves a layer whose bytes do not match its digest."""
+    process = MirrorProcess(tmp_path_factory.mktemp("broken-mirror") / "data", fake_upstream.url).start()
+    yield process
+    process.stop()

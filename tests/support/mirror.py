@@ -1,0 +1,90 @@
+"""The mirror as a real server process (`manage.py serve`: migrate, then gunicorn)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import requests
+
+from tests.support.upstream_registry import free_port
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class MirrorProcess:
+    def __init__(self, data_dir: Path, upstream_url: str, *, username: str = "", password: str = "", **env: str):
+        self.data_dir = Path(data_dir)
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.host}"
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-mirror.log"
+        self.env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        self.env.update(
+            MIRROR_DATA_DIR=str(self.data_dir),
+            REGISTRY_HTTP_ADDR=self.host,
+            REGISTRY_PROXY_REMOTEURL=upstream_url,
+            REGISTRY_PROXY_USERNAME=username,
+            REGISTRY_PROXY_PASSWORD=password,
+            MIRROR_UPSTREAM_LIBRARY_PREFIX="true",
+            MIRROR_PULL_TIME_FLUSH_INTERVAL="0",
+            MIRROR_WEB_WORKERS="2",
+            DJANGO_SETTINGS_MODULE="mirrorsite.settings",
+        )
+        self.env.pop("DATABASE_URL", None)
+        self.env.update(env)
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> "MirrorProcess":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "serve"],
+            cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mirror exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.url}/v2/", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"mirror did not start:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 20) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        return self.process.returncode
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def query(self, sql: str, *params) -> list[tuple]:
+        """Read the mirror's own SQLite database (what it recorded)."""
+        with sqlite3.connect(self.data_dir / "db.sqlite3", timeout=10) as db:
+            return db.execute(sql, params).fetchall()
+
+    def stored_blobs(self) -> dict[str, Path]:
+        """digest → path of every committed blob in the mirror's store."""
+        root = self.data_dir / "blobs"
+        return {f"{p.parent.parent.name}:{p.name}": p for p in root.glob("*/*/*") if p.is_file()}
+
+    def temp_files(self) -> list[Path]:
+        return [p for p in (self.data_dir / "tmp").glob("*") if p.is_file()]
