@@ -1,5 +1,6 @@
 """The cache as staff see it: read-only for now, edits come with upstream management."""
 from django.contrib import admin
+from django.db import models
 
 from .models import Blob, Manifest, Repository, Tag, Upstream, UpstreamAccount
 
@@ -18,6 +19,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 @admin.register(Upstream)
 class UpstreamAdmin(ReadOnlyAdmin):
     list_display = ("name", "url", "library_prefix", "created_at")
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 
 @admin.register(UpstreamAccount)

@@ -1,0 +1,264 @@
+"""The pull-through logic, called directly (no HTTP in front), against the real upstream."""
+from __future__ import annotations
+
+from datetime import timedelta
+import hashlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import threading
+
+import pytest
+from django.utils import timezone
+
+from registry import cache, oci, pulltimes
+from registry.blobstore import BlobStore
+from registry.models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, Upstream
+from tests.support.fake_upstream import FakeUpstream
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def store(settings, tmp_path) -> BlobStore:
+    settings.MIRROR_DATA_DIR = tmp_path
+    return BlobStore(tmp_path)
+
+
+@pytest.fixture
+def mirror_of(settings, store):
+    """Make an Upstream record for a URL, with the session's upstream account configured."""
+    settings.MIRROR_TAG_TTL = 3600
+    settings.MIRROR_UPSTREAM_CONNECT_TIMEOUT = 1
+    settings.MIRROR_UPSTREAM_READ_TIMEOUT = 5
+
+    def make(url: str, username: str = "", password: str = "") -> Upstream:
+        settings.REGISTRY_PROXY_USERNAME = username
+        settings.REGISTRY_PROXY_PASSWORD = password
+        return Upstream.objects.create(name=f"u{Upstream.objects.count()}", url=url, library_prefix=True)
+
+    return make
+
+
+@pytest.fixture
+def hub(mirror_of, upstream) -> Upstream:
+    return mirror_of(upstream.url, upstream.username, upstream.password)
+
+
+def drain(found) -> bytes:
+    if isinstance(found, cache.CachedBlob):
+        return found.path.read_bytes()
+    return b"".join(found.chunks)
+
+
+def serve_on_loopback(handler: type[BaseHTTPRequestHandler]):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_tag_is_cached_with_its_references_and_trusted_for_the_ttl(hub, upstream, images):
+    small = images.small
+    result = cache.get_manifest(hub, "small", oci.parse_reference("1"))
+    assert (result.digest, result.content, result.media_type) == (small.digest, small.manifest, small.media_type)
+    manifest = Manifest.objects.get(digest=small.digest)
+    assert manifest.repository.name == "library/small"
+    assert set(ManifestReference.objects.filter(manifest=manifest).values_list("digest", flat=True)) == {
+        b.digest for b in small.blobs
+    }
+    assert set(RepositoryBlob.objects.filter(repository=manifest.repository).values_list("digest", flat=True)) == {
+        b.digest for b in small.blobs
+    }
+    mark = upstream.log_mark()
+    again = cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    assert again.content == small.manifest and again.stale_reason is None
+    assert upstream.access_log(since=mark) == [], "within the TTL the tag is served with no upstream contact"
+
+
+def test_expired_tag_is_revalidated_with_one_head(hub, upstream, images, settings):
+    cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    Tag.objects.update(validated_at=timezone.now() - timedelta(hours=2))
+    mark = upstream.log_mark()
+    result = cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    assert result.digest == images.small.digest
+    served = [(r.method, r.path) for r in upstream.requests_log(since=mark) if r.status != 401]
+    assert served == [("HEAD", "/v2/library/small/manifests/1")]
+    assert Tag.objects.get().validated_at > timezone.now() - timedelta(minutes=1)
+
+
+def test_manifest_by_digest_is_immutable_and_served_without_upstream(hub, upstream, images):
+    child = images.multi.child("arm64")
+    first = cache.get_manifest(hub, "library/multi", oci.parse_reference(child.digest))
+    assert first.content == child.manifest
+    mark = upstream.log_mark()
+    assert cache.get_manifest(hub, "library/multi", oci.parse_reference(child.digest)).content == child.manifest
+    assert upstream.access_log(since=mark) == []
+
+
+def test_unknown_tag_and_repository(hub, images):
+    with pytest.raises(oci.ManifestUnknown):
+        cache.get_manifest(hub, "library/small", oci.parse_reference("nope"))
+    with pytest.raises(oci.NameUnknown):
+        cache.list_tags(hub, "library/never-existed", None, None)
+    assert not Manifest.objects.exists()
+
+
+def test_stale_tag_served_when_upstream_unreachable_within_max_staleness(hub, images, settings):
+    cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    Tag.objects.update(validated_at=timezone.now() - timedelta(hours=2))
+    Upstream.objects.filter(pk=hub.pk).update(url="http://127.0.0.1:9")
+    hub.refresh_from_db()
+    result = cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    assert result.digest == images.small.digest
+    assert result.stale_reason
+    settings.MIRROR_TAG_MAX_STALENESS = 3600
+    with pytest.raises(oci.Unavailable):
+        cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+
+
+@pytest.mark.parametrize("status,served_stale", [(429, True), (503, True), (404, False)])
+def test_revalidation_answers(mirror_of, hub, images, status, served_stale):
+    cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    Tag.objects.update(validated_at=timezone.now() - timedelta(hours=2))
+    methods: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_HEAD(self):
+            methods.append("HEAD")
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self):
+            methods.append("GET")
+            self.do_HEAD()
+
+    server = serve_on_loopback(Handler)
+    try:
+        Upstream.objects.filter(pk=hub.pk).update(url=f"http://127.0.0.1:{server.server_port}")
+        hub.refresh_from_db()
+        if served_stale:
+            assert cache.get_manifest(hub, "library/small", oci.parse_reference("1")).stale_reason
+        else:  # the upstream says the tag is gone: that is an answer, not an outage
+            with pytest.raises(oci.ManifestUnknown):
+                cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    finally:
+        server.shutdown()
+    assert methods == ["HEAD"], "a failed HEAD is never retried as a GET"
+
+
+def test_manifest_not_matching_its_digest_is_rejected(mirror_of):
+    wrong = b'{"schemaVersion": 2, "layers": []}'
+    asked_for = "sha256:" + hashlib.sha256(b"something else").hexdigest()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", oci.OCI_MANIFEST)
+            self.send_header("Docker-Content-Digest", asked_for)
+            self.send_header("Content-Length", str(len(wrong)))
+            self.end_headers()
+            self.wfile.write(wrong)
+
+    server = serve_on_loopback(Handler)
+    try:
+        liar = mirror_of(f"http://127.0.0.1:{server.server_port}")
+        with pytest.raises(oci.ManifestInvalid):
+            cache.get_manifest(liar, "library/x", oci.parse_reference(asked_for))
+        with pytest.raises(oci.ManifestInvalid):
+            cache.get_manifest(liar, "library/x", oci.parse_reference("latest"))
+    finally:
+        server.shutdown()
+    assert not Manifest.objects.exists() and not Tag.objects.exists()
+
+
+def test_blob_miss_streams_fills_and_then_hits(hub, upstream, images, store):
+    layer = images.big.layers[0]
+    digest = oci.parse_digest(layer.digest)
+    found = cache.fetch_blob(hub, "library/big", digest, store)
+    assert isinstance(found, cache.FillingBlob)
+    assert found.size == layer.size
+    assert drain(found) == layer.data
+    assert Blob.objects.get(digest=layer.digest).size == layer.size
+    mark = upstream.log_mark()
+    hit = cache.fetch_blob(hub, "library/big", digest, store)
+    assert isinstance(hit, cache.CachedBlob) and drain(hit) == layer.data
+    assert upstream.access_log(since=mark) == []
+    assert cache.stat_blob(hub, "library/big", digest, store) == layer.size
+    assert upstream.access_log(since=mark) == []
+
+
+def test_client_going_away_mid_blob_leaves_nothing_half_done(hub, images, store):
+    layer = images.big.layers[-1]
+    found = cache.fetch_blob(hub, "library/big", oci.parse_digest(layer.digest), store)
+    next(found.chunks)
+    found.chunks.close()  # what the WSGI server does when the client disconnects
+    assert store.size(oci.parse_digest(layer.digest)) is None
+    assert list(store.tmp_dir.iterdir()) == []
+    assert not Blob.objects.filter(digest=layer.digest).exists()
+
+
+def test_large_corrupt_blob_is_cut_short_and_never_stored(mirror_of, store):
+    with FakeUpstream(layer_size=3 * 1024 * 1024) as fake:
+        liar = mirror_of(fake.url)
+        digest = oci.parse_digest(fake.bad_layer_digest)
+        found = cache.fetch_blob(liar, "library/bad", digest, store)
+        received = b""
+        with pytest.raises(cache.UpstreamDigestMismatch):
+            for chunk in found.chunks:
+                received += chunk
+        assert 0 < len(received) < fake.layer.size, "the client got a truncated body, never a complete wrong one"
+        assert store.size(digest) is None
+        assert list(store.tmp_dir.iterdir()) == []
+        assert not Blob.objects.exists()
+
+
+def test_blob_of_another_repository_needs_upstream_confirmation(hub, upstream, images, store):
+    layer = images.small.layers[0]
+    digest = oci.parse_digest(layer.digest)
+    drain(cache.fetch_blob(hub, "library/small", digest, store))
+    with pytest.raises(oci.BlobUnknown):
+        cache.fetch_blob(hub, "library/big", digest, store)
+    with pytest.raises(oci.BlobUnknown):
+        cache.stat_blob(hub, "library/big", digest, store)
+    # Where the upstream has it too, the cached bytes are served after a HEAD, not a download.
+    from tests.support.images import push_built
+
+    push_built(upstream, images.small.__class__(**{**images.small.__dict__, "repository": "library/copy"}))
+    mark = upstream.log_mark()
+    found = cache.fetch_blob(hub, "library/copy", digest, store)
+    assert isinstance(found, cache.CachedBlob) and drain(found) == layer.data
+    assert {r.method for r in upstream.requests_log(since=mark) if r.status != 401} == {"HEAD"}
+
+
+def test_head_of_uncached_blob_downloads_nothing(hub, images, store):
+    layer = images.big.layers[1]
+    assert cache.stat_blob(hub, "library/big", oci.parse_digest(layer.digest), store) == layer.size
+    assert store.size(oci.parse_digest(layer.digest)) is None
+
+
+def test_pull_times_are_buffered_then_flushed(hub, images, settings):
+    settings.MIRROR_PULL_TIME_FLUSH_INTERVAL = 3600
+    pulltimes.flush()
+    cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    tag = Tag.objects.get()
+    assert tag.last_pulled_at is None, "no database write per hit"
+    pulltimes.flush()
+    tag.refresh_from_db()
+    assert tag.last_pulled_at is not None
+    assert Manifest.objects.get().last_pulled_at is not None
+
+
+def test_tags_are_listed_sorted_and_paginated(hub, images):
+    page = cache.list_tags(hub, "library/small", None, None)
+    assert page.tags == sorted(page.tags) and "1" in page.tags
+    first = cache.list_tags(hub, "library/small", 1, None)
+    assert len(first.tags) == 1
+    if len(page.tags) > 1:
+        assert first.next_last == first.tags[0]
+    assert Repository.objects.count() == 0, "listing tags caches nothing"
