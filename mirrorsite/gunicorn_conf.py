@@ -17,3 +17,10 @@ accesslog = "-" if os.environ.get("MIRROR_ACCESS_LOG", "true").lower() in ("1", 
 errorlog = "-"
 loglevel = os.environ.get("MIRROR_LOG_LEVEL", "info").lower()
 wsgi_app = "mirrorsite.wsgi:application"
+
+
+def worker_exit(server, worker) -> None:
+    """Write the last buffered pull times before the worker goes."""
+    from registry import pulltimes
+
+    pulltimes.flush()

@@ -1,4 +1,6 @@
 """Liveness and readiness for load balancers and orchestrators."""
+import tempfile
+
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 
@@ -19,7 +21,11 @@ def readyz(request: HttpRequest) -> JsonResponse:
         checks["database"] = "ok"
     except DatabaseError as error:
         checks["database"] = f"error: {type(error).__name__}"
-    store = default_store()
-    checks["storage"] = "ok" if store.tmp_dir.is_dir() and store.blob_dir.is_dir() else "error: missing"
+    try:
+        with tempfile.TemporaryFile(dir=default_store().tmp_dir) as probe:
+            probe.write(b"ok")
+        checks["storage"] = "ok"
+    except OSError as error:
+        checks["storage"] = f"error: {error.strerror or type(error).__name__}"
     ready = all(value == "ok" for value in checks.values())
     return JsonResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)

@@ -129,7 +129,7 @@ MIRROR_TAG_MAX_STALENESS = env.int("MIRROR_TAG_MAX_STALENESS", default=30 * 24 *
 # Last-pulled times are buffered in each process and written at most this often (seconds).
 MIRROR_PULL_TIME_FLUSH_INTERVAL = env.int("MIRROR_PULL_TIME_FLUSH_INTERVAL", default=60)
 
-LOG_LEVEL = env.str("MIRROR_LOG_LEVEL", default="INFO")
+LOG_LEVEL = env.str("MIRROR_LOG_LEVEL", default="INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -118,6 +118,7 @@ def _manifest_by_digest(upstream: Upstream, repo_name: str, digest: oci.Digest) 
         repository__upstream=upstream, repository__name=repo_name, digest=str(digest)
     ).first()
     if cached is not None:
+        pulltimes.record(Repository, "pk", cached.repository_id)
         pulltimes.record(Manifest, "pk", cached.pk)
         return ManifestResult(cached.digest, cached.media_type, bytes(cached.content))
     response = upstream_client(upstream).get_manifest(repo_name, str(digest))
@@ -157,11 +158,16 @@ def _manifest_by_tag(upstream: Upstream, repo_name: str, tag_name: str) -> Manif
     if head.digest == tag.manifest.digest:
         Tag.objects.filter(pk=tag.pk).update(validated_at=now)
         return _serve_tag(tag)
-    if head.digest:
-        result = _manifest_by_digest(upstream, repo_name, oci.parse_digest(head.digest))
-        manifest = Manifest.objects.get(repository=tag.repository, digest=result.digest)
-    else:  # an upstream that does not say the digest on HEAD: fetch by tag
-        manifest = _fetch_tag(upstream, repo_name, tag_name)
+    try:
+        if head.digest:
+            result = _manifest_by_digest(upstream, repo_name, oci.parse_digest(head.digest))
+            manifest = Manifest.objects.get(repository=tag.repository, digest=result.digest)
+        else:  # an upstream that does not say the digest on HEAD: fetch by tag
+            manifest = _fetch_tag(upstream, repo_name, tag_name)
+    except STALE_SERVABLE as error:  # the tag moved but the new manifest cannot be had now
+        logger.warning("serving %s:%s stale: %s", repo_name, tag_name, error.message)
+        result = _serve_tag(tag)
+        return ManifestResult(result.digest, result.media_type, result.content, stale_reason=error.message)
     return _serve_tag(_point_tag(tag.repository, tag_name, manifest))
 
 
@@ -178,6 +184,7 @@ def _fetch_tag(upstream: Upstream, repo_name: str, tag_name: str) -> Manifest:
 
 
 def _serve_tag(tag: Tag) -> ManifestResult:
+    pulltimes.record(Repository, "pk", tag.repository_id)
     pulltimes.record(Tag, "pk", tag.pk)
     pulltimes.record(Manifest, "pk", tag.manifest_id)
     manifest = tag.manifest

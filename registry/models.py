@@ -5,32 +5,41 @@ their bytes are kept here, byte for byte, so a manifest hit is one query.
 """
 from __future__ import annotations
 
+import hashlib
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
+from django.utils.text import slugify
 
 DOCKER_HUB_HOSTS = {"registry-1.docker.io", "index.docker.io", "docker.io", "registry.hub.docker.com"}
 
 
 class UpstreamManager(models.Manager["Upstream"]):
     def default(self) -> "Upstream":
-        """The upstream unprefixed requests go to, kept in step with REGISTRY_PROXY_*."""
+        """The upstream unprefixed requests go to: the one at REGISTRY_PROXY_REMOTEURL.
+
+        Looked up by URL, so pointing the mirror at another registry starts a separate cache
+        instead of serving the old registry's content under the new one's names.
+        """
         url = settings.REGISTRY_PROXY_REMOTEURL.rstrip("/")
         library = settings.MIRROR_UPSTREAM_LIBRARY_PREFIX.lower()
         library_prefix = (
             urlsplit(url).hostname in DOCKER_HUB_HOSTS if library == "auto" else library in ("1", "true", "yes", "on")
         )
-        values = {"url": url, "library_prefix": library_prefix}
-        try:
-            with transaction.atomic():
-                upstream, created = self.get_or_create(name="default", defaults=values)
-        except IntegrityError:  # another process created it first
-            upstream, created = self.get(name="default"), False
-        if not created and any(getattr(upstream, key) != value for key, value in values.items()):
-            for key, value in values.items():
-                setattr(upstream, key, value)
-            upstream.save(update_fields=list(values))
+        upstream = self.filter(url=url).first()
+        if upstream is None:
+            name = slugify(urlsplit(url).netloc.replace(".", "-").replace(":", "-")) or "upstream"
+            if self.filter(name=name).exists():  # same host, other scheme or path
+                name = f"{name}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+            try:
+                with transaction.atomic():
+                    upstream = self.create(name=name, url=url, library_prefix=library_prefix)
+            except IntegrityError:  # another process created it first
+                upstream = self.get(url=url)
+        elif upstream.library_prefix != library_prefix:
+            upstream.library_prefix = library_prefix
+            upstream.save(update_fields=["library_prefix"])
         # An empty username is the anonymous account: its rate limit is worth watching too.
         UpstreamAccount.objects.get_or_create(upstream=upstream, username=settings.REGISTRY_PROXY_USERNAME)
         return upstream
@@ -40,7 +49,7 @@ class Upstream(models.Model):
     """A registry the mirror pulls from."""
 
     name = models.SlugField(max_length=64, unique=True)
-    url = models.URLField(max_length=500, help_text="Base URL, e.g. https://registry-1.docker.io")
+    url = models.URLField(max_length=500, unique=True, help_text="Base URL, e.g. https://registry-1.docker.io")
     library_prefix = models.BooleanField(
         default=False, help_text="One-component names mean library/<name> (Docker Hub)."
     )

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from urllib.parse import quote, urlencode
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
 from . import cache, oci
@@ -15,7 +16,8 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 
 def request_upstream(request: HttpRequest) -> Upstream:
     """The upstream a request is for. Only the default upstream exists so far."""
-    return Upstream.objects.filter(name="default").first() or Upstream.objects.default()
+    url = settings.REGISTRY_PROXY_REMOTEURL.rstrip("/")
+    return Upstream.objects.filter(url=url).first() or Upstream.objects.default()
 
 
 @registry_endpoint

@@ -262,3 +262,43 @@ def test_tags_are_listed_sorted_and_paginated(hub, images):
     if len(page.tags) > 1:
         assert first.next_last == first.tags[0]
     assert Repository.objects.count() == 0, "listing tags caches nothing"
+
+
+def test_moved_tag_whose_new_manifest_cannot_be_fetched_is_served_stale(hub, images):
+    cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    Tag.objects.update(validated_at=timezone.now() - timedelta(hours=2))
+    moved_to = "sha256:" + "c" * 64
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_HEAD(self):
+            self.send_response(200)
+            self.send_header("Docker-Content-Digest", moved_to)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self):
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = serve_on_loopback(Handler)
+    try:
+        Upstream.objects.filter(pk=hub.pk).update(url=f"http://127.0.0.1:{server.server_port}")
+        hub.refresh_from_db()
+        result = cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    finally:
+        server.shutdown()
+    assert result.digest == images.small.digest and result.stale_reason
+    assert Tag.objects.get().manifest.digest == images.small.digest
+
+
+def test_changing_the_default_upstream_starts_a_separate_cache(settings, upstream, images, store):
+    settings.REGISTRY_PROXY_REMOTEURL = upstream.url
+    first = Upstream.objects.default()
+    assert Upstream.objects.default() == first
+    settings.REGISTRY_PROXY_REMOTEURL = "http://127.0.0.1:9"
+    second = Upstream.objects.default()
+    assert second != first and second.url == "http://127.0.0.1:9"

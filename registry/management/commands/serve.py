@@ -56,6 +56,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         while not stopping and all(child.poll() is None for child in children):
             time.sleep(0.2)
+        asked_to_stop = stopping
         stop(signal.SIGTERM, None)  # one child died on its own: take the others down too
         deadline = time.monotonic() + 20
         for child in children:
@@ -64,6 +65,6 @@ class Command(BaseCommand):
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
-        codes = [child.returncode for child in children]
-        if not stopping or any(code not in (0, -signal.SIGTERM) for code in codes):
-            sys.exit(1 if not stopping else 0)
+        if not asked_to_stop:
+            self.stderr.write("a server process exited on its own; stopped the others")
+            sys.exit(1)
