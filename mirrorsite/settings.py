@@ -80,6 +80,9 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Tests run fills in threads beside the test: a file (not shared-cache memory) lets
+    # them use the same WAL and busy-timeout rules as production.
+    DATABASES["default"]["TEST"] = {"NAME": str(MIRROR_DATA_DIR / "test-db.sqlite3")}
     # Several server processes share the file: WAL lets readers run beside one writer,
     # IMMEDIATE transactions and a busy timeout turn lock contention into waiting, not errors.
     DATABASES["default"]["OPTIONS"] = {
@@ -126,6 +129,8 @@ MIRROR_TAG_TTL = env.int("MIRROR_TAG_TTL", default=60)
 # How old (since its last successful revalidation) a tag may be and still be served stale
 # when the upstream is down or rate-limits us.
 MIRROR_TAG_MAX_STALENESS = env.int("MIRROR_TAG_MAX_STALENESS", default=30 * 24 * 3600)
+# Longest a blob fill may take; it goes on this long after its client disconnects.
+MIRROR_FILL_TIMEOUT = env.int("MIRROR_FILL_TIMEOUT", default=3600)
 # Last-pulled times are buffered in each process and written at most this often (seconds).
 MIRROR_PULL_TIME_FLUSH_INTERVAL = env.int("MIRROR_PULL_TIME_FLUSH_INTERVAL", default=60)
 

@@ -37,6 +37,7 @@ class BlobFill:
 
     def write(self, chunk: bytes) -> None:
         self._file.write(chunk)
+        self._file.flush()  # followers read the temporary file while it grows
         self._hasher.update(chunk)
         self.size += len(chunk)
         if self.expected_size is not None and self.size > self.expected_size:

@@ -7,6 +7,7 @@ to the upstream's own (`alpine` → `library/alpine` on Docker Hub).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 import json
 from datetime import timedelta
@@ -16,21 +17,16 @@ import threading
 from typing import Iterator
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
-from . import oci, pulltimes
-from .blobstore import BlobStore, DigestMismatch, default_store
+from . import locks, oci, pulltimes
+from .blobstore import BlobStore, default_store
+from .fills import BlobFills
 from .models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, Upstream, UpstreamAccount
 from .upstream import RateLimit, UpstreamClient, UpstreamUnavailable
 
 logger = logging.getLogger(__name__)
-
-class UpstreamDigestMismatch(oci.RegistryError):
-    """The upstream's bytes for a digest hash to something else: nothing is stored."""
-
-    code, status = "DIGEST_INVALID", 502
-
 
 # Upstream failures after which a cached tag is served stale rather than failing the pull.
 STALE_SERVABLE = (UpstreamUnavailable, oci.TooManyRequests)
@@ -114,35 +110,74 @@ def get_manifest(upstream: Upstream, name: str, reference: oci.Reference) -> Man
 
 
 def _manifest_by_digest(upstream: Upstream, repo_name: str, digest: oci.Digest) -> ManifestResult:
-    cached = Manifest.objects.filter(
+    cached = _cached_manifest(upstream, repo_name, digest)
+    if cached is None:
+        with _single_flight(f"manifest:{upstream.pk}:{repo_name}@{digest}"):
+            cached = _cached_manifest(upstream, repo_name, digest)  # fetched while we waited?
+            if cached is None:
+                response = upstream_client(upstream).get_manifest(repo_name, str(digest))
+                if not digest.matches(response.content):
+                    logger.error("upstream manifest %s@%s does not match its digest", repo_name, digest)
+                    raise oci.ManifestInvalid("upstream manifest does not match its digest", {"digest": str(digest)})
+                manifest = _store_manifest(upstream, repo_name, str(digest), response)
+                return ManifestResult(manifest.digest, manifest.media_type, response.content)
+    pulltimes.record(Repository, "pk", cached.repository_id)
+    pulltimes.record(Manifest, "pk", cached.pk)
+    return ManifestResult(cached.digest, cached.media_type, bytes(cached.content))
+
+
+def _cached_manifest(upstream: Upstream, repo_name: str, digest: oci.Digest) -> Manifest | None:
+    return Manifest.objects.filter(
         repository__upstream=upstream, repository__name=repo_name, digest=str(digest)
     ).first()
-    if cached is not None:
-        pulltimes.record(Repository, "pk", cached.repository_id)
-        pulltimes.record(Manifest, "pk", cached.pk)
-        return ManifestResult(cached.digest, cached.media_type, bytes(cached.content))
-    response = upstream_client(upstream).get_manifest(repo_name, str(digest))
-    if not digest.matches(response.content):
-        logger.error("upstream manifest %s@%s does not match its digest", repo_name, digest)
-        raise oci.ManifestInvalid("upstream manifest does not match its digest", {"digest": str(digest)})
-    manifest = _store_manifest(upstream, repo_name, str(digest), response)
-    return ManifestResult(manifest.digest, manifest.media_type, response.content)
 
 
-def _manifest_by_tag(upstream: Upstream, repo_name: str, tag_name: str) -> ManifestResult:
-    tag = (
+def _cached_tag(upstream: Upstream, repo_name: str, tag_name: str) -> Tag | None:
+    return (
         Tag.objects.select_related("manifest")
         .filter(repository__upstream=upstream, repository__name=repo_name, name=tag_name)
         .first()
     )
-    now = timezone.now()
-    if tag is not None and now - tag.validated_at < timedelta(seconds=settings.MIRROR_TAG_TTL):
-        return _serve_tag(tag)
-    if tag is None:
-        manifest = _fetch_tag(upstream, repo_name, tag_name)
-        tag = _point_tag(manifest.repository, tag_name, manifest)
-        return _serve_tag(tag)
 
+
+def _is_fresh(tag: Tag | None) -> bool:
+    return tag is not None and timezone.now() - tag.validated_at < timedelta(seconds=settings.MIRROR_TAG_TTL)
+
+
+@contextmanager
+def _single_flight(name: str) -> Iterator[None]:
+    """Let one process at a time ask the upstream about `name`; the others wait, then find
+    the answer in the cache. A pull never waits longer than one upstream round trip for it."""
+    wait = settings.MIRROR_UPSTREAM_CONNECT_TIMEOUT + settings.MIRROR_UPSTREAM_READ_TIMEOUT
+    try:
+        lock = locks.acquire(name, timeout=wait)
+    except locks.LockTimeout:
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _manifest_by_tag(upstream: Upstream, repo_name: str, tag_name: str) -> ManifestResult:
+    tag = _cached_tag(upstream, repo_name, tag_name)
+    if _is_fresh(tag):
+        return _serve_tag(tag)
+    with _single_flight(f"tag:{upstream.pk}:{repo_name}:{tag_name}"):
+        tag = _cached_tag(upstream, repo_name, tag_name)  # fetched or revalidated while we waited?
+        if _is_fresh(tag):
+            return _serve_tag(tag)
+        if tag is None:
+            manifest = _fetch_tag(upstream, repo_name, tag_name)
+            return _serve_tag(_point_tag(manifest.repository, tag_name, manifest))
+        return _revalidate_tag(upstream, repo_name, tag)
+
+
+def _revalidate_tag(upstream: Upstream, repo_name: str, tag: Tag) -> ManifestResult:
+    """Ask the upstream (HEAD) whether an expired tag moved, and follow it if so."""
+    now = timezone.now()
+    tag_name = tag.name
     # Revalidate with a HEAD: Docker Hub does not count it as a pull. A failed HEAD is never
     # retried as a GET; the cached digest is served stale instead.
     client = upstream_client(upstream)
@@ -258,7 +293,8 @@ def stat_blob(upstream: Upstream, name: str, digest: oci.Digest, store: BlobStor
 
 
 def fetch_blob(upstream: Upstream, name: str, digest: oci.Digest, store: BlobStore | None = None) -> CachedBlob | FillingBlob:
-    """A cached blob, or an upstream download that fills the cache while the client reads it."""
+    """A cached blob, or the bytes of its fill as they arrive. Concurrent misses for one
+    digest, in any process, share one upstream download (see fills.py)."""
     store = store or default_store()
     repo_name = upstream.upstream_name(oci.validate_name(name))
     size = store.size(digest)
@@ -269,58 +305,38 @@ def fetch_blob(upstream: Upstream, name: str, digest: oci.Digest, store: BlobSto
             _link_blobs(_repository(upstream, repo_name), [str(digest)])
         pulltimes.record(Blob, "digest", str(digest))
         return CachedBlob(store.path(digest), size)
-    download = upstream_client(upstream).open_blob(repo_name, str(digest))
-    try:
-        fill = store.begin_fill(digest, download.size)
-    except BaseException:
-        download.close()
-        raise
-    stream = _stream_fill(upstream, repo_name, digest, download, fill)
-    # Run the fill up to its first chunk now: a blob that fits in one chunk is verified
+
+    follower = BlobFills(store, settings.MIRROR_FILL_TIMEOUT).follow(
+        digest,
+        open_download=lambda: upstream_client(upstream).open_blob(repo_name, str(digest)),
+        on_commit=lambda size: _record_blob(upstream, repo_name, digest, size),
+    )
+    if follower is None:  # another fill committed it just now
+        return fetch_blob(upstream, name, digest, store)
+    chunks = follower.chunks()
+    # Run up to the first chunk now: a blob that fits in the held-back part is verified
     # before the response starts, so its client gets a clean error instead of a cut one.
-    first = next(stream, b"")
-    return FillingBlob(download.size, _prepend(first, stream))
+    first = next(chunks, b"")
+    return FillingBlob(follower.size, _prepend(first, chunks))
 
 
 def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     if first:
         yield first
-    yield from rest  # closing this generator closes the fill's, aborting it
-
-
-def _stream_fill(upstream: Upstream, repo_name: str, digest: oci.Digest, download, fill) -> Iterator[bytes]:
-    """Yield the upstream's bytes while writing them; the last chunk waits for the digest check,
-    so a client of a corrupt blob gets a truncated response, never a complete wrong one."""
-    held = b""
-    try:
-        for chunk in download.chunks():
-            if not chunk:
-                continue
-            fill.write(chunk)
-            if held:
-                yield held
-            held = chunk
-        fill.commit()
-    except DigestMismatch as error:
-        fill.abort()
-        logger.error("upstream blob %s@%s rejected: %s", repo_name, digest, error)
-        raise UpstreamDigestMismatch("upstream sent bytes that do not match the digest", {"digest": str(digest)}) from None
-    except BaseException:
-        fill.abort()
-        raise
-    finally:
-        download.close()
-    _record_blob(upstream, repo_name, digest, fill.size)
-    if held:
-        yield held
+    yield from rest  # closing this generator closes the follower's
 
 
 def _record_blob(upstream: Upstream, repo_name: str, digest: oci.Digest, size: int) -> None:
+    """Bookkeeping after a commit; the committed file is what counts, so a database hiccup
+    here is logged, not raised (the link is made again on the next pull)."""
     try:
-        Blob.objects.get_or_create(digest=str(digest), defaults={"size": size})
-    except IntegrityError:
-        pass
-    _link_blobs(_repository(upstream, repo_name), [str(digest)])
+        try:
+            Blob.objects.get_or_create(digest=str(digest), defaults={"size": size})
+        except IntegrityError:
+            pass
+        _link_blobs(_repository(upstream, repo_name), [str(digest)])
+    except DatabaseError:
+        logger.exception("could not record blob %s", digest)
 
 
 def _is_linked(upstream: Upstream, repo_name: str, digest: oci.Digest) -> bool:

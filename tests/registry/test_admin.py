@@ -4,7 +4,8 @@ import pytest
 from registry import cache, oci
 from registry.models import Blob, Manifest, Repository, Tag, Upstream, UpstreamAccount
 
-pytestmark = pytest.mark.django_db
+# Filling a blob writes from a background thread: real transactions, not a rolled-back one.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture

@@ -87,4 +87,5 @@ class MirrorProcess:
         return {f"{p.parent.parent.name}:{p.name}": p for p in root.glob("*/*/*") if p.is_file()}
 
     def temp_files(self) -> list[Path]:
-        return [p for p in (self.data_dir / "tmp").glob("*") if p.is_file()]
+        """Partial blobs (fills in progress or abandoned); fill records and locks excluded."""
+        return [p for p in (self.data_dir / "tmp").glob("*.partial") if p.is_file()]
