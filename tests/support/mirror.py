@@ -22,7 +22,7 @@ class MirrorProcess:
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
-        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-mirror.log"
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-mirror-{self.port}.log"
         self.env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         self.env.update(
             MIRROR_DATA_DIR=str(self.data_dir),
