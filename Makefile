@@ -17,11 +17,13 @@ install: $(STAMP)
 run: $(STAMP)
 	exec $(PY) manage.py serve
 
-# Debian's Distribution binary is the upstream registry of the end-to-end tests, skopeo the client.
+# Debian's Distribution binary is the upstream registry of the end-to-end tests, skopeo the
+# client, nginx the front that serves cache hits by X-Accel-Redirect.
 test-tools:
 	@missing=""; \
 	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
 	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
+	test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

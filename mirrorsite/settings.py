@@ -113,6 +113,9 @@ WHITENOISE_USE_FINDERS = True
 REGISTRY_HTTP_ADDR = env.str("REGISTRY_HTTP_ADDR", default="0.0.0.0:5000")
 MIRROR_WEB_WORKERS = env.int("MIRROR_WEB_WORKERS", default=2)
 MIRROR_WEB_THREADS = env.int("MIRROR_WEB_THREADS", default=32)
+# Behind nginx: the internal location that maps to MIRROR_DATA_DIR/blobs/, e.g. "/_blobs/".
+# Cache hits are then answered with X-Accel-Redirect and nginx sends the file.
+MIRROR_X_ACCEL_REDIRECT = env.str("MIRROR_X_ACCEL_REDIRECT", default="")
 
 # --- The default upstream (Distribution's names, so a registry:2 command line carries over) --
 REGISTRY_PROXY_REMOTEURL = env.str("REGISTRY_PROXY_REMOTEURL", default="https://registry-1.docker.io")
@@ -152,3 +155,59 @@ LOGGING = {
 REDIS_URL = env.str("REDIS_URL", default="")
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
 CELERY_TASK_IGNORE_RESULT = True
+
+# --- Workers: prefetch, refresh of popular tags, garbage collection ---------------------------
+# Garbage collection: images not pulled for MIRROR_CACHE_TTL seconds are evicted (0 = never);
+# with MIRROR_CACHE_MAX_BYTES set, a store above the high watermark (a fraction of it) is
+# brought down to the low one, least recently pulled images first. Pinned images stay.
+MIRROR_CACHE_TTL = env.int("MIRROR_CACHE_TTL", default=7 * 24 * 3600)
+MIRROR_CACHE_MAX_BYTES = env.int("MIRROR_CACHE_MAX_BYTES", default=0)
+MIRROR_CACHE_HIGH_WATERMARK = env.float("MIRROR_CACHE_HIGH_WATERMARK", default=0.9)
+MIRROR_CACHE_LOW_WATERMARK = env.float("MIRROR_CACHE_LOW_WATERMARK", default=0.8)
+# Nothing pulled or written this recently is deleted: a client that just got a manifest can
+# still fetch its blobs. Must stay well above MIRROR_PULL_TIME_FLUSH_INTERVAL (times are buffered).
+MIRROR_GC_GRACE_PERIOD = env.int("MIRROR_GC_GRACE_PERIOD", default=3600)
+# A fill's temporary file untouched for this long belongs to a fill that died.
+MIRROR_GC_TEMP_FILE_AGE = env.int("MIRROR_GC_TEMP_FILE_AGE", default=3600)
+MIRROR_GC_INTERVAL = env.int("MIRROR_GC_INTERVAL", default=3600)
+
+# Popular tags: the N most pulled over the last D days are revalidated every interval, and
+# re-fetched when they moved, spending at most BUDGET upstream manifest GETs per run.
+MIRROR_POPULAR_TAGS = env.int("MIRROR_POPULAR_TAGS", default=20)
+MIRROR_POPULAR_DAYS = env.int("MIRROR_POPULAR_DAYS", default=7)
+MIRROR_POPULAR_BUDGET = env.int("MIRROR_POPULAR_BUDGET", default=20)
+MIRROR_POPULAR_INTERVAL = env.int("MIRROR_POPULAR_INTERVAL", default=900)
+
+# Prefetch stops when the upstream account has this many pulls left or fewer, so clients keep
+# the rest; transient upstream errors are retried with exponential backoff.
+MIRROR_PREFETCH_RATELIMIT_RESERVE = env.int("MIRROR_PREFETCH_RATELIMIT_RESERVE", default=10)
+MIRROR_PREFETCH_ATTEMPTS = env.int("MIRROR_PREFETCH_ATTEMPTS", default=5)
+MIRROR_PREFETCH_BACKOFF = env.float("MIRROR_PREFETCH_BACKOFF", default=2.0)
+MIRROR_PREFETCH_BACKOFF_MAX = env.float("MIRROR_PREFETCH_BACKOFF_MAX", default=120.0)
+
+# `manage.py serve` runs a Celery worker and beat beside the web server: "auto" does so when no
+# broker is configured (the embedded default), since a configured one has workers of its own.
+MIRROR_EMBEDDED_WORKERS = env.str("MIRROR_EMBEDDED_WORKERS", default="auto").lower()
+MIRROR_WORKER_CONCURRENCY = env.int("MIRROR_WORKER_CONCURRENCY", default=2)
+# Lets several mirrors (or test runs) share one Redis.
+MIRROR_REDIS_KEY_PREFIX = env.str("MIRROR_REDIS_KEY_PREFIX", default="")
+
+MIRROR_BROKER_CONFIGURED = bool(env.str("CELERY_BROKER_URL", default="") or REDIS_URL)
+if not MIRROR_BROKER_CONFIGURED:
+    # No Redis: messages are files under MIRROR_DATA_DIR, a broker that needs no server.
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT = "mirrorsite.broker:Transport"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"root": str(MIRROR_DATA_DIR / "broker"), "polling_interval": 0.5}
+elif MIRROR_REDIS_KEY_PREFIX:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": MIRROR_REDIS_KEY_PREFIX}
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # prefetches are long: let idle workers take the next one
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # keep the LOGGING above
+CELERY_BEAT_SCHEDULE_FILENAME = str(MIRROR_DATA_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE = {
+    name: {"task": task, "schedule": float(interval)}
+    for name, task, interval in (
+        ("garbage-collection", "registry.collect_garbage", MIRROR_GC_INTERVAL),
+        ("refresh-popular-tags", "registry.refresh_popular", MIRROR_POPULAR_INTERVAL),
+    )
+    if interval > 0
+}

@@ -77,9 +77,14 @@ class BlobStore:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
 
-    def path(self, digest: Digest) -> Path:
+    @staticmethod
+    def relative_path(digest: Digest) -> str:
+        """The blob's content address under blobs/ (also what nginx is told to send)."""
         # Digest was validated by oci.parse_digest: algorithm and hex only, no separators.
-        return self.blob_dir / digest.algorithm / digest.encoded[:2] / digest.encoded
+        return f"{digest.algorithm}/{digest.encoded[:2]}/{digest.encoded}"
+
+    def path(self, digest: Digest) -> Path:
+        return self.blob_dir / self.relative_path(digest)
 
     def size(self, digest: Digest) -> int | None:
         """Size of a committed blob, or None when it is not stored."""

@@ -47,6 +47,7 @@ class CachedBlob:
 
     path: Path
     size: int
+    relative_path: str  # its address under the store's blobs/ directory
 
 
 @dataclass
@@ -304,7 +305,7 @@ def fetch_blob(upstream: Upstream, name: str, digest: oci.Digest, store: BlobSto
             upstream_client(upstream).head_blob(repo_name, str(digest))
             _link_blobs(_repository(upstream, repo_name), [str(digest)])
         pulltimes.record(Blob, "digest", str(digest))
-        return CachedBlob(store.path(digest), size)
+        return CachedBlob(store.path(digest), size, store.relative_path(digest))
 
     follower = BlobFills(store, settings.MIRROR_FILL_TIMEOUT).follow(
         digest,

@@ -175,3 +175,113 @@ class RepositoryBlob(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["repository", "digest"], name="unique_repository_blob")]
+
+
+class TagPullCount(models.Model):
+    """How often a tag was pulled on one day: which tags are popular enough to keep fresh.
+
+    Counted in memory and written with the buffered last-pulled times (pulltimes.flush).
+    """
+
+    tag = models.ForeignKey(Tag, on_delete=models.CASCADE, related_name="pull_counts")
+    day = models.DateField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tag", "day"], name="unique_tag_pull_count")]
+        indexes = [models.Index(fields=["day"])]
+
+
+class Pin(models.Model):
+    """An image garbage collection never evicts: a tag, a digest, or (empty reference) a whole repository.
+
+    Kept by name, so an image can be pinned before it is cached, and a pinned tag keeps
+    whatever it points at after it moves.
+    """
+
+    upstream = models.ForeignKey(Upstream, on_delete=models.CASCADE, related_name="pins")
+    repository = models.CharField(max_length=255, help_text="As the upstream knows it, e.g. library/postgres")
+    reference = models.CharField(max_length=200, blank=True, help_text="Tag or digest; empty pins every tag and digest")
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.CharField(max_length=150, blank=True)
+    note = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["upstream", "repository", "reference"], name="unique_pin")]
+
+    def __str__(self) -> str:
+        if not self.reference:
+            return self.repository
+        separator = "@" if ":" in self.reference else ":"
+        return f"{self.repository}{separator}{self.reference}"
+
+
+class PrefetchJob(models.Model):
+    """A request to have an image cached before anyone pulls it, and how far it got."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        STOPPED = "stopped", "stopped (upstream rate limit)"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.STOPPED)
+
+    upstream = models.ForeignKey(Upstream, on_delete=models.CASCADE, related_name="prefetch_jobs")
+    repository = models.CharField(max_length=255, help_text="As the upstream knows it, e.g. library/postgres")
+    reference = models.CharField(max_length=200, help_text="Tag or digest")
+    platforms = models.CharField(
+        max_length=500, blank=True, help_text="Comma-separated os/architecture[/variant]; empty means all"
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    message = models.TextField(blank=True, help_text="Why it stopped or failed")
+    errors = models.JSONField(default=list, blank=True, help_text="Upstream errors met, retried or not")
+    digest = models.CharField(max_length=200, blank=True, help_text="What the reference resolved to")
+    manifests_fetched = models.PositiveIntegerField(default=0, help_text="Manifests fetched from the upstream")
+    blobs_total = models.PositiveIntegerField(default=0)
+    blobs_done = models.PositiveIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    bytes_done = models.BigIntegerField(default=0)
+    bytes_downloaded = models.BigIntegerField(default=0, help_text="Of bytes done, those fetched from the upstream")
+    requested_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        separator = "@" if ":" in self.reference else ":"
+        return f"{self.repository}{separator}{self.reference}"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in self.FINISHED
+
+
+class GcRun(models.Model):
+    """What one garbage collection deleted and freed (dry runs are not recorded)."""
+
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    trigger = models.CharField(max_length=50, help_text="schedule, command, admin")
+    store_bytes_before = models.BigIntegerField(default=0)
+    store_bytes_after = models.BigIntegerField(default=0)
+    manifests_deleted = models.PositiveIntegerField(default=0)
+    tags_deleted = models.PositiveIntegerField(default=0)
+    repositories_deleted = models.PositiveIntegerField(default=0)
+    blobs_deleted = models.PositiveIntegerField(default=0)
+    bytes_freed = models.BigIntegerField(default=0, help_text="Blob bytes deleted")
+    temp_files_deleted = models.PositiveIntegerField(default=0)
+    temp_bytes_freed = models.BigIntegerField(default=0)
+    evicted = models.JSONField(default=list, blank=True, help_text="Images evicted, with the reason")
+
+    class Meta:
+        ordering = ["-started_at"]
+        verbose_name = "garbage collection run"
+
+    def __str__(self) -> str:
+        return f"GC {self.started_at:%Y-%m-%d %H:%M}"

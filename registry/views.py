@@ -8,7 +8,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 
 from . import cache, oci
 from .models import Upstream
-from .responses import blob_file_response, error_response, parse_range, registry_endpoint
+from .responses import blob_hit_response, error_response, parse_range, registry_endpoint
 
 STALE_WARNING = '110 mirrorsite "Response is Stale"'
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -55,7 +55,7 @@ def blob(request: HttpRequest, name: str, digest: str) -> HttpResponse:
     else:
         found = cache.fetch_blob(upstream, name, parsed)
         if isinstance(found, cache.CachedBlob):
-            response = blob_file_response(found.path, found.size, parse_range(request.headers.get("Range"), found.size))
+            response = blob_hit_response(found.path, found.relative_path, found.size, request.headers.get("Range"))
         else:
             if found.size is not None:
                 try:  # refuse an impossible range now; a possible one is answered with the whole blob
