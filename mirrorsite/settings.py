@@ -132,6 +132,8 @@ MIRROR_TAG_TTL = env.int("MIRROR_TAG_TTL", default=60)
 # How old (since its last successful revalidation) a tag may be and still be served stale
 # when the upstream is down or rate-limits us.
 MIRROR_TAG_MAX_STALENESS = env.int("MIRROR_TAG_MAX_STALENESS", default=30 * 24 * 3600)
+# Memory each server process may use to keep hot manifests (bytes; 0 turns it off).
+MIRROR_MANIFEST_MEMORY_BYTES = env.int("MIRROR_MANIFEST_MEMORY_BYTES", default=64 * 1024 * 1024)
 # Longest a blob fill may take; it goes on this long after its client disconnects.
 MIRROR_FILL_TIMEOUT = env.int("MIRROR_FILL_TIMEOUT", default=3600)
 # Last-pulled times are buffered in each process and written at most this often (seconds).

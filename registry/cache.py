@@ -23,6 +23,7 @@ from django.utils import timezone
 from . import locks, oci, pulltimes
 from .blobstore import BlobStore, default_store
 from .fills import BlobFills
+from .memory import AnswerMemory
 from .models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, Upstream, UpstreamAccount
 from .upstream import RateLimit, UpstreamClient, UpstreamUnavailable
 
@@ -110,7 +111,31 @@ def get_manifest(upstream: Upstream, name: str, reference: oci.Reference) -> Man
     return _manifest_by_tag(upstream, repo_name, reference.tag)
 
 
+@dataclass(frozen=True)
+class _HotManifest:
+    """What a remembered answer needs: the bytes, and what to mark as pulled."""
+
+    result: ManifestResult
+    pulled: tuple[tuple[type, int], ...]
+
+
+_memory: AnswerMemory[_HotManifest] = AnswerMemory(settings.MIRROR_MANIFEST_MEMORY_BYTES)
+
+
+def _remembered(key: tuple) -> ManifestResult | None:
+    hot = _memory.get(key)
+    if hot is None:
+        return None
+    for model, pk in hot.pulled:
+        pulltimes.record(model, "pk", pk)
+    return hot.result
+
+
 def _manifest_by_digest(upstream: Upstream, repo_name: str, digest: oci.Digest) -> ManifestResult:
+    key = ("digest", upstream.pk, repo_name, str(digest))
+    remembered = _remembered(key)
+    if remembered is not None:
+        return remembered
     cached = _cached_manifest(upstream, repo_name, digest)
     if cached is None:
         with _single_flight(f"manifest:{upstream.pk}:{repo_name}@{digest}"):
@@ -122,9 +147,12 @@ def _manifest_by_digest(upstream: Upstream, repo_name: str, digest: oci.Digest) 
                     raise oci.ManifestInvalid("upstream manifest does not match its digest", {"digest": str(digest)})
                 manifest = _store_manifest(upstream, repo_name, str(digest), response)
                 return ManifestResult(manifest.digest, manifest.media_type, response.content)
-    pulltimes.record(Repository, "pk", cached.repository_id)
-    pulltimes.record(Manifest, "pk", cached.pk)
-    return ManifestResult(cached.digest, cached.media_type, bytes(cached.content))
+    result = ManifestResult(cached.digest, cached.media_type, bytes(cached.content))
+    pulled = ((Repository, cached.repository_id), (Manifest, cached.pk))
+    for model, pk in pulled:
+        pulltimes.record(model, "pk", pk)
+    _memory.put(key, _HotManifest(result, pulled), len(result.content))
+    return result
 
 
 def _cached_manifest(upstream: Upstream, repo_name: str, digest: oci.Digest) -> Manifest | None:
@@ -135,7 +163,7 @@ def _cached_manifest(upstream: Upstream, repo_name: str, digest: oci.Digest) -> 
 
 def _cached_tag(upstream: Upstream, repo_name: str, tag_name: str) -> Tag | None:
     return (
-        Tag.objects.select_related("manifest")
+        Tag.objects.select_related("manifest", "repository")
         .filter(repository__upstream=upstream, repository__name=repo_name, name=tag_name)
         .first()
     )
@@ -162,6 +190,9 @@ def _single_flight(name: str) -> Iterator[None]:
 
 
 def _manifest_by_tag(upstream: Upstream, repo_name: str, tag_name: str) -> ManifestResult:
+    remembered = _remembered(("tag", upstream.pk, repo_name, tag_name))
+    if remembered is not None:
+        return remembered
     tag = _cached_tag(upstream, repo_name, tag_name)
     if _is_fresh(tag):
         return _serve_tag(tag)
@@ -193,6 +224,7 @@ def _revalidate_tag(upstream: Upstream, repo_name: str, tag: Tag) -> ManifestRes
 
     if head.digest == tag.manifest.digest:
         Tag.objects.filter(pk=tag.pk).update(validated_at=now)
+        tag.validated_at = now
         return _serve_tag(tag)
     try:
         if head.digest:
@@ -220,11 +252,16 @@ def _fetch_tag(upstream: Upstream, repo_name: str, tag_name: str) -> Manifest:
 
 
 def _serve_tag(tag: Tag) -> ManifestResult:
-    pulltimes.record(Repository, "pk", tag.repository_id)
-    pulltimes.record(Tag, "pk", tag.pk)
-    pulltimes.record(Manifest, "pk", tag.manifest_id)
+    """A tag's manifest; remembered in this process for what is left of the tag's TTL."""
+    pulled = ((Repository, tag.repository_id), (Tag, tag.pk), (Manifest, tag.manifest_id))
+    for model, pk in pulled:
+        pulltimes.record(model, "pk", pk)
     manifest = tag.manifest
-    return ManifestResult(manifest.digest, manifest.media_type, bytes(manifest.content))
+    result = ManifestResult(manifest.digest, manifest.media_type, bytes(manifest.content))
+    remaining = settings.MIRROR_TAG_TTL - (timezone.now() - tag.validated_at).total_seconds()
+    key = ("tag", tag.repository.upstream_id, tag.repository.name, tag.name)
+    _memory.put(key, _HotManifest(result, pulled), len(result.content), ttl=remaining)
+    return result
 
 
 def _point_tag(repository: Repository, tag_name: str, manifest: Manifest) -> Tag:

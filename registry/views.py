@@ -7,6 +7,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
 from . import cache, oci
+from .memory import AnswerMemory
 from .models import Upstream
 from .responses import blob_hit_response, error_response, parse_range, registry_endpoint
 
@@ -14,10 +15,19 @@ STALE_WARNING = '110 mirrorsite "Response is Stale"'
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
+_upstreams: AnswerMemory[Upstream] = AnswerMemory(1024 * 1024)
+UPSTREAM_MEMORY_SECONDS = 10.0
+
+
 def request_upstream(request: HttpRequest) -> Upstream:
-    """The upstream a request is for. Only the default upstream exists so far."""
+    """The upstream a request is for. Only the default upstream exists so far; each process
+    looks it up at most every few seconds rather than on every request."""
     url = settings.REGISTRY_PROXY_REMOTEURL.rstrip("/")
-    return Upstream.objects.filter(url=url).first() or Upstream.objects.default()
+    upstream = _upstreams.get(url)
+    if upstream is None:
+        upstream = Upstream.objects.filter(url=url).first() or Upstream.objects.default()
+        _upstreams.put(url, upstream, 1024, ttl=UPSTREAM_MEMORY_SECONDS)
+    return upstream
 
 
 @registry_endpoint

@@ -54,6 +54,14 @@ class SessionImages:
         return self.moving_history[-1]
 
 
+@pytest.fixture(autouse=True)
+def forget_remembered_answers() -> None:
+    """Each test edits its own database: answers remembered for an earlier one must go."""
+    from registry import memory
+
+    memory.forget_all()
+
+
 @pytest.fixture(scope="session")
 def token_server() -> Iterator[TokenServer]:
     server = TokenServer(

@@ -10,7 +10,7 @@ import time
 import pytest
 from django.utils import timezone
 
-from registry import cache, fills, oci, pulltimes
+from registry import cache, fills, memory, oci, pulltimes
 from registry.blobstore import BlobStore
 from registry.models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, Upstream
 from tests.support.fake_upstream import FakeUpstream
@@ -50,6 +50,12 @@ def drain(found) -> bytes:
     return b"".join(found.chunks)
 
 
+def expire_tags() -> None:
+    """Make every cached tag older than its TTL (in the database and in this process)."""
+    Tag.objects.update(validated_at=timezone.now() - timedelta(hours=2))
+    memory.forget_all()
+
+
 def wait_for(condition, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -83,7 +89,7 @@ def test_tag_is_cached_with_its_references_and_trusted_for_the_ttl(hub, upstream
 
 def test_expired_tag_is_revalidated_with_one_head(hub, upstream, images, settings):
     cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
-    Tag.objects.update(validated_at=timezone.now() - timedelta(hours=2))
+    expire_tags()
     mark = upstream.log_mark()
     result = cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
     assert result.digest == images.small.digest
@@ -111,7 +117,7 @@ def test_unknown_tag_and_repository(hub, images):
 
 def test_stale_tag_served_when_upstream_unreachable_within_max_staleness(hub, images, settings):
     cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
-    Tag.objects.update(validated_at=timezone.now() - timedelta(hours=2))
+    expire_tags()
     Upstream.objects.filter(pk=hub.pk).update(url="http://127.0.0.1:9")
     hub.refresh_from_db()
     result = cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
@@ -125,7 +131,7 @@ def test_stale_tag_served_when_upstream_unreachable_within_max_staleness(hub, im
 @pytest.mark.parametrize("status,served_stale", [(429, True), (503, True), (404, False)])
 def test_revalidation_answers(mirror_of, hub, images, status, served_stale):
     cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
-    Tag.objects.update(validated_at=timezone.now() - timedelta(hours=2))
+    expire_tags()
     methods: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -279,7 +285,7 @@ def test_tags_are_listed_sorted_and_paginated(hub, images):
 
 def test_moved_tag_whose_new_manifest_cannot_be_fetched_is_served_stale(hub, images):
     cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
-    Tag.objects.update(validated_at=timezone.now() - timedelta(hours=2))
+    expire_tags()
     moved_to = "sha256:" + "c" * 64
 
     class Handler(BaseHTTPRequestHandler):
