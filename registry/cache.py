@@ -295,7 +295,7 @@ def _store_manifest(upstream: Upstream, repo_name: str, digest: str, response) -
             if created:
                 ManifestReference.objects.bulk_create(
                     [ManifestReference(manifest=manifest, digest=d, kind=ManifestReference.Kind.BLOB) for d in blobs]
-                    + [ManifestReference(manifest=manifest, digest=d, kind="manifest") for d in children],
+                    + [ManifestReference(manifest=manifest, digest=d, kind=ManifestReference.Kind.MANIFEST) for d in children],
                     ignore_conflicts=True,
                 )
                 _link_blobs(repository, blobs)
