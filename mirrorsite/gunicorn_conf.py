@@ -1,7 +1,10 @@
 """Gunicorn settings for the mirror, from the same environment as Django's settings.
 
-gthread workers (with a TLS probe answer, see gunicorn_worker): blob hits go out through sendfile (gunicorn's wsgi.file_wrapper), so a
-thread only waits on the socket; misses stream from the upstream in a thread each.
+gthread workers (with an immediate answer to TLS probes on a plain-HTTP port, see
+gunicorn_worker): blob hits go out through sendfile (gunicorn's wsgi.file_wrapper), so a
+thread only waits on the socket; misses are filled by a thread and followed by the request's.
+With REGISTRY_HTTP_TLS_CERTIFICATE and REGISTRY_HTTP_TLS_KEY the server speaks HTTPS itself
+(Distribution's names), at the cost of sendfile: TLS bytes go through Python.
 """
 import os
 
@@ -17,6 +20,11 @@ accesslog = "-" if os.environ.get("MIRROR_ACCESS_LOG", "true").lower() in ("1", 
 errorlog = "-"
 loglevel = os.environ.get("MIRROR_LOG_LEVEL", "info").lower()
 wsgi_app = "mirrorsite.wsgi:application"
+
+certfile = os.environ.get("REGISTRY_HTTP_TLS_CERTIFICATE") or None
+keyfile = os.environ.get("REGISTRY_HTTP_TLS_KEY") or None
+if bool(certfile) != bool(keyfile):
+    raise SystemExit("set both REGISTRY_HTTP_TLS_CERTIFICATE and REGISTRY_HTTP_TLS_KEY, or neither")
 
 
 def worker_exit(server, worker) -> None:

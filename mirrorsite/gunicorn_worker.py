@@ -16,13 +16,15 @@ TLS_HANDSHAKE_FAILURE_ALERT = bytes([0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28])
 
 class MirrorWorker(ThreadWorker):
     def handle(self, conn):
+        if self.cfg.is_ssl:  # this port speaks TLS: a ClientHello is what it expects
+            return super().handle(conn)
         try:
             first = conn.sock.recv(1, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
             first = b""
         except OSError:
             return (False, conn)
-        if first and first[0] == TLS_HANDSHAKE_RECORD and not self.cfg.is_ssl:
+        if first and first[0] == TLS_HANDSHAKE_RECORD:
             try:
                 conn.sock.sendall(TLS_HANDSHAKE_FAILURE_ALERT)
             except OSError:

@@ -141,6 +141,8 @@ def blob_file_response(path: Path, size: int, byte_range: ByteRange | None) -> F
         content_type="application/octet-stream",
     )
     response["Content-Length"] = str(max(window.length, 0))
+    # Where sendfile cannot be used (TLS, servers without it), read in large blocks.
+    response.block_size = 1024 * 1024
     if byte_range:
         response["Content-Range"] = f"bytes {window.start}-{window.end}/{size}"
     return response

@@ -38,6 +38,10 @@ class MirrorProcess:
         self.env.pop("DATABASE_URL", None)
         self.env.update(env)
         self.process: subprocess.Popen | None = None
+        # Served over HTTPS when given a certificate: readiness is checked against this CA.
+        self.verify: str | bool = True
+        if env.get("REGISTRY_HTTP_TLS_CERTIFICATE"):
+            self.url = f"https://{self.host}"
 
     def start(self, timeout: float = 60) -> "MirrorProcess":
         log = open(self.log_path, "ab")
@@ -51,7 +55,7 @@ class MirrorProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"mirror exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                if requests.get(f"{self.url}/v2/", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}/v2/", timeout=1, verify=self.verify).status_code == 200:
                     return self
             except requests.RequestException:
                 pass
