@@ -18,12 +18,16 @@ run: $(STAMP)
 	exec $(PY) manage.py serve
 
 # Debian's Distribution binary is the upstream registry of the end-to-end tests, skopeo the
-# client, nginx the front that serves cache hits by X-Accel-Redirect.
+# client, nginx the front that serves cache hits by X-Accel-Redirect; podman and containerd
+# (with ctr) are the real clients pulled through the mirror as the README configures them.
 test-tools:
 	@missing=""; \
 	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
 	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
 	test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v podman >/dev/null || missing="$$missing podman"; \
+	{ command -v containerd >/dev/null && command -v ctr >/dev/null; } || missing="$$missing containerd"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -34,3 +38,19 @@ test: $(STAMP) test-tools
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
+
+# Mirrorsite against Distribution in proxy mode, side by side (README: Benchmarks).
+# Not part of `make test` (tests/benchmarks runs a smoke version). Pass flags with BENCH_ARGS="--rounds 1".
+# Installs only what it uses: Distribution (upstream and the system compared), skopeo, curl, wrk.
+.PHONY: bench
+bench: $(STAMP)
+	@missing=""; \
+	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
+	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	$(PY) -m benchmarks.run $(BENCH_ARGS)

@@ -1,0 +1,1 @@
+"""Side-by-side benchmark of Mirrorsite against Distribution in proxy mode (`make bench`)."""

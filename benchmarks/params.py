@@ -1,0 +1,87 @@
+"""What one benchmark run does: sizes, rounds, client counts, durations (all CLI flags).
+
+The defaults are the full `make bench`; the smoke test passes tiny sizes and one round.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MiB = 1024 * 1024
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULT_OUT = BENCH_DIR / "results"
+README = BENCH_DIR.parent / "README.md"
+
+
+@dataclass(frozen=True)
+class Params:
+    large_layer_mib: float = 200.0  # the one-layer image whose blob the throughput runs download
+    layers_mib: tuple[float, ...] = (10.0, 20.0, 30.0, 40.0)  # the multi-layer image
+    small_layer_kib: float = 100.0  # the image behind the manifest and tag measurements
+    rounds: int = 5  # repetitions of each timed measurement (median reported); cold pulls use a fresh image per round
+    concurrent_pulls: int = 16
+    blob_clients: tuple[int, ...] = (1, 8, 32)
+    manifest_seconds: float = 10.0
+    manifest_connections: int = 16
+    tag_pulls: int = 100
+    loadgen: str = "wrk"  # "wrk" or "python" (a bounded threaded load); the same for both systems
+    client_timeout: float = 300.0  # any single client process (skopeo, curl, wrk)
+    time_limit: float = 480.0  # steps not started by then are reported as errors (the run must stay under 10 min)
+    mirror_env: dict[str, str] = field(default_factory=dict)  # extra settings for Mirrorsite
+    out: Path = DEFAULT_OUT
+    readme: Path | None = README  # the README section to refresh (None: leave it alone)
+    keep_workdir: bool = False  # keep the servers' storage and logs under /tmp for a post-mortem
+
+    def as_json(self) -> dict:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        d["readme"] = str(self.readme) if self.readme else None
+        return d
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def parse_args(argv: list[str] | None = None) -> Params:
+    d = Params()
+    p = argparse.ArgumentParser(prog="benchmarks.run", description="Mirrorsite vs Distribution proxy, side by side.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--large-layer-mib", type=float, default=d.large_layer_mib, help="layer downloaded in the throughput runs")
+    p.add_argument("--layers-mib", type=_floats, default=d.layers_mib, help="layers of the multi-layer image (comma-separated)")
+    p.add_argument("--small-layer-kib", type=float, default=d.small_layer_kib, help="layer of the manifest and tag-pull images")
+    p.add_argument("--rounds", type=int, default=d.rounds, help="repetitions of the pulls and throughput runs (median)")
+    p.add_argument("--concurrent-pulls", type=int, default=d.concurrent_pulls, help="simultaneous cold skopeo pulls")
+    p.add_argument("--blob-clients", type=_ints, default=d.blob_clients, help="simultaneous curl downloads of the large blob (comma-separated); memory is sampled at the largest")
+    p.add_argument("--manifest-seconds", type=float, default=d.manifest_seconds, help="length of each manifest load")
+    p.add_argument("--manifest-connections", type=int, default=d.manifest_connections, help="keep-alive connections of the manifest load")
+    p.add_argument("--tag-pulls", type=int, default=d.tag_pulls, help="warm pulls of one tag whose upstream requests are counted")
+    p.add_argument("--loadgen", choices=("wrk", "python"), default=d.loadgen, help="manifest load generator, the same for both")
+    p.add_argument("--client-timeout", type=float, default=d.client_timeout, help="seconds any one client may take")
+    p.add_argument("--time-limit", type=float, default=d.time_limit, help="seconds after which no new step starts")
+    p.add_argument("--mirror-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for Mirrorsite, e.g. MIRROR_WEB_WORKERS=4 (repeatable)")
+    p.add_argument("--out", type=Path, default=d.out, help="directory for latest.json and latest.md")
+    p.add_argument("--no-readme", action="store_true", help="do not refresh the README's benchmark section")
+    p.add_argument("--keep-workdir", action="store_true", help="keep the servers' storage and logs (printed path)")
+    a = p.parse_args(argv)
+    if a.rounds < 1 or a.concurrent_pulls < 1 or a.tag_pulls < 1 or not a.blob_clients or not a.layers_mib:
+        p.error("rounds, concurrent pulls, tag pulls, blob clients and layers must be at least 1")
+    mirror_env = {}
+    for item in a.mirror_env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--mirror-env wants KEY=VALUE, got {item!r}")
+        mirror_env[key] = value
+    return Params(
+        large_layer_mib=a.large_layer_mib, layers_mib=a.layers_mib, small_layer_kib=a.small_layer_kib,
+        rounds=a.rounds, concurrent_pulls=a.concurrent_pulls, blob_clients=a.blob_clients,
+        manifest_seconds=a.manifest_seconds, manifest_connections=a.manifest_connections, tag_pulls=a.tag_pulls,
+        loadgen=a.loadgen, client_timeout=a.client_timeout, time_limit=a.time_limit, mirror_env=mirror_env,
+        out=a.out, readme=None if a.no_readme else README, keep_workdir=a.keep_workdir,
+    )
