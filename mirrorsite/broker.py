@@ -82,3 +82,5 @@ class Channel(filesystem.Channel):
 
 class Transport(filesystem.Transport):
     Channel = Channel
+    # Files need no host: without this kombu warns that none was given, on every connection.
+    default_connection_params = {"port": 0, "hostname": ""}

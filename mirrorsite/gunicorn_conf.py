@@ -9,7 +9,8 @@ With REGISTRY_HTTP_TLS_CERTIFICATE and REGISTRY_HTTP_TLS_KEY the server speaks H
 import os
 
 bind = [os.environ.get("REGISTRY_HTTP_ADDR", "0.0.0.0:5000")]
-worker_class = "mirrorsite.gunicorn_worker.MirrorWorker"
+# The measured default (README: "Why gunicorn with threads"); others, e.g. "gevent", for comparison.
+worker_class = os.environ.get("MIRROR_WEB_WORKER_CLASS", "mirrorsite.gunicorn_worker.MirrorWorker")
 workers = int(os.environ.get("MIRROR_WEB_WORKERS", "2"))
 threads = int(os.environ.get("MIRROR_WEB_THREADS", "32"))
 # Large blobs stream for minutes; the gthread heartbeat keeps the worker alive meanwhile.

@@ -4,6 +4,7 @@ The embedded default (no environment at all) is a complete mirror of Docker Hub 
 everything (SQLite database, blobs, temporary files, generated secret key) under
 MIRROR_DATA_DIR. The README lists every variable.
 """
+import os
 from pathlib import Path
 import secrets
 
@@ -82,7 +83,7 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Tests run fills in threads beside the test: a file (not shared-cache memory) lets
     # them use the same WAL and busy-timeout rules as production.
-    DATABASES["default"]["TEST"] = {"NAME": str(MIRROR_DATA_DIR / "test-db.sqlite3")}
+    DATABASES["default"]["TEST"] = {"NAME": str(MIRROR_DATA_DIR / f"test-db-{os.getpid()}.sqlite3")}
     # Several server processes share the file: WAL lets readers run beside one writer,
     # IMMEDIATE transactions and a busy timeout turn lock contention into waiting, not errors.
     DATABASES["default"]["OPTIONS"] = {
@@ -169,8 +170,9 @@ MIRROR_CACHE_LOW_WATERMARK = env.float("MIRROR_CACHE_LOW_WATERMARK", default=0.8
 # Nothing pulled or written this recently is deleted: a client that just got a manifest can
 # still fetch its blobs. Must stay well above MIRROR_PULL_TIME_FLUSH_INTERVAL (times are buffered).
 MIRROR_GC_GRACE_PERIOD = env.int("MIRROR_GC_GRACE_PERIOD", default=3600)
-# A fill's temporary file untouched for this long belongs to a fill that died.
-MIRROR_GC_TEMP_FILE_AGE = env.int("MIRROR_GC_TEMP_FILE_AGE", default=3600)
+# A fill's temporary file untouched for this long belongs to a fill that died (a live fill
+# writes as bytes arrive, and gives up after MIRROR_FILL_TIMEOUT anyway).
+MIRROR_GC_TEMP_FILE_AGE = env.int("MIRROR_GC_TEMP_FILE_AGE", default=MIRROR_FILL_TIMEOUT + 300)
 MIRROR_GC_INTERVAL = env.int("MIRROR_GC_INTERVAL", default=3600)
 
 # Popular tags: the N most pulled over the last D days are revalidated every interval, and
@@ -186,6 +188,9 @@ MIRROR_PREFETCH_RATELIMIT_RESERVE = env.int("MIRROR_PREFETCH_RATELIMIT_RESERVE",
 MIRROR_PREFETCH_ATTEMPTS = env.int("MIRROR_PREFETCH_ATTEMPTS", default=5)
 MIRROR_PREFETCH_BACKOFF = env.float("MIRROR_PREFETCH_BACKOFF", default=2.0)
 MIRROR_PREFETCH_BACKOFF_MAX = env.float("MIRROR_PREFETCH_BACKOFF_MAX", default=120.0)
+# A queued or running job without progress for this long lost its worker (stopped, killed):
+# it is sent again, and resumes with what is still missing.
+MIRROR_PREFETCH_STALLED_AFTER = env.int("MIRROR_PREFETCH_STALLED_AFTER", default=900)
 
 # `manage.py serve` runs a Celery worker and beat beside the web server: "auto" does so when no
 # broker is configured (the embedded default), since a configured one has workers of its own.
@@ -210,6 +215,7 @@ CELERY_BEAT_SCHEDULE = {
     for name, task, interval in (
         ("garbage-collection", "registry.collect_garbage", MIRROR_GC_INTERVAL),
         ("refresh-popular-tags", "registry.refresh_popular", MIRROR_POPULAR_INTERVAL),
+        ("resume-stalled-prefetches", "registry.resume_stalled_prefetches", MIRROR_PREFETCH_STALLED_AFTER / 3),
     )
     if interval > 0
 }

@@ -9,6 +9,7 @@ when the upstream's rate limit is nearly spent.
 """
 from __future__ import annotations
 
+from datetime import timedelta
 import json
 import logging
 import time
@@ -23,11 +24,12 @@ from . import cache, oci, pulltimes, ratelimit
 from .blobstore import default_store
 from .imageref import ImageRef, Platform, format_platforms, index_entries, parse_platforms, platform_of
 from .models import Manifest, PrefetchJob, Tag
-from .upstream import UpstreamUnavailable
 
 logger = logging.getLogger(__name__)
 
-TRANSIENT = (UpstreamUnavailable, oci.TooManyRequests)
+# Worth another try: the upstream unreachable or failing (UpstreamUnavailable, and a fill
+# followed here that failed upstream), or rate-limiting us for now.
+TRANSIENT = (oci.Unavailable, oci.TooManyRequests)
 PROGRESS_SAVE_INTERVAL = 1.0  # seconds between progress writes while bytes flow
 MAX_RECORDED_ERRORS = 100
 # Layers clients fetch from elsewhere (Windows base layers): registries do not serve them.
@@ -51,9 +53,10 @@ def create_job(image: ImageRef, platforms: Iterable[Platform] = (), requested_by
 
 
 def enqueue(image: ImageRef, platforms: Iterable[Platform] = (), requested_by: str = "") -> PrefetchJob:
-    """Record a job and hand it to a worker once the job is committed."""
+    """Record a job and hand it to a worker once the job is committed. If the broker cannot be
+    reached, the job says so (failed) rather than the caller's request failing."""
     job = create_job(image, platforms, requested_by)
-    transaction.on_commit(lambda: send(job))
+    transaction.on_commit(lambda: send(job), robust=True)
     return job
 
 
@@ -68,6 +71,25 @@ def send(job: PrefetchJob) -> None:
             status=PrefetchJob.Status.FAILED, message=f"could not reach the task queue: {error}", finished_at=timezone.now()
         )
         raise
+
+
+def resume_stalled() -> list[int]:
+    """Send again the jobs a worker took and lost (stopped or killed mid-way): queued or
+    running without progress for MIRROR_PREFETCH_STALLED_AFTER. They resume where they were,
+    and a job sent twice runs once."""
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.MIRROR_PREFETCH_STALLED_AFTER)
+    resumed = []
+    stalled = PrefetchJob.objects.filter(
+        status__in=[PrefetchJob.Status.QUEUED, PrefetchJob.Status.RUNNING], updated_at__lt=cutoff
+    )
+    for job in stalled:
+        # Claim it (its updated_at as seen) so two schedulers do not both send it.
+        if PrefetchJob.objects.filter(pk=job.pk, updated_at=job.updated_at).update(updated_at=now):
+            logger.warning("prefetch %s (job %s) made no progress since %s: sending it again", job, job.pk, job.updated_at)
+            send(job)
+            resumed.append(job.pk)
+    return resumed
 
 
 def run(job_id: int, on_progress: ProgressCallback | None = None) -> PrefetchJob:
@@ -118,8 +140,9 @@ class _Prefetch:
         except Exception as error:
             job.status, job.message = PrefetchJob.Status.FAILED, f"internal error: {type(error).__name__}: {error}"
             raise
-        finally:
-            job.finished_at = timezone.now()
+        finally:  # also when the worker is stopped mid-way: the job stays running, to be resumed
+            if job.finished:
+                job.finished_at = timezone.now()
             self._save(force=True)
             logger.info("prefetch %s: %s %s", job, job.status, job.message)
 
@@ -195,7 +218,7 @@ class _Prefetch:
             if self.store.size(parsed) is None:
                 self._check_ratelimit()
             downloaded = self._retry(f"blob {digest}", lambda: self._drain(parsed))
-        except (Stopped, UpstreamUnavailable, oci.TooManyRequests):
+        except (Stopped, *TRANSIENT):
             raise  # the upstream is out of reach or of pulls: the remaining blobs would fare no better
         except oci.RegistryError as error:
             self._record_error(f"blob {digest}", error, retried=False)

@@ -83,6 +83,8 @@ def _add_tag_pulls(tag_id: int, day, pulls: int) -> None:
     counts = TagPullCount.objects.filter(tag_id=tag_id, day=day)
     if counts.update(count=F("count") + pulls):
         return
+    if not Tag.objects.filter(pk=tag_id).exists():
+        return  # evicted since it was pulled
     try:
         with transaction.atomic():
             TagPullCount.objects.create(tag_id=tag_id, day=day, count=pulls)

@@ -11,6 +11,7 @@ from .memory import AnswerMemory
 from .models import Upstream
 from .responses import blob_hit_response, error_response, parse_range, registry_endpoint
 
+MAX_PAGE = 10000  # larger page sizes are served as pages of this size, with a Link to the rest
 STALE_WARNING = '110 mirrorsite "Response is Stale"'
 IMMUTABLE = "public, max-age=31536000, immutable"
 
@@ -129,9 +130,9 @@ def _pagination(request: HttpRequest) -> tuple[int | None, str | None]:
     last = request.GET.get("last") or None
     if n is None or n == "":
         return None, last
-    if not n.isdigit() or len(n) > 6:
+    if not n.isdigit() or len(n) > 18:
         raise oci.PaginationInvalid("n must be a non-negative integer", {"n": n[:20]})
-    return int(n), last
+    return min(int(n), MAX_PAGE), last
 
 
 def _link_next(response: HttpResponse, path: str, n: int | None, next_last: str | None) -> None:

@@ -29,8 +29,10 @@ class Skopeo:
         )
 
     def run(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[bytes]:
+        # skopeo 1.9 reads the host's registries.conf unless told otherwise on the command line.
         proc = subprocess.run(
-            [self.binary, "--policy", str(self.policy), *args], env=self.env, capture_output=True, timeout=timeout
+            [self.binary, "--policy", str(self.policy), "--registries-conf", str(self.workdir / "registries.conf"), *args],
+            env=self.env, capture_output=True, timeout=timeout,
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"skopeo {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr.decode()}")

@@ -1,7 +1,15 @@
 """`manage.py serve`: migrate, then run the mirror's server in the foreground.
 
+With no broker configured (the embedded default) it also runs a Celery worker and the beat
+scheduler, on the broker that needs no server (files under MIRROR_DATA_DIR), so prefetch,
+refresh and garbage collection work without Redis. With a broker configured, workers and
+beat run as processes of their own (see docker-compose.yml); MIRROR_EMBEDDED_WORKERS
+overrides either way.
+
 SIGINT or SIGTERM stops everything it started; the children also die with this process
-(PR_SET_PDEATHSIG), so a killed launcher leaves nothing behind.
+(PR_SET_PDEATHSIG), so a killed launcher leaves nothing behind. A prefetch still running
+when the worker is stopped is resumed later (prefetch.resume_stalled), fetching only what is
+missing.
 """
 from __future__ import annotations
 
@@ -20,6 +28,25 @@ from registry.models import Upstream
 PR_SET_PDEATHSIG = 1
 
 
+def embedded_workers() -> bool:
+    choice = settings.MIRROR_EMBEDDED_WORKERS
+    if choice == "auto":
+        return not settings.MIRROR_BROKER_CONFIGURED
+    return choice in ("1", "true", "yes", "on")
+
+
+def celery_commands() -> list[list[str]]:
+    """The embedded worker and beat."""
+    celery = [sys.executable, "-m", "celery", "-A", "mirrorsite"]
+    worker = celery + [
+        "worker", "--loglevel", settings.LOG_LEVEL, "--concurrency", str(settings.MIRROR_WORKER_CONCURRENCY),
+        "--hostname", "embedded@%h",
+        # One worker on one machine: nothing to synchronise with or to watch over the broker.
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]
+    return [worker, celery + ["beat", "--loglevel", settings.LOG_LEVEL]]
+
+
 def _die_with_parent() -> None:
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -28,7 +55,7 @@ def _die_with_parent() -> None:
 
 
 class Command(BaseCommand):
-    help = "Migrate the database and serve the mirror (web server) until SIGINT/SIGTERM."
+    help = "Migrate the database and serve the mirror (web server, embedded workers) until SIGINT/SIGTERM."
 
     def handle(self, *args, **options) -> None:
         call_command("migrate", interactive=False, verbosity=0)
@@ -37,12 +64,11 @@ class Command(BaseCommand):
             f"Mirrorsite on http://{settings.REGISTRY_HTTP_ADDR} mirroring {upstream.url}; "
             f"data in {settings.MIRROR_DATA_DIR}"
         )
-        children = [
-            subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "python:mirrorsite.gunicorn_conf"],
-                preexec_fn=_die_with_parent,
-            )
-        ]
+        commands = [[sys.executable, "-m", "gunicorn", "-c", "python:mirrorsite.gunicorn_conf"]]
+        if embedded_workers():
+            commands += celery_commands()
+            self.stdout.write("with an embedded Celery worker and beat scheduler")
+        children = [subprocess.Popen(command, preexec_fn=_die_with_parent) for command in commands]
         stopping = False
 
         def stop(signum: int, frame) -> None:

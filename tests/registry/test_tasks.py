@@ -1,0 +1,32 @@
+"""The Celery tasks are thin: each hands its work to a plain function and says how it went."""
+from __future__ import annotations
+
+import pytest
+
+from registry import gc, tasks
+from registry.blobstore import BlobStore
+from registry.models import GcRun, Manifest, Upstream
+from tests.registry.cachestate import cache_image
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def hub(settings, tmp_path) -> Upstream:
+    settings.MIRROR_DATA_DIR = tmp_path
+    settings.REGISTRY_PROXY_REMOTEURL = "http://127.0.0.1:9"
+    return Upstream.objects.default()
+
+
+def test_scheduled_garbage_collection(hub, tmp_path):
+    cache_image(BlobStore(tmp_path), hub, "library/old", "1", [b"x" * 2000], days_ago=30)
+    assert tasks.collect_garbage().startswith("freed 2.1 kB")
+    assert GcRun.objects.get().trigger == "schedule"
+    assert not Manifest.objects.exists()
+    with gc.exclusive():
+        assert tasks.collect_garbage() == "another garbage collection is running"
+    assert GcRun.objects.count() == 1
+
+
+def test_refresh_of_popular_tags_with_nothing_popular(hub):
+    assert tasks.refresh_popular() == "0 unchanged, 0 moved and prefetched, 0 over budget, 0 errors, 0 manifests fetched"
