@@ -169,6 +169,9 @@ def running_stack(mirror_env: dict[str, str] | None = None, keep: bool = False) 
                 "REGISTRY_PROXY_PASSWORD", "MIRROR_UPSTREAM_LIBRARY_PREFIX", "DJANGO_SETTINGS_MODULE",
             ):
                 del mirror.env[key]
+        # The web tier as deployed (docker-compose runs the Celery worker and beat as services
+        # of their own): what serves the pulls is what is measured, memory included.
+        mirror.env["MIRROR_EMBEDDED_WORKERS"] = "false"
         mirror.env.update(mirror_env or {})
         stack.callback(mirror.stop)
         mirror.start()

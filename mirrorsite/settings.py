@@ -156,7 +156,7 @@ LOGGING = {
 
 # --- Celery (workers for prefetch, refresh and garbage collection) ---------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_TASK_IGNORE_RESULT = True
 
 # --- Workers: prefetch, refresh of popular tags, garbage collection ---------------------------
@@ -199,7 +199,7 @@ MIRROR_WORKER_CONCURRENCY = env.int("MIRROR_WORKER_CONCURRENCY", default=2)
 # Lets several mirrors (or test runs) share one Redis.
 MIRROR_REDIS_KEY_PREFIX = env.str("MIRROR_REDIS_KEY_PREFIX", default="")
 
-MIRROR_BROKER_CONFIGURED = bool(env.str("CELERY_BROKER_URL", default="") or REDIS_URL)
+MIRROR_BROKER_CONFIGURED = bool(CELERY_BROKER_URL)
 if not MIRROR_BROKER_CONFIGURED:
     # No Redis: messages are files under MIRROR_DATA_DIR, a broker that needs no server.
     CELERY_BROKER_URL = "filesystem://"

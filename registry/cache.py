@@ -120,6 +120,7 @@ class _HotManifest:
 
 
 _memory: AnswerMemory[_HotManifest] = AnswerMemory(settings.MIRROR_MANIFEST_MEMORY_BYTES)
+MANIFEST_MEMORY_SECONDS = 300.0
 
 
 def _remembered(key: tuple) -> ManifestResult | None:
@@ -151,7 +152,8 @@ def _manifest_by_digest(upstream: Upstream, repo_name: str, digest: oci.Digest) 
     pulled = ((Repository, cached.repository_id), (Manifest, cached.pk))
     for model, pk in pulled:
         pulltimes.record(model, "pk", pk)
-    _memory.put(key, _HotManifest(result, pulled), len(result.content))
+    # Immutable, but garbage collection may evict it: remember it only for a while.
+    _memory.put(key, _HotManifest(result, pulled), len(result.content), ttl=MANIFEST_MEMORY_SECONDS)
     return result
 
 

@@ -29,7 +29,7 @@ from django.conf import settings
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from . import inventory as inventory_module
+from . import inventory as inventory_module, locks
 from . import oci
 from .blobstore import BlobStore, default_store
 from .inventory import Image, Inventory
@@ -37,7 +37,8 @@ from .models import Blob, GcRun, Manifest, ManifestReference, Repository, Reposi
 
 logger = logging.getLogger(__name__)
 
-TEMP_FILE_PATTERN = "*.partial"
+# Partial blobs of dead fills, and the records (sidecars) fills leave when they fail.
+TEMP_FILE_PATTERNS = ("*.partial", "*.fill")
 PULL_COUNT_RETENTION_DAYS = 30
 
 
@@ -166,7 +167,7 @@ class _Planner:
 
     def collect_leftovers(self, store: BlobStore) -> None:
         cutoff = self.plan.now.timestamp() - settings.MIRROR_GC_TEMP_FILE_AGE
-        for path in sorted(store.tmp_dir.glob(TEMP_FILE_PATTERN)):
+        for path in sorted(p for pattern in TEMP_FILE_PATTERNS for p in store.tmp_dir.glob(pattern)):
             try:
                 stat = path.stat()
             except FileNotFoundError:  # the fill just finished
@@ -261,6 +262,7 @@ def apply(plan: Plan, store: BlobStore | None = None) -> Freed:
             continue
         freed.temp_files += 1
         freed.temp_bytes += stat.st_size
+    locks.remove_abandoned_lock_files(store.tmp_dir / "locks", older_than=settings.MIRROR_GC_TEMP_FILE_AGE)
     for pk in plan.repositories:
         freed.repositories += (
             Repository.objects.filter(pk=pk)

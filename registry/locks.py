@@ -94,6 +94,33 @@ class RedisLock:
             self._renewed = time.monotonic()
 
 
+def remove_abandoned_lock_files(directory: Path, older_than: float) -> int:
+    """Delete lock files nobody holds (left by a process killed while holding one).
+
+    Each is removed the way its owner would release it: locked first, then unlinked, so a
+    process that locks the file at the same moment notices and retries with a new one.
+    """
+    removed = 0
+    cutoff = time.time() - older_than
+    for path in directory.glob("*.lock") if directory.is_dir() else ():
+        try:
+            if path.stat().st_mtime > cutoff:
+                continue
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                path.unlink()
+                removed += 1
+        except (BlockingIOError, FileNotFoundError):
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 _redis_client = None
 _redis_lock = threading.Lock()
 

@@ -1,7 +1,8 @@
 """Answers a server process remembers, so hot manifests are served without the database.
 
 Manifests by digest never change, so they are kept until memory runs short (LRU, bounded in
-bytes). Tags are kept only for what is left of their TTL, so a process never trusts a tag
+bytes) or for a few minutes, whichever comes first (garbage collection may evict them from
+the cache meanwhile). Tags are kept only for what is left of their TTL, so a process never trusts a tag
 longer than the database would let it. Every process has its own memory; nothing here is
 needed for correctness, only for speed.
 """

@@ -113,7 +113,10 @@ class UpstreamClient:
         self._lock = threading.Lock()
         self.session = requests.Session()
         # Retry only what never reached the upstream; a HEAD is never turned into a GET.
-        retry = Retry(total=2, connect=2, read=0, status=0, other=0, backoff_factor=0.2, allowed_methods=None)
+        retry = Retry(
+            total=2, connect=2, read=0, status=0, other=0, backoff_factor=0.2, allowed_methods=None,
+            respect_retry_after_header=False,  # a 429 or 503 is the caller's to handle (stale serve, backoff)
+        )
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=retry)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)

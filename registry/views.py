@@ -64,23 +64,32 @@ def blob(request: HttpRequest, name: str, digest: str) -> HttpResponse:
         response = HttpResponse(b"", content_type="application/octet-stream")
         response["Content-Length"] = str(size)
     else:
-        found = cache.fetch_blob(upstream, name, parsed)
-        if isinstance(found, cache.CachedBlob):
-            response = blob_hit_response(found.path, found.relative_path, found.size, request.headers.get("Range"))
-        else:
-            if found.size is not None:
-                try:  # refuse an impossible range now; a possible one is answered with the whole blob
-                    parse_range(request.headers.get("Range"), found.size)
-                except oci.RangeNotSatisfiable:
-                    found.chunks.close()
-                    raise
-            response = StreamingHttpResponse(found.chunks, content_type="application/octet-stream")
-            if found.size is not None:
-                response["Content-Length"] = str(found.size)
+        response = _blob_content(upstream, name, parsed, request.headers.get("Range"))
     response["Docker-Content-Digest"] = str(parsed)
     response["ETag"] = f'"{parsed}"'
     response["Accept-Ranges"] = "bytes"
     response["Cache-Control"] = IMMUTABLE
+    return response
+
+
+def _blob_content(upstream: Upstream, name: str, digest: oci.Digest, range_header: str | None) -> HttpResponse:
+    found = cache.fetch_blob(upstream, name, digest)
+    if isinstance(found, cache.CachedBlob):
+        try:
+            return blob_hit_response(found.path, found.relative_path, found.size, range_header)
+        except FileNotFoundError:  # evicted between the lookup and the open: a miss after all
+            found = cache.fetch_blob(upstream, name, digest)
+            if isinstance(found, cache.CachedBlob):
+                return blob_hit_response(found.path, found.relative_path, found.size, range_header)
+    if found.size is not None:
+        try:  # refuse an impossible range now; a possible one is answered with the whole blob
+            parse_range(range_header, found.size)
+        except oci.RangeNotSatisfiable:
+            found.chunks.close()
+            raise
+    response = StreamingHttpResponse(found.chunks, content_type="application/octet-stream")
+    if found.size is not None:
+        response["Content-Length"] = str(found.size)
     return response
 
 

@@ -1,0 +1,93 @@
+"""Named locks on both backends: flock files (embedded default) and Redis."""
+import threading
+import uuid
+
+import pytest
+
+from registry import locks
+
+REDIS_URL = "redis://127.0.0.1:6379/12"  # a database of its own on the machine's Redis
+
+
+@pytest.fixture(params=["files", "redis"])
+def backend(request, settings, tmp_path):
+    settings.MIRROR_DATA_DIR = tmp_path
+    if request.param == "redis":
+        import redis
+
+        redis.Redis.from_url(REDIS_URL).ping()  # the suite needs the machine's Redis
+        settings.REDIS_URL = REDIS_URL
+        locks._redis_client = None
+        yield "redis"
+        locks._redis_client = None
+    else:
+        settings.REDIS_URL = ""
+        yield "files"
+
+
+def unique(name: str) -> str:
+    """Lock names of this test run only: nothing left in Redis by another run interferes."""
+    return f"{name}-{uuid.uuid4().hex}"
+
+
+def test_one_owner_at_a_time_then_the_next(backend):
+    name = unique("fill:x")
+    first, second = locks.named_lock(name), locks.named_lock(name)
+    assert first.try_acquire()
+    assert not second.try_acquire()
+    other = locks.named_lock(unique("fill:other"))
+    assert other.try_acquire(), "names are independent"
+    other.release()
+    first.release()
+    assert second.try_acquire()
+    second.release()
+
+
+def test_exclusive_across_threads(backend):
+    inside, overlaps = [], []
+    name = unique("tag:x")
+
+    def work():
+        lock = locks.acquire(name, timeout=30)
+        try:
+            if inside:
+                overlaps.append(True)
+            inside.append(True)
+            threading.Event().wait(0.01)
+            inside.pop()
+        finally:
+            lock.release()
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps == []
+
+
+def test_acquire_gives_up_after_its_timeout(backend):
+    name = unique("busy")
+    holder = locks.named_lock(name)
+    assert holder.try_acquire()
+    try:
+        with pytest.raises(locks.LockTimeout):
+            locks.acquire(name, timeout=0.1)
+    finally:
+        holder.release()
+
+
+def test_abandoned_lock_files_are_removed_but_held_ones_kept(settings, tmp_path):
+    settings.MIRROR_DATA_DIR = tmp_path
+    settings.REDIS_URL = ""
+    held = locks.named_lock("held")
+    assert held.try_acquire()
+    abandoned = locks.named_lock("abandoned")
+    assert abandoned.try_acquire()
+    abandoned._fd and __import__("os").close(abandoned._fd)  # its owner died: the file stays
+    directory = tmp_path / "tmp" / "locks"
+    assert len(list(directory.glob("*.lock"))) == 2
+    assert locks.remove_abandoned_lock_files(directory, older_than=0) == 1
+    assert [p.name for p in directory.glob("*.lock")] == [held.path.name]
+    assert not locks.named_lock("held").try_acquire(), "the holder still holds it"
+    held.release()
