@@ -321,3 +321,26 @@ def test_changing_the_default_upstream_starts_a_separate_cache(settings, upstrea
     settings.REGISTRY_PROXY_REMOTEURL = "http://127.0.0.1:9"
     second = Upstream.objects.default()
     assert second != first and second.url == "http://127.0.0.1:9"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_revalidations_of_one_tag_send_one_head(hub, upstream, images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    expire_tags()
+    mark = upstream.log_mark()
+
+    def pull(_: int) -> str:
+        try:
+            return cache.get_manifest(hub, "library/small", oci.parse_reference("1")).digest
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        digests = list(pool.map(pull, range(8)))
+    assert digests == [images.small.digest] * 8
+    asked = [(r.method, r.path) for r in upstream.requests_log(since=mark) if r.status != 401]
+    assert asked == [("HEAD", "/v2/library/small/manifests/1")]
