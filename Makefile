@@ -20,6 +20,7 @@ run: $(STAMP)
 # Debian's Distribution binary is the upstream registry of the end-to-end tests, skopeo the
 # client, nginx the front that serves cache hits by X-Accel-Redirect; podman and containerd
 # (with ctr) are the real clients pulled through the mirror as the README configures them.
+# Chromium (headless, with its chromedriver) opens the admin's dashboard in the browser test.
 test-tools:
 	@missing=""; \
 	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
@@ -28,6 +29,8 @@ test-tools:
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v podman >/dev/null || missing="$$missing podman"; \
 	{ command -v containerd >/dev/null && command -v ctr >/dev/null; } || missing="$$missing containerd"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -37,7 +40,7 @@ test: $(STAMP) test-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache test-artifacts
 
 # Mirrorsite against Distribution in proxy mode, side by side (README: Benchmarks).
 # Not part of `make test` (tests/benchmarks runs a smoke version). Pass flags with BENCH_ARGS="--rounds 1".

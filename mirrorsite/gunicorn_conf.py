@@ -29,7 +29,17 @@ if bool(certfile) != bool(keyfile):
 
 
 def worker_exit(server, worker) -> None:
-    """Write the last buffered pull times before the worker goes."""
-    from registry import pulltimes
+    """Write the last buffered pull times, account use and statistics before the worker goes."""
+    from dashboard import stats
+    from registry import accountusage, pulltimes
 
     pulltimes.flush()
+    accountusage.flush()
+    stats.flush()
+
+
+def post_worker_init(worker) -> None:
+    """Statistics are flushed from a thread of each worker, every MIRROR_STATS_FLUSH_INTERVAL."""
+    from dashboard import stats
+
+    stats.start_flusher()

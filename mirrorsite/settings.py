@@ -126,6 +126,28 @@ REGISTRY_PROXY_PASSWORD = env.str("REGISTRY_PROXY_PASSWORD", default="")
 MIRROR_UPSTREAM_LIBRARY_PREFIX = env.str("MIRROR_UPSTREAM_LIBRARY_PREFIX", default="auto")
 MIRROR_UPSTREAM_CONNECT_TIMEOUT = env.float("MIRROR_UPSTREAM_CONNECT_TIMEOUT", default=5.0)
 MIRROR_UPSTREAM_READ_TIMEOUT = env.float("MIRROR_UPSTREAM_READ_TIMEOUT", default=60.0)
+# Registry host names the default upstream answers for (containerd's ?ns=, host prefixes in paths).
+# Empty: the URL's own host, plus docker.io and its aliases when the URL is Docker Hub's.
+MIRROR_UPSTREAM_HOSTS = env.list("MIRROR_UPSTREAM_HOSTS", default=[])
+# Connections each server process may hold open to one upstream (an upstream's own setting wins).
+MIRROR_UPSTREAM_MAX_CONNECTIONS = env.int("MIRROR_UPSTREAM_MAX_CONNECTIONS", default=64)
+
+# --- Several upstreams and their accounts -----------------------------------------------------
+# A YAML file of upstreams and accounts, applied at start-up (configuration as code).
+MIRROR_UPSTREAMS = env.str("MIRROR_UPSTREAMS", default="")
+# Account secrets are encrypted at rest with a key derived from this (else from SECRET_KEY);
+# old keys listed in the fallbacks still decrypt, so the key can be rotated.
+MIRROR_SECRET_KEY = env.str("MIRROR_SECRET_KEY", default="")
+MIRROR_SECRET_KEY_FALLBACKS = env.list("MIRROR_SECRET_KEY_FALLBACKS", default=[])
+# An account with this many pulls left or fewer (its upstream's ratelimit-remaining) hands
+# over to the next enabled account, if one has more.
+MIRROR_ACCOUNT_RATELIMIT_RESERVE = env.int("MIRROR_ACCOUNT_RATELIMIT_RESERVE", default=5)
+# How long an account answered 429 is left aside when the upstream says no Retry-After.
+MIRROR_ACCOUNT_COOLDOWN = env.int("MIRROR_ACCOUNT_COOLDOWN", default=600)
+# Every account is verified (a token fetched) at start-up and this often (seconds; 0 = only at start-up).
+MIRROR_ACCOUNT_VERIFY_INTERVAL = env.int("MIRROR_ACCOUNT_VERIFY_INTERVAL", default=3600)
+# Seconds an upstream 404 for a tag or repository is remembered (0 = not at all).
+MIRROR_NEGATIVE_CACHE_TTL = env.int("MIRROR_NEGATIVE_CACHE_TTL", default=30)
 
 # --- Cache behaviour --------------------------------------------------------------------------
 # Seconds a tag's digest is trusted before an upstream HEAD revalidates it (0 = every time).
@@ -216,6 +238,51 @@ CELERY_BEAT_SCHEDULE = {
         ("garbage-collection", "registry.collect_garbage", MIRROR_GC_INTERVAL),
         ("refresh-popular-tags", "registry.refresh_popular", MIRROR_POPULAR_INTERVAL),
         ("resume-stalled-prefetches", "registry.resume_stalled_prefetches", MIRROR_PREFETCH_STALLED_AFTER / 3),
+        ("verify-upstream-accounts", "registry.verify_accounts", MIRROR_ACCOUNT_VERIFY_INTERVAL),
     )
     if interval > 0
 }
+
+# --- Statistics and dashboard ---
+# Each process buffers its statistics and flushes them this often (seconds): into Redis when
+# MIRROR_STATS_REDIS_URL is set (the beat task below moves them into the database), else
+# straight into the database. A crash loses at most this much; 0 flushes only as a process stops.
+MIRROR_STATS_FLUSH_INTERVAL = env.int("MIRROR_STATS_FLUSH_INTERVAL", default=30)
+MIRROR_STATS_REDIS_URL = env.str("MIRROR_STATS_REDIS_URL", default=REDIS_URL)
+# Hourly buckets are kept this many days, then rolled up into daily ones, kept for the second.
+MIRROR_STATS_HOURLY_DAYS = env.int("MIRROR_STATS_HOURLY_DAYS", default=8)
+MIRROR_STATS_DAILY_DAYS = env.int("MIRROR_STATS_DAILY_DAYS", default=400)
+# /metrics is open (like /healthz) unless this is set: then it wants `Authorization: Bearer <token>`.
+MIRROR_METRICS_TOKEN = env.str("MIRROR_METRICS_TOKEN", default="")
+
+INSTALLED_APPS += ["rest_framework.authtoken", "drf_spectacular", "drf_spectacular_sidecar"]
+REST_FRAMEWORK = {
+    # Token first: an anonymous call is told (401, WWW-Authenticate) how to authenticate.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["dashboard.api.permissions.StaffReadsPermittedWrites"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Mirrorsite API",
+    "DESCRIPTION": "Statistics, the cache, prefetch jobs, pins, eviction and upstream accounts of the mirror.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["dashboard.api.permissions.StaffReadsPermittedWrites"],  # the schema too: staff only
+    # Swagger UI's files come with the project (drf-spectacular-sidecar): no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+# What processes sent to Redis is moved into the database on this schedule (each minute when
+# processes flush only as they stop); without Redis each process writes its own. Hourly
+# buckets are rolled up every hour.
+if MIRROR_STATS_REDIS_URL:
+    CELERY_BEAT_SCHEDULE["flush-statistics"] = {
+        "task": "dashboard.flush_stats", "schedule": float(MIRROR_STATS_FLUSH_INTERVAL or 60)
+    }
+CELERY_BEAT_SCHEDULE["roll-up-statistics"] = {"task": "dashboard.roll_up_stats", "schedule": 3600.0}

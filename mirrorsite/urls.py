@@ -1,6 +1,7 @@
 from django.contrib import admin
-from django.urls import path, re_path
+from django.urls import include, path, re_path
 
+from dashboard import metrics as dashboard_metrics, views as dashboard_views
 from registry import views as registry_views
 
 from . import health
@@ -20,5 +21,9 @@ urlpatterns = [
     re_path(r"^v2/.*$", registry_views.unknown_endpoint),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
+    # The dashboard is the admin's landing page: matched before the admin's own index.
+    path("admin/", admin.site.admin_view(dashboard_views.index), name="dashboard"),
     path("admin/", admin.site.urls),
+    path("api/", include("dashboard.api.urls")),
+    path("metrics", dashboard_metrics.metrics),
 ]

@@ -1,4 +1,4 @@
-"""The cache as staff see it.
+"""The cache as staff see it (upstreams and their accounts: admin_upstreams.py).
 
 What was cached is read-only here; staff act on it through actions: pin and unpin (garbage
 collection never evicts a pinned image), evict now, prefetch. Prefetch jobs are added here
@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.db import models, transaction
+from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest
 
-from . import gc, oci, pins, prefetch
+from . import admin_upstreams, gc, oci, pins, prefetch  # noqa: F401 (admin_upstreams registers its pages)
 from .imageref import ImageRef, ImageRefInvalid, format_platforms, parse_image, parse_platforms
-from .models import Blob, GcRun, Manifest, Pin, PrefetchJob, Repository, Tag, Upstream, UpstreamAccount
+from .models import Blob, GcRun, Manifest, Pin, PrefetchJob, Repository, Tag
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -89,17 +89,6 @@ def _pinned(repository: str, reference: str) -> Exists:
             Q(reference=OuterRef(reference)) | Q(reference="")
         )
     )
-
-
-@admin.register(Upstream)
-class UpstreamAdmin(ReadOnlyAdmin):
-    list_display = ("name", "url", "library_prefix", "created_at")
-    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
-
-
-@admin.register(UpstreamAccount)
-class UpstreamAccountAdmin(ReadOnlyAdmin):
-    list_display = ("username", "upstream", "ratelimit_remaining", "ratelimit_limit", "ratelimit_window", "ratelimit_seen_at")
 
 
 @admin.register(Repository)

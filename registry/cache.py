@@ -13,24 +13,28 @@ import json
 from datetime import timedelta
 import logging
 from pathlib import Path
-import threading
 from typing import Iterator
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
-from . import locks, oci, pulltimes
+from dashboard import stats
+
+from . import failover, locks, oci, pulltimes
 from .blobstore import BlobStore, default_store
+from .failover import FailoverClient
 from .fills import BlobFills
 from .memory import AnswerMemory
-from .models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, Upstream, UpstreamAccount
-from .upstream import RateLimit, UpstreamClient, UpstreamUnavailable
+from .models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, Upstream
+from .upstream import CredentialsRejected, UpstreamUnavailable
 
 logger = logging.getLogger(__name__)
 
-# Upstream failures after which a cached tag is served stale rather than failing the pull.
-STALE_SERVABLE = (UpstreamUnavailable, oci.TooManyRequests)
+# Upstream failures after which a cached tag is served stale rather than failing the pull
+# (the upstream's stale policy permitting): the upstream down, rate-limiting, or refusing every
+# account of the mirror.
+STALE_SERVABLE = (UpstreamUnavailable, oci.TooManyRequests, CredentialsRejected)
 
 
 @dataclass(frozen=True)
@@ -67,45 +71,26 @@ class TagPage:
 
 
 # --- upstream clients ------------------------------------------------------------------------
-_clients: dict[tuple, UpstreamClient] = {}
-_clients_lock = threading.Lock()
+def upstream_client(upstream: Upstream) -> FailoverClient:
+    """The process-wide client of an upstream, over its accounts (failover.py); it caches
+    tokens and connections."""
+    return failover.client_for(upstream)
 
 
-def upstream_client(upstream: Upstream) -> UpstreamClient:
-    """The process-wide client of an upstream; it caches tokens and connections."""
-    username, password = settings.REGISTRY_PROXY_USERNAME, settings.REGISTRY_PROXY_PASSWORD
-    key = (upstream.pk, upstream.url, username)
-    with _clients_lock:
-        client = _clients.get(key)
-        if client is None:
-            client = UpstreamClient(
-                upstream.url,
-                username,
-                password,
-                connect_timeout=settings.MIRROR_UPSTREAM_CONNECT_TIMEOUT,
-                read_timeout=settings.MIRROR_UPSTREAM_READ_TIMEOUT,
-                on_ratelimit=_ratelimit_recorder(upstream, username),
-            )
-            _clients[key] = client
-    return client
-
-
-def _ratelimit_recorder(upstream: Upstream, username: str):
-    def record(ratelimit: RateLimit) -> None:
-        UpstreamAccount.objects.filter(upstream=upstream, username=username or "").update(
-            ratelimit_limit=ratelimit.limit,
-            ratelimit_remaining=ratelimit.remaining,
-            ratelimit_window=ratelimit.window,
-            ratelimit_seen_at=timezone.now(),
-        )
-
-    return record
+def repository_name(upstream: Upstream, name: str) -> str:
+    """The repository as the upstream knows it, once the name is valid and the upstream's
+    allow and deny patterns let the mirror pull it."""
+    repo_name = upstream.upstream_name(oci.validate_name(name))
+    if not upstream.allows(repo_name):
+        raise oci.Denied("this mirror does not serve that repository from this upstream", {"name": name})
+    return repo_name
 
 
 # --- manifests -------------------------------------------------------------------------------
 def get_manifest(upstream: Upstream, name: str, reference: oci.Reference) -> ManifestResult:
     """The manifest a client asked for, from cache when it may be, else from the upstream."""
-    repo_name = upstream.upstream_name(oci.validate_name(name))
+    repo_name = repository_name(upstream, name)
+    stats.target(upstream, repo_name)
     if reference.digest is not None:
         return _manifest_by_digest(upstream, repo_name, reference.digest)
     return _manifest_by_tag(upstream, repo_name, reference.tag)
@@ -143,6 +128,7 @@ def _manifest_by_digest(upstream: Upstream, repo_name: str, digest: oci.Digest) 
             cached = _cached_manifest(upstream, repo_name, digest)  # fetched while we waited?
             if cached is None:
                 response = upstream_client(upstream).get_manifest(repo_name, str(digest))
+                stats.upstream_used(upstream, repo_name, stats.MANIFEST, len(response.content))
                 if not digest.matches(response.content):
                     logger.error("upstream manifest %s@%s does not match its digest", repo_name, digest)
                     raise oci.ManifestInvalid("upstream manifest does not match its digest", {"digest": str(digest)})
@@ -171,8 +157,8 @@ def _cached_tag(upstream: Upstream, repo_name: str, tag_name: str) -> Tag | None
     )
 
 
-def _is_fresh(tag: Tag | None) -> bool:
-    return tag is not None and timezone.now() - tag.validated_at < timedelta(seconds=settings.MIRROR_TAG_TTL)
+def _is_fresh(upstream: Upstream, tag: Tag | None) -> bool:
+    return tag is not None and timezone.now() - tag.validated_at < timedelta(seconds=upstream.tag_ttl_seconds())
 
 
 @contextmanager
@@ -196,15 +182,15 @@ def _manifest_by_tag(upstream: Upstream, repo_name: str, tag_name: str) -> Manif
     if remembered is not None:
         return remembered
     tag = _cached_tag(upstream, repo_name, tag_name)
-    if _is_fresh(tag):
-        return _serve_tag(tag)
+    if _is_fresh(upstream, tag):
+        return _serve_tag(upstream, tag)
     with _single_flight(f"tag:{upstream.pk}:{repo_name}:{tag_name}"):
         tag = _cached_tag(upstream, repo_name, tag_name)  # fetched or revalidated while we waited?
-        if _is_fresh(tag):
-            return _serve_tag(tag)
+        if _is_fresh(upstream, tag):
+            return _serve_tag(upstream, tag)
         if tag is None:
             manifest = _fetch_tag(upstream, repo_name, tag_name)
-            return _serve_tag(_point_tag(manifest.repository, tag_name, manifest))
+            return _serve_tag(upstream, _point_tag(manifest.repository, tag_name, manifest))
         return _revalidate_tag(upstream, repo_name, tag)
 
 
@@ -218,16 +204,16 @@ def _revalidate_tag(upstream: Upstream, repo_name: str, tag: Tag) -> ManifestRes
     try:
         head = client.head_manifest(repo_name, tag_name)
     except STALE_SERVABLE as error:
-        if now - tag.validated_at > timedelta(seconds=settings.MIRROR_TAG_MAX_STALENESS):
+        if not upstream.serves_stale or now - tag.validated_at > timedelta(seconds=upstream.max_staleness_seconds()):
             raise
         logger.warning("serving %s:%s stale: %s", repo_name, tag_name, error.message)
-        result = _serve_tag(tag)
+        result = _serve_tag(upstream, tag)
         return ManifestResult(result.digest, result.media_type, result.content, stale_reason=error.message)
 
     if head.digest == tag.manifest.digest:
         Tag.objects.filter(pk=tag.pk).update(validated_at=now)
         tag.validated_at = now
-        return _serve_tag(tag)
+        return _serve_tag(upstream, tag)
     try:
         if head.digest:
             result = _manifest_by_digest(upstream, repo_name, oci.parse_digest(head.digest))
@@ -235,14 +221,17 @@ def _revalidate_tag(upstream: Upstream, repo_name: str, tag: Tag) -> ManifestRes
         else:  # an upstream that does not say the digest on HEAD: fetch by tag
             manifest = _fetch_tag(upstream, repo_name, tag_name)
     except STALE_SERVABLE as error:  # the tag moved but the new manifest cannot be had now
+        if not upstream.serves_stale:
+            raise
         logger.warning("serving %s:%s stale: %s", repo_name, tag_name, error.message)
-        result = _serve_tag(tag)
+        result = _serve_tag(upstream, tag)
         return ManifestResult(result.digest, result.media_type, result.content, stale_reason=error.message)
-    return _serve_tag(_point_tag(tag.repository, tag_name, manifest))
+    return _serve_tag(upstream, _point_tag(tag.repository, tag_name, manifest))
 
 
 def _fetch_tag(upstream: Upstream, repo_name: str, tag_name: str) -> Manifest:
     response = upstream_client(upstream).get_manifest(repo_name, tag_name)
+    stats.upstream_used(upstream, repo_name, stats.MANIFEST, len(response.content))
     digest = oci.sha256_digest(response.content)
     if response.digest and response.digest != str(digest):
         declared = oci.parse_digest(response.digest)
@@ -253,14 +242,14 @@ def _fetch_tag(upstream: Upstream, repo_name: str, tag_name: str) -> Manifest:
     return _store_manifest(upstream, repo_name, str(digest), response)
 
 
-def _serve_tag(tag: Tag) -> ManifestResult:
+def _serve_tag(upstream: Upstream, tag: Tag) -> ManifestResult:
     """A tag's manifest; remembered in this process for what is left of the tag's TTL."""
     pulled = ((Repository, tag.repository_id), (Tag, tag.pk), (Manifest, tag.manifest_id))
     for model, pk in pulled:
         pulltimes.record(model, "pk", pk)
     manifest = tag.manifest
     result = ManifestResult(manifest.digest, manifest.media_type, bytes(manifest.content))
-    remaining = settings.MIRROR_TAG_TTL - (timezone.now() - tag.validated_at).total_seconds()
+    remaining = upstream.tag_ttl_seconds() - (timezone.now() - tag.validated_at).total_seconds()
     key = ("tag", tag.repository.upstream_id, tag.repository.name, tag.name)
     _memory.put(key, _HotManifest(result, pulled), len(result.content), ttl=remaining)
     return result
@@ -317,7 +306,8 @@ def _link_blobs(repository: Repository, digests: list[str]) -> None:
 def stat_blob(upstream: Upstream, name: str, digest: oci.Digest, store: BlobStore | None = None) -> int:
     """The size of a blob, for HEAD: from cache, else an upstream HEAD. Never downloads."""
     store = store or default_store()
-    repo_name = upstream.upstream_name(oci.validate_name(name))
+    repo_name = repository_name(upstream, name)
+    stats.target(upstream, repo_name)
     size = store.size(digest)
     if size is not None and _is_linked(upstream, repo_name, digest):
         pulltimes.record(Blob, "digest", str(digest))
@@ -327,6 +317,7 @@ def stat_blob(upstream: Upstream, name: str, digest: oci.Digest, store: BlobStor
         # The upstream just confirmed this repository has the blob we already hold.
         _link_blobs(_repository(upstream, repo_name), [str(digest)])
         return size
+    stats.upstream_used(upstream, repo_name, stats.BLOB)  # not cached: answered by the upstream
     if head.content_length is None:
         raise UpstreamUnavailable("upstream did not say the blob's size")
     return head.content_length
@@ -336,7 +327,8 @@ def fetch_blob(upstream: Upstream, name: str, digest: oci.Digest, store: BlobSto
     """A cached blob, or the bytes of its fill as they arrive. Concurrent misses for one
     digest, in any process, share one upstream download (see fills.py)."""
     store = store or default_store()
-    repo_name = upstream.upstream_name(oci.validate_name(name))
+    repo_name = repository_name(upstream, name)
+    stats.target(upstream, repo_name)
     size = store.size(digest)
     if size is not None:
         if not _is_linked(upstream, repo_name, digest):
@@ -369,6 +361,7 @@ def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
 def _record_blob(upstream: Upstream, repo_name: str, digest: oci.Digest, size: int) -> None:
     """Bookkeeping after a commit; the committed file is what counts, so a database hiccup
     here is logged, not raised (the link is made again on the next pull)."""
+    stats.upstream_used(upstream, repo_name, stats.BLOB, size)
     try:
         try:
             Blob.objects.get_or_create(digest=str(digest), defaults={"size": size})
@@ -389,12 +382,14 @@ def _is_linked(upstream: Upstream, repo_name: str, digest: oci.Digest) -> bool:
 def list_tags(upstream: Upstream, name: str, n: int | None, last: str | None) -> TagPage:
     """The upstream's tags in lexical order, page by page; the cached ones when the upstream
     is unreachable. Pagination is applied here too, as not every upstream honours n/last."""
-    repo_name = upstream.upstream_name(oci.validate_name(name))
+    repo_name = repository_name(upstream, name)
     if n == 0:
         return TagPage([], None)
     try:
         response = upstream_client(upstream).get_tags(repo_name, n, last)
     except STALE_SERVABLE:
+        if not upstream.serves_stale:
+            raise
         cached = list(
             Tag.objects.filter(repository__upstream=upstream, repository__name=repo_name).values_list("name", flat=True)
         )

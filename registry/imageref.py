@@ -11,7 +11,7 @@ from typing import Iterable
 from urllib.parse import urlsplit
 
 from . import oci
-from .models import DOCKER_HUB_HOSTS, Upstream
+from .models import DOCKER_HUB_HOSTS, Upstream, is_docker_hub
 
 
 class ImageRefInvalid(ValueError):
@@ -51,9 +51,11 @@ def parse_image(text: str, upstream: Upstream | None = None) -> ImageRef:
 
 
 def _upstream_for_host(host: str) -> Upstream:
-    for upstream in Upstream.objects.all():
-        upstream_host = urlsplit(upstream.url).netloc
-        if upstream_host == host or (host in DOCKER_HUB_HOSTS and urlsplit(upstream.url).hostname in DOCKER_HUB_HOSTS):
+    """The upstream answering for a registry host (its host names, or its URL's host)."""
+    host = host.lower()
+    for upstream in Upstream.objects.order_by("pk"):
+        upstream_host = urlsplit(upstream.url).netloc.lower()
+        if host == upstream_host or host in upstream.host_names() or (host in DOCKER_HUB_HOSTS and is_docker_hub(upstream.url)):
             return upstream
     raise ImageRefInvalid(f"{host} is not a configured upstream")
 

@@ -5,14 +5,47 @@ their bytes are kept here, byte for byte, so a manifest hit is one query.
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import re
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 from django.utils.text import slugify
 
 DOCKER_HUB_HOSTS = {"registry-1.docker.io", "index.docker.io", "docker.io", "registry.hub.docker.com"}
+# One component of a repository name (the OCI grammar): what a path alias may be.
+ALIAS_RE = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$")
+# A registry host as clients name it: DNS name or IPv4 address, optional port.
+HOST_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::\d{1,5})?$")
+
+
+def is_docker_hub(url: str) -> bool:
+    return urlsplit(url).hostname in DOCKER_HUB_HOSTS
+
+
+def default_hosts(url: str) -> list[str]:
+    """The host names an upstream answers for unless told otherwise: its own, and Docker Hub's
+    names for Docker Hub (containerd says `ns=docker.io`, not the API host)."""
+    own = urlsplit(url).netloc.lower()
+    if is_docker_hub(url):
+        return ["docker.io"] + sorted(DOCKER_HUB_HOSTS - {"docker.io"})
+    return [own] if own else []
+
+
+def split_list(text: str) -> list[str]:
+    """Items separated by commas, spaces or new lines."""
+    return [item for item in re.split(r"[\s,]+", text or "") if item]
+
+
+class Managed(models.TextChoices):
+    """Where a record comes from; the environment and the file write theirs again at start-up."""
+
+    ENVIRONMENT = "environment", "environment (REGISTRY_PROXY_*)"
+    FILE = "file", "MIRROR_UPSTREAMS file"
+    ADMIN = "admin", "admin"
 
 
 class UpstreamManager(models.Manager["Upstream"]):
@@ -20,13 +53,13 @@ class UpstreamManager(models.Manager["Upstream"]):
         """The upstream unprefixed requests go to: the one at REGISTRY_PROXY_REMOTEURL.
 
         Looked up by URL, so pointing the mirror at another registry starts a separate cache
-        instead of serving the old registry's content under the new one's names.
+        instead of serving the old registry's content under the new one's names. Created on
+        first use, with the account of REGISTRY_PROXY_USERNAME (or the anonymous account).
         """
         url = settings.REGISTRY_PROXY_REMOTEURL.rstrip("/")
         library = settings.MIRROR_UPSTREAM_LIBRARY_PREFIX.lower()
-        library_prefix = (
-            urlsplit(url).hostname in DOCKER_HUB_HOSTS if library == "auto" else library in ("1", "true", "yes", "on")
-        )
+        library_prefix = is_docker_hub(url) if library == "auto" else library in ("1", "true", "yes", "on")
+        hosts = ", ".join(host.lower() for host in settings.MIRROR_UPSTREAM_HOSTS) or ", ".join(default_hosts(url))
         upstream = self.filter(url=url).first()
         if upstream is None:
             name = slugify(urlsplit(url).netloc.replace(".", "-").replace(":", "-")) or "upstream"
@@ -34,31 +67,117 @@ class UpstreamManager(models.Manager["Upstream"]):
                 name = f"{name}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
             try:
                 with transaction.atomic():
-                    upstream = self.create(name=name, url=url, library_prefix=library_prefix)
+                    upstream = self.create(
+                        name=name, url=url, library_prefix=library_prefix, hosts=hosts, managed_by=Managed.ENVIRONMENT
+                    )
             except IntegrityError:  # another process created it first
                 upstream = self.get(url=url)
-        elif upstream.library_prefix != library_prefix:
-            upstream.library_prefix = library_prefix
-            upstream.save(update_fields=["library_prefix"])
-        # An empty username is the anonymous account: its rate limit is worth watching too.
-        UpstreamAccount.objects.get_or_create(upstream=upstream, username=settings.REGISTRY_PROXY_USERNAME)
+        elif upstream.managed_by != Managed.FILE and (upstream.library_prefix, upstream.hosts) != (library_prefix, hosts):
+            # The file, when it names this URL, says these itself.
+            upstream.library_prefix, upstream.hosts = library_prefix, hosts
+            upstream.save(update_fields=["library_prefix", "hosts"])
+        _seed_environment_account(upstream)
         return upstream
 
 
+def _seed_environment_account(upstream: "Upstream") -> None:
+    """The account of REGISTRY_PROXY_USERNAME/PASSWORD, first in line; without one, the
+    anonymous account, unless the upstream has accounts of its own (file or admin)."""
+    from . import secrets
+
+    username, password = settings.REGISTRY_PROXY_USERNAME, settings.REGISTRY_PROXY_PASSWORD
+    accounts = UpstreamAccount.objects.filter(upstream=upstream)
+    keep = None
+    if username or not accounts.exclude(managed_by=Managed.ENVIRONMENT).filter(enabled=True).exists():
+        keep = accounts.filter(username=username).first()
+        if keep is None:
+            try:
+                with transaction.atomic():
+                    keep = UpstreamAccount.objects.create(
+                        upstream=upstream, username=username, position=0, managed_by=Managed.ENVIRONMENT,
+                        secret=secrets.encrypt(password) if username else "",
+                    )
+            except IntegrityError:  # another process created it first
+                keep = accounts.get(username=username)
+        elif username and (keep.managed_by != Managed.ENVIRONMENT or secrets.decrypt_or_none(keep.secret) != password):
+            keep.managed_by = Managed.ENVIRONMENT
+            keep.set_secret(password)
+            keep.save(update_fields=["managed_by", "secret", "rejected_at"])
+    stale = [account.pk for account in accounts.filter(managed_by=Managed.ENVIRONMENT) if keep is None or account.pk != keep.pk]
+    if stale:  # REGISTRY_PROXY_USERNAME changed: its old account goes
+        UpstreamAccount.objects.filter(pk__in=stale).delete()
+
+
 class Upstream(models.Model):
-    """A registry the mirror pulls from."""
+    """A registry the mirror pulls from, and how."""
+
+    class StalePolicy(models.TextChoices):
+        SERVE = "serve", "serve cached tags stale while the upstream fails or rate-limits"
+        NEVER = "never", "never serve stale: the client gets the upstream's error"
 
     name = models.SlugField(max_length=64, unique=True)
     url = models.URLField(max_length=500, unique=True, help_text="Base URL, e.g. https://registry-1.docker.io")
+    hosts = models.CharField(
+        max_length=500, blank=True,
+        help_text="Registry host names it answers for, comma-separated (containerd's ?ns=, e.g. docker.io, ghcr.io)",
+    )
+    alias = models.CharField(
+        max_length=64, blank=True,
+        help_text="Path prefix that selects it: /v2/<alias>/<repository>/... (e.g. ghcr); empty for none",
+    )
     library_prefix = models.BooleanField(
         default=False, help_text="One-component names mean library/<name> (Docker Hub)."
     )
+    tag_ttl = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds a tag is trusted before a HEAD revalidates it; empty: MIRROR_TAG_TTL"
+    )
+    stale_policy = models.CharField(max_length=10, choices=StalePolicy.choices, default=StalePolicy.SERVE)
+    max_staleness = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds since the last revalidation a tag may be served stale; empty: MIRROR_TAG_MAX_STALENESS"
+    )
+    allow_repositories = models.TextField(
+        blank=True, help_text="Patterns (library/*, myorg/*), one per line: only matching repositories; empty allows all"
+    )
+    deny_repositories = models.TextField(blank=True, help_text="Patterns, one per line: never these repositories (wins over allow)")
+    tls_verify = models.BooleanField(default=True, help_text="Verify the upstream's certificate (off: insecure)")
+    ca_certificates = models.TextField(blank=True, help_text="PEM certificates to trust for this upstream (instead of the system's)")
+    connect_timeout = models.FloatField(null=True, blank=True, help_text="Seconds; empty: MIRROR_UPSTREAM_CONNECT_TIMEOUT")
+    read_timeout = models.FloatField(null=True, blank=True, help_text="Seconds; empty: MIRROR_UPSTREAM_READ_TIMEOUT")
+    max_connections = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Connections each server process may have open to it; empty: MIRROR_UPSTREAM_MAX_CONNECTIONS"
+    )
+    managed_by = models.CharField(max_length=12, choices=Managed.choices, default=Managed.ADMIN, editable=False)
+    active_account = models.ForeignKey(
+        "UpstreamAccount", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False,
+        help_text="The account pulls go through now",
+    )
+    reachable = models.BooleanField(null=True, editable=False, help_text="Whether the upstream answered when last asked")
+    checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    check_message = models.CharField(max_length=300, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = UpstreamManager()
 
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["alias"], condition=~models.Q(alias=""), name="unique_upstream_alias"),
+        ]
+
     def __str__(self) -> str:
         return f"{self.name} ({self.url})"
+
+    def clean(self) -> None:
+        errors = {}
+        self.alias = self.alias.strip().lower()
+        if self.alias and not ALIAS_RE.match(self.alias):
+            errors["alias"] = "one path component: lowercase letters, digits, and . _ - between them"
+        hosts = [host.lower() for host in split_list(self.hosts)]
+        bad = [host for host in hosts if not HOST_RE.match(host)]
+        if bad:
+            errors["hosts"] = f"not a registry host name: {', '.join(bad)}"
+        self.hosts = ", ".join(hosts)
+        if errors:
+            raise ValidationError(errors)
 
     def upstream_name(self, name: str) -> str:
         """The repository name as the upstream knows it."""
@@ -66,26 +185,116 @@ class Upstream(models.Model):
             return f"library/{name}"
         return name
 
+    # --- its settings, falling back to the mirror's -------------------------------------------
+    def host_names(self) -> list[str]:
+        return [host.lower() for host in split_list(self.hosts)]
+
+    def tag_ttl_seconds(self) -> int:
+        return settings.MIRROR_TAG_TTL if self.tag_ttl is None else self.tag_ttl
+
+    def max_staleness_seconds(self) -> int:
+        return settings.MIRROR_TAG_MAX_STALENESS if self.max_staleness is None else self.max_staleness
+
+    @property
+    def serves_stale(self) -> bool:
+        return self.stale_policy != self.StalePolicy.NEVER
+
+    def timeouts(self) -> tuple[float, float]:
+        connect = settings.MIRROR_UPSTREAM_CONNECT_TIMEOUT if self.connect_timeout is None else self.connect_timeout
+        read = settings.MIRROR_UPSTREAM_READ_TIMEOUT if self.read_timeout is None else self.read_timeout
+        return connect, read
+
+    def connection_limit(self) -> int:
+        return max(self.max_connections or settings.MIRROR_UPSTREAM_MAX_CONNECTIONS, 1)
+
+    def allows(self, repository: str) -> bool:
+        """Whether the allow and deny patterns let the mirror pull this repository (upstream's name)."""
+        if any(fnmatch.fnmatchcase(repository, pattern) for pattern in split_list(self.deny_repositories)):
+            return False
+        allowed = split_list(self.allow_repositories)
+        return not allowed or any(fnmatch.fnmatchcase(repository, pattern) for pattern in allowed)
+
 
 class UpstreamAccount(models.Model):
-    """An account the mirror authenticates to an upstream with.
+    """An account the mirror authenticates to an upstream with; an empty username is the
+    anonymous account. An upstream's enabled accounts are used in order, one at a time: when
+    the one in use is rejected, rate-limited or nearly out of pulls, the next takes over.
 
-    The secret of the account configured through REGISTRY_PROXY_PASSWORD stays in the
-    environment; only what the dashboard shows is stored.
+    The secret is stored encrypted (registry/secrets.py) and never shown.
     """
 
+    class Verification(models.TextChoices):
+        OK = "ok"
+        REJECTED = "rejected", "credentials rejected"
+        UNREACHABLE = "unreachable", "upstream unreachable"
+        ERROR = "error"
+
     upstream = models.ForeignKey(Upstream, on_delete=models.CASCADE, related_name="accounts")
-    username = models.CharField(max_length=200)
+    username = models.CharField(max_length=200, blank=True, help_text="Empty: anonymous")
+    secret = models.TextField(blank=True, editable=False, help_text="Password or access token, encrypted")
+    position = models.PositiveIntegerField(default=0, help_text="Accounts are used in this order (lowest first)")
+    enabled = models.BooleanField(default=True)
+    managed_by = models.CharField(max_length=12, choices=Managed.choices, default=Managed.ADMIN, editable=False)
     ratelimit_limit = models.IntegerField(null=True, blank=True)
     ratelimit_remaining = models.IntegerField(null=True, blank=True)
     ratelimit_window = models.IntegerField(null=True, blank=True, help_text="Seconds")
     ratelimit_seen_at = models.DateTimeField(null=True, blank=True)
+    rejected_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="The upstream rejected its credentials (until verified again)"
+    )
+    cooldown_until = models.DateTimeField(null=True, blank=True, editable=False, help_text="Rate-limited (429) until")
+    verification = models.CharField(max_length=12, choices=Verification.choices, blank=True, editable=False)
+    verification_message = models.CharField(max_length=300, blank=True, editable=False)
+    verified_at = models.DateTimeField(null=True, blank=True, editable=False)
+    requests_made = models.BigIntegerField(default=0, editable=False, help_text="Upstream requests made with it")
+    pulls_made = models.BigIntegerField(default=0, editable=False, help_text="Manifest GETs (what Docker Hub counts as pulls)")
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
+        ordering = ["upstream", "position", "pk"]
         constraints = [models.UniqueConstraint(fields=["upstream", "username"], name="unique_account")]
 
     def __str__(self) -> str:
-        return f"{self.username} @ {self.upstream.name}"
+        return f"{self.label} @ {self.upstream.name}"
+
+    @property
+    def label(self) -> str:
+        return self.username or "anonymous"
+
+    @property
+    def has_secret(self) -> bool:
+        return bool(self.secret)
+
+    def set_secret(self, plain: str) -> None:
+        """Store a new secret (encrypted); a rejection of the old one no longer holds."""
+        from . import secrets
+
+        self.secret = secrets.encrypt(plain) if plain else ""
+        self.rejected_at = None
+
+    def get_secret(self) -> str:
+        from . import secrets
+
+        return secrets.decrypt(self.secret) if self.secret else ""
+
+
+class AccountSwitch(models.Model):
+    """The mirror moved an upstream's pulls from one account to another, and why."""
+
+    upstream = models.ForeignKey(Upstream, on_delete=models.CASCADE, related_name="account_switches")
+    from_account = models.ForeignKey(UpstreamAccount, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    to_account = models.ForeignKey(UpstreamAccount, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    from_label = models.CharField(max_length=200, blank=True)
+    to_label = models.CharField(max_length=200, blank=True)
+    reason = models.CharField(max_length=300)
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        verbose_name_plural = "account switches"
+
+    def __str__(self) -> str:
+        return f"{self.upstream.name}: {self.from_label or '-'} → {self.to_label or '-'}"
 
 
 class Repository(models.Model):

@@ -20,6 +20,8 @@ from django.db import transaction
 from django.utils import timezone
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
+from dashboard import stats
+
 from . import cache, oci, pulltimes, ratelimit
 from .blobstore import default_store
 from .imageref import ImageRef, Platform, format_platforms, index_entries, parse_platforms, platform_of
@@ -102,6 +104,7 @@ def run(job_id: int, on_progress: ProgressCallback | None = None) -> PrefetchJob
             _Prefetch(job, on_progress).run()
         finally:
             pulltimes.flush()  # a worker may idle for long: write its pull times now
+            stats.flush()  # and what it downloaded (`prefetch --wait` has no flush thread)
     return job
 
 

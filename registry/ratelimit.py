@@ -1,32 +1,38 @@
 """Whether the upstream's rate limit leaves room for work nobody is waiting for.
 
-The upstream client records `ratelimit-remaining` on the account after every response, so
-the last word of the upstream is in the database. Workers stop when at most
-MIRROR_PREFETCH_RATELIMIT_RESERVE pulls are left: the rest belongs to clients.
+The upstream client records `ratelimit-remaining` on each account after every response, so
+the last word of the upstream is in the database. Workers stop when no usable account of the
+upstream has more than MIRROR_PREFETCH_RATELIMIT_RESERVE pulls left: the rest belongs to
+clients. (Pulls themselves move on to the next account at MIRROR_ACCOUNT_RATELIMIT_RESERVE,
+see accounts.py.)
 """
 from __future__ import annotations
-
-from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone
 
+from .accounts import state_of
 from .models import Upstream, UpstreamAccount
 
 
 def nearly_spent(upstream: Upstream) -> str | None:
     """Why background pulls must stop now, or None when they may go on."""
-    account = UpstreamAccount.objects.filter(upstream=upstream, username=settings.REGISTRY_PROXY_USERNAME).first()
-    if account is None or account.ratelimit_remaining is None:
-        return None  # the upstream never said it limits us
-    if account.ratelimit_window and account.ratelimit_seen_at:
-        if timezone.now() - account.ratelimit_seen_at > timedelta(seconds=account.ratelimit_window):
-            return None  # the window it was counted in has passed
+    now = timezone.now()
+    states = [state_of(account) for account in UpstreamAccount.objects.filter(upstream=upstream, enabled=True)]
+    usable = [state for state in states if not state.rejected]
+    if usable and all(state.cooling(now) for state in usable):
+        return "upstream rate limit reached (429) for every account"
+    usable = [state for state in usable if not state.cooling(now)]
+    if not usable:
+        return None  # nothing known to be limited: let the pull path report what is wrong
     reserve = settings.MIRROR_PREFETCH_RATELIMIT_RESERVE
-    if account.ratelimit_remaining > reserve:
-        return None
-    limit = f" of {account.ratelimit_limit}" if account.ratelimit_limit is not None else ""
+    lefts = [state.pulls_left(now) for state in usable]
+    if any(left is None or left > reserve for left in lefts):
+        return None  # an account the upstream never said it limits, or with pulls to spare
+    best = max(usable, key=lambda state: state.pulls_left(now))
+    limit = f" of {best.limit}" if best.limit is not None else ""
+    accounts = f" (the best of {len(usable)} accounts)" if len(usable) > 1 else ""
     return (
-        f"upstream rate limit nearly spent: {account.ratelimit_remaining}{limit} pulls left, "
+        f"upstream rate limit nearly spent: {best.pulls_left(now)}{limit} pulls left{accounts}, "
         f"{reserve} kept for clients"
     )

@@ -27,6 +27,9 @@ def error_response(error: oci.RegistryError, method: str = "GET") -> HttpRespons
     body = error.as_json()
     response = HttpResponse(b"" if method == "HEAD" else body, status=error.status, content_type="application/json")
     response["Content-Length"] = str(len(body))
+    retry_after = error.detail.get("retry_after") if isinstance(error.detail, dict) else None
+    if isinstance(error, oci.TooManyRequests) and str(retry_after or "").isdigit():
+        response["Retry-After"] = str(retry_after)  # the upstream's, or when an account may be tried again
     return response
 
 
@@ -47,6 +50,9 @@ def registry_endpoint(view: Callable[..., HttpResponse]) -> Callable[..., HttpRe
             logger.exception("unexpected error serving %s %s", request.method, request.path)
             response = error_response(oci.RegistryError("internal error"), request.method)
         response[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
+        namespace = getattr(request, "oci_namespace", None)
+        if namespace:  # containerd's ?ns= chose the upstream (routing.route)
+            response["OCI-Namespace"] = namespace
         return response
 
     return endpoint

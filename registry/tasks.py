@@ -5,7 +5,7 @@ import logging
 
 from celery import shared_task
 
-from . import gc, popular, prefetch as prefetching
+from . import gc, popular, prefetch as prefetching, verification
 
 logger = logging.getLogger(__name__)
 
@@ -35,3 +35,8 @@ def collect_garbage(trigger: str = "schedule") -> str:
         logger.info("gc skipped: %s", busy)
         return str(busy)
     return f"freed {gc.format_bytes(run.bytes_freed + run.temp_bytes_freed)}, store now {gc.format_bytes(run.store_bytes_after)}"
+
+
+@shared_task(name="registry.verify_accounts")
+def verify_accounts() -> str:
+    return verification.verify_all()

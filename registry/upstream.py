@@ -10,6 +10,7 @@ failure is turned into the registry error a client should see.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import json
 import logging
 import re
 import threading
@@ -21,6 +22,8 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
+
+from dashboard import stats as dashboard_stats
 
 from . import oci
 
@@ -36,6 +39,26 @@ _CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
 
 class UpstreamUnavailable(oci.Unavailable):
     """The upstream could not be reached, timed out, or failed with a 5xx."""
+
+
+class CredentialsRejected(oci.Unauthorized):
+    """The upstream refused the account itself (its token service, or Basic auth), not
+    access to one repository: another account may do better."""
+
+
+def make_session(max_connections: int = 64) -> requests.Session:
+    """A connection pool of at most `max_connections` per host; a caller beyond that waits
+    for a connection rather than opening another."""
+    session = requests.Session()
+    # Retry only what never reached the upstream; a HEAD is never turned into a GET.
+    retry = Retry(
+        total=2, connect=2, read=0, status=0, other=0, backoff_factor=0.2, allowed_methods=None,
+        respect_retry_after_header=False,  # a 429 or 503 is the caller's to handle (stale serve, backoff)
+    )
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_connections, pool_block=True, max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 @dataclass(frozen=True)
@@ -101,6 +124,7 @@ class UpstreamClient:
         read_timeout: float = 60.0,
         verify: bool | str = True,
         on_ratelimit: Callable[[RateLimit], None] | None = None,
+        session: requests.Session | None = None,
     ):
         self.url = url.rstrip("/")
         self.username = username
@@ -111,15 +135,8 @@ class UpstreamClient:
         self._tokens: dict[str, tuple[str, float]] = {}
         self._use_basic = False
         self._lock = threading.Lock()
-        self.session = requests.Session()
-        # Retry only what never reached the upstream; a HEAD is never turned into a GET.
-        retry = Retry(
-            total=2, connect=2, read=0, status=0, other=0, backoff_factor=0.2, allowed_methods=None,
-            respect_retry_after_header=False,  # a 429 or 503 is the caller's to handle (stale serve, backoff)
-        )
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=retry)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        # The accounts of one upstream share its session: its connection limit is theirs.
+        self.session = session or make_session()
 
     # --- the calls the cache makes -------------------------------------------------------------
     def head_manifest(self, name: str, reference: str) -> UpstreamResponse:
@@ -160,6 +177,33 @@ class UpstreamClient:
             content = self._read_limited(response, 16 * 1024 * 1024)
             return UpstreamResponse(response.status_code, response.headers, content)
 
+    def check_credentials(self) -> str:
+        """Prove the account works without pulling anything: fetch a token (or try Basic auth)
+        the way the upstream's `/v2/` challenge asks. Raises CredentialsRejected when the
+        upstream refuses the account, UpstreamUnavailable when it cannot be asked."""
+        url = f"{self.url}/v2/"
+        with self._request("GET", url, {}, stream=False) as response:
+            status, challenge = response.status_code, response.headers.get("WWW-Authenticate", "")
+        if status == 200:
+            return "the upstream needs no authentication"
+        if status != 401:
+            raise UpstreamUnavailable(f"upstream answered {status}")
+        scheme, params = parse_challenge(challenge)
+        if scheme == "bearer" and params.get("realm"):
+            self._fetch_token(params, None)
+            return "token issued" + ("" if self._credentials else " (anonymous)")
+        if scheme == "basic" and self._credentials:
+            headers = {"Authorization": requests.auth._basic_auth_str(*self._credentials)}
+            with self._request("GET", url, headers, stream=False) as response:
+                status = response.status_code
+            if status in (401, 403):
+                raise CredentialsRejected("upstream rejected the credentials")
+            if status >= 300:
+                raise UpstreamUnavailable(f"upstream answered {status}")
+            self._use_basic = True
+            return "basic authentication accepted"
+        raise CredentialsRejected("upstream requires credentials")
+
     # --- transport -----------------------------------------------------------------------------
     def _send(
         self, method: str, name: str, path: str, headers: dict[str, str], *, stream: bool = False, params=None
@@ -176,8 +220,11 @@ class UpstreamClient:
             elif scheme == "basic" and self._credentials:
                 self._use_basic = True
             else:
-                raise oci.Unauthorized("upstream requires authentication")
+                raise CredentialsRejected("upstream requires authentication")
             response = self._request(method, url, self._auth_headers(scope, headers), stream, params)
+            if response.status_code == 401 and scheme == "basic":
+                response.close()  # Basic credentials are all or nothing: the account is refused
+                raise CredentialsRejected("upstream rejected the credentials")
         return response
 
     def _auth_headers(self, scope: str, headers: dict[str, str]) -> dict[str, str]:
@@ -193,6 +240,7 @@ class UpstreamClient:
     def _request(self, method: str, url: str, headers: dict[str, str], stream: bool, params=None) -> requests.Response:
         """One call, following redirects by hand without Authorization after the first hop."""
         for _ in range(MAX_REDIRECTS + 1):
+            started = time.monotonic()
             try:
                 response = self.session.request(
                     method, url, headers=headers, params=params, stream=stream,
@@ -200,7 +248,12 @@ class UpstreamClient:
                 )
             except requests.RequestException as error:
                 logger.warning("upstream %s %s failed: %s", method, _redact(url), type(error).__name__)
+                dashboard_stats.upstream_call(
+                    self.url, self.username, method, url, None, time.monotonic() - started, type(error).__name__
+                )
                 raise UpstreamUnavailable("upstream unreachable", {"error": type(error).__name__}) from None
+            elapsed = response.elapsed.total_seconds()
+            dashboard_stats.upstream_call(self.url, self.username, method, url, response.status_code, elapsed)
             self._note_ratelimit(response)
             if response.status_code in (301, 302, 303, 307, 308) and "Location" in response.headers:
                 url = urljoin(url, response.headers["Location"])
@@ -211,8 +264,8 @@ class UpstreamClient:
             return response
         raise UpstreamUnavailable("upstream redirected too many times")
 
-    def _fetch_token(self, challenge: dict[str, str], scope: str) -> None:
-        params = {"scope": scope}
+    def _fetch_token(self, challenge: dict[str, str], scope: str | None) -> None:
+        params = {"scope": scope} if scope else {}
         if challenge.get("service"):
             params["service"] = challenge["service"]
         try:
@@ -224,7 +277,7 @@ class UpstreamClient:
             raise UpstreamUnavailable("upstream token service unreachable", {"error": type(error).__name__}) from None
         with response:
             if response.status_code in (401, 403):
-                raise oci.Unauthorized("upstream rejected the mirror's credentials")
+                raise CredentialsRejected("upstream rejected the mirror's credentials")
             if response.status_code >= 400:
                 raise UpstreamUnavailable(f"upstream token service answered {response.status_code}")
             try:
@@ -236,8 +289,9 @@ class UpstreamClient:
             if not token:
                 raise UpstreamUnavailable("upstream token service answered without a token")
         expires = time.monotonic() + max(lifetime - TOKEN_EXPIRY_MARGIN, 1.0)
-        with self._lock:
-            self._tokens[scope] = (token, expires)
+        if scope:
+            with self._lock:
+                self._tokens[scope] = (token, expires)
 
     def _note_ratelimit(self, response: requests.Response) -> None:
         if self.on_ratelimit is None:
@@ -255,6 +309,8 @@ class UpstreamClient:
         if status < 300:
             return
         if status == 404:
+            if _error_code(response) == oci.NameUnknown.code:
+                raise oci.NameUnknown("repository unknown to upstream")
             raise not_found(message)
         if status == 401:
             raise oci.Unauthorized("upstream denied access")
@@ -295,6 +351,18 @@ class BlobDownload:
 
     def close(self) -> None:
         self.response.close()
+
+
+def _error_code(response: requests.Response) -> str | None:
+    """The first OCI error code of a small JSON error body (a HEAD has none)."""
+    if response.request.method == "HEAD" or "json" not in response.headers.get("Content-Type", ""):
+        return None
+    try:
+        body = response.raw.read(64 * 1024, decode_content=True)
+        errors = json.loads(body).get("errors") or []
+        return str(errors[0].get("code"))
+    except (ValueError, AttributeError, IndexError, TypeError, OSError, urllib3.exceptions.HTTPError):
+        return None
 
 
 def _redact(url: str) -> str:

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from urllib.parse import quote, urlencode
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
-from . import cache, oci
-from .memory import AnswerMemory
+from dashboard import stats
+
+from . import cache, oci, routing
 from .models import Upstream
 from .responses import blob_hit_response, error_response, parse_range, registry_endpoint
 
@@ -16,19 +16,11 @@ STALE_WARNING = '110 mirrorsite "Response is Stale"'
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
-_upstreams: AnswerMemory[Upstream] = AnswerMemory(1024 * 1024)
-UPSTREAM_MEMORY_SECONDS = 10.0
-
-
 def request_upstream(request: HttpRequest) -> Upstream:
-    """The upstream a request is for. Only the default upstream exists so far; each process
-    looks it up at most every few seconds rather than on every request."""
-    url = settings.REGISTRY_PROXY_REMOTEURL.rstrip("/")
-    upstream = _upstreams.get(url)
-    if upstream is None:
-        upstream = Upstream.objects.filter(url=url).first() or Upstream.objects.default()
-        _upstreams.put(url, upstream, 1024, ttl=UPSTREAM_MEMORY_SECONDS)
-    return upstream
+    """The upstream a request without a repository name (the catalog) is for: by `ns`, else
+    the default. Requests for a repository are routed with `routing.route`, which also takes
+    path prefixes into account."""
+    return routing.route(request, None).upstream
 
 
 @registry_endpoint
@@ -36,11 +28,13 @@ def base(request: HttpRequest) -> HttpResponse:
     return JsonResponse({})
 
 
+@stats.counted(stats.MANIFEST)
 @registry_endpoint
 def manifest(request: HttpRequest, name: str, reference: str) -> HttpResponse:
-    oci.validate_name(name)
+    route = routing.route(request, name)
+    oci.validate_name(route.name)
     parsed = oci.parse_reference(reference)
-    result = cache.get_manifest(request_upstream(request), name, parsed)
+    result = cache.get_manifest(route.upstream, route.name, parsed)
     response = HttpResponse(
         b"" if request.method == "HEAD" else result.content, content_type=result.media_type
     )
@@ -54,11 +48,12 @@ def manifest(request: HttpRequest, name: str, reference: str) -> HttpResponse:
     return response
 
 
+@stats.counted(stats.BLOB)
 @registry_endpoint
 def blob(request: HttpRequest, name: str, digest: str) -> HttpResponse:
-    oci.validate_name(name)
+    route = routing.route(request, name)
+    upstream, name = route.upstream, oci.validate_name(route.name)
     parsed = oci.parse_digest(digest)
-    upstream = request_upstream(request)
     if request.method == "HEAD":
         size = cache.stat_blob(upstream, name, parsed)
         response = HttpResponse(b"", content_type="application/octet-stream")
@@ -95,9 +90,10 @@ def _blob_content(upstream: Upstream, name: str, digest: oci.Digest, range_heade
 
 @registry_endpoint
 def tags_list(request: HttpRequest, name: str) -> HttpResponse:
-    oci.validate_name(name)
+    route = routing.route(request, name)
+    oci.validate_name(route.name)
     n, last = _pagination(request)
-    page = cache.list_tags(request_upstream(request), name, n, last)
+    page = cache.list_tags(route.upstream, route.name, n, last)
     response = JsonResponse({"name": name, "tags": page.tags})
     _link_next(response, f"/v2/{name}/tags/list", n, page.next_last)
     if page.stale:
@@ -108,7 +104,7 @@ def tags_list(request: HttpRequest, name: str) -> HttpResponse:
 @registry_endpoint
 def catalog(request: HttpRequest) -> HttpResponse:
     n, last = _pagination(request)
-    page = cache.list_repositories(request_upstream(request), n, last)
+    page = cache.list_repositories(routing.route(request, None).upstream, n, last)
     response = JsonResponse({"repositories": page.tags})
     _link_next(response, "/v2/_catalog", n, page.next_last)
     return response
@@ -116,7 +112,7 @@ def catalog(request: HttpRequest) -> HttpResponse:
 
 @registry_endpoint
 def referrers(request: HttpRequest, name: str, digest: str) -> HttpResponse:
-    oci.validate_name(name)
+    oci.validate_name(routing.route(request, name).name)
     oci.parse_digest(digest)
     # Upstream referrers are not proxied yet: an empty index is a valid answer.
     return JsonResponse(

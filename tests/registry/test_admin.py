@@ -22,7 +22,7 @@ def cached(settings, tmp_path, upstream, images):
     return hub
 
 
-@pytest.mark.parametrize("model", [Upstream, UpstreamAccount, Repository, Tag, Manifest, Blob])
+@pytest.mark.parametrize("model", [Repository, Tag, Manifest, Blob])  # upstreams: test_admin_upstreams.py
 def test_changelists_and_detail_pages_are_read_only(admin_client, cached, model):
     opts = model._meta
     listing = admin_client.get(f"/admin/{opts.app_label}/{opts.model_name}/")

@@ -49,7 +49,22 @@ def test_a_count_from_a_window_that_has_passed_does_not_hold_back(account):
     assert ratelimit.nearly_spent(account.upstream)
 
 
-def test_only_the_account_in_use_counts(account, settings):
+def test_another_account_with_pulls_to_spare_lets_the_work_go_on(account):
     set_limit(account, 0)
-    settings.REGISTRY_PROXY_USERNAME = "someone-else"
+    other = UpstreamAccount.objects.create(upstream=account.upstream, username="second", position=1)
+    set_limit(other, 50)
+    assert ratelimit.nearly_spent(account.upstream) is None
+    UpstreamAccount.objects.filter(pk=other.pk).update(enabled=False)  # a disabled account does not count
+    assert ratelimit.nearly_spent(account.upstream)
+    UpstreamAccount.objects.filter(pk=other.pk).update(enabled=True)
+    set_limit(other, 3)
+    assert ratelimit.nearly_spent(account.upstream) == (
+        "upstream rate limit nearly spent: 3 of 100 pulls left (the best of 2 accounts), 10 kept for clients"
+    )
+
+
+def test_every_account_answered_429(account):
+    UpstreamAccount.objects.filter(pk=account.pk).update(cooldown_until=timezone.now() + timedelta(minutes=5))
+    assert ratelimit.nearly_spent(account.upstream) == "upstream rate limit reached (429) for every account"
+    UpstreamAccount.objects.filter(pk=account.pk).update(cooldown_until=timezone.now() - timedelta(seconds=1))
     assert ratelimit.nearly_spent(account.upstream) is None

@@ -30,3 +30,12 @@ def test_scheduled_garbage_collection(hub, tmp_path):
 
 def test_refresh_of_popular_tags_with_nothing_popular(hub):
     assert tasks.refresh_popular() == "0 unchanged, 0 moved and prefetched, 0 over budget, 0 errors, 0 manifests fetched"
+
+
+def test_accounts_are_verified_on_schedule(hub, settings):
+    assert settings.CELERY_BEAT_SCHEDULE["verify-upstream-accounts"] == {
+        "task": "registry.verify_accounts", "schedule": float(settings.MIRROR_ACCOUNT_VERIFY_INTERVAL),
+    }
+    assert tasks.verify_accounts() == "1 unreachable"  # the default upstream's anonymous account
+    hub.refresh_from_db()
+    assert hub.reachable is False

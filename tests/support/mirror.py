@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from urllib.parse import urlsplit
 
 import requests
 
@@ -31,6 +32,8 @@ class MirrorProcess:
             REGISTRY_PROXY_USERNAME=username,
             REGISTRY_PROXY_PASSWORD=password,
             MIRROR_UPSTREAM_LIBRARY_PREFIX="true",
+            # The upstream stands in for Docker Hub: containerd's hosts.toml for docker.io says ns=docker.io.
+            MIRROR_UPSTREAM_HOSTS=f"docker.io,{urlsplit(upstream_url).netloc}",
             MIRROR_PULL_TIME_FLUSH_INTERVAL="0",
             MIRROR_WEB_WORKERS="2",
             DJANGO_SETTINGS_MODULE="mirrorsite.settings",

@@ -1,4 +1,6 @@
-"""`manage.py serve`: migrate, then run the mirror's server in the foreground.
+"""`manage.py serve`: migrate, apply MIRROR_UPSTREAMS, then run the mirror's server in the
+foreground, verifying the upstream accounts beside it (an unreachable upstream never delays
+or stops the start; a file that cannot be applied does stop it, with the reason).
 
 With no broker configured (the embedded default) it also runs a Celery worker and the beat
 scheduler, on the broker that needs no server (files under MIRROR_DATA_DIR), so prefetch,
@@ -14,16 +16,22 @@ missing.
 from __future__ import annotations
 
 import ctypes
+import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
 
+from registry import upstreamconfig, verification
 from registry.models import Upstream
+
+logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 
@@ -47,6 +55,15 @@ def celery_commands() -> list[list[str]]:
     return [worker, celery + ["beat", "--loglevel", settings.LOG_LEVEL]]
 
 
+def _verify_accounts() -> None:
+    try:
+        verification.verify_all()
+    except Exception:  # reported on the accounts when it works; never a reason to stop
+        logger.exception("start-up verification of upstream accounts failed")
+    finally:
+        connection.close()
+
+
 def _die_with_parent() -> None:
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -59,11 +76,21 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         call_command("migrate", interactive=False, verbosity=0)
+        if settings.MIRROR_UPSTREAMS:  # a broken file is a configuration error: say so, do not start
+            try:
+                upstreamconfig.apply_file(settings.MIRROR_UPSTREAMS)
+            except upstreamconfig.ConfigError as error:
+                raise CommandError(f"MIRROR_UPSTREAMS: {error}") from None
         upstream = Upstream.objects.default()
         self.stdout.write(
             f"Mirrorsite on http://{settings.REGISTRY_HTTP_ADDR} mirroring {upstream.url}; "
             f"data in {settings.MIRROR_DATA_DIR}"
         )
+        for other in Upstream.objects.exclude(pk=upstream.pk).order_by("name"):
+            routes = ", ".join(filter(None, [other.hosts, f"/v2/{other.alias}/" if other.alias else ""]))
+            self.stdout.write(f"  and {other.url} ({routes or 'no route: give it hosts or an alias'})")
+        # Verify the accounts beside the server: an unreachable upstream never delays serving.
+        threading.Thread(target=_verify_accounts, name="verify-accounts", daemon=True).start()
         commands = [[sys.executable, "-m", "gunicorn", "-c", "python:mirrorsite.gunicorn_conf"]]
         if embedded_workers():
             commands += celery_commands()
