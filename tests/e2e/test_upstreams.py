@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from datetime import datetime, timezone
 import time
 from pathlib import Path
 from typing import Iterator
@@ -243,12 +244,14 @@ def test_offline_start_serves_what_is_cached(two, tmp_path):
         process.stop()
     two.registry.stop()
     try:
+        restarted = datetime.now(timezone.utc)
         process.start()
         deadline = time.monotonic() + 60
-        while True:  # start-up verification runs beside the server
+        while True:  # start-up verification runs beside the server: wait for this start's check
             report = requests.get(f"{process.url}/readyz", timeout=10)
             upstreams = report.json()["upstreams"]
-            if next(iter(upstreams.values()))["status"] != "unknown" or time.monotonic() > deadline:
+            checked = next(iter(upstreams.values()))["checked_at"]
+            if (checked and datetime.fromisoformat(checked) >= restarted) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         assert report.status_code == 200, "an unreachable upstream never makes the mirror unready"

@@ -6,7 +6,8 @@ With no broker configured (the embedded default) it also runs a Celery worker an
 scheduler, on the broker that needs no server (files under MIRROR_DATA_DIR), so prefetch,
 refresh and garbage collection work without Redis. With a broker configured, workers and
 beat run as processes of their own (see docker-compose.yml); MIRROR_EMBEDDED_WORKERS
-overrides either way.
+overrides either way. Without embedded workers the launcher becomes gunicorn (exec), so the
+web server is all that runs.
 
 SIGINT or SIGTERM stops everything it started; the children also die with this process
 (PR_SET_PDEATHSIG), so a killed launcher leaves nothing behind. A prefetch still running
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -89,9 +91,19 @@ class Command(BaseCommand):
         for other in Upstream.objects.exclude(pk=upstream.pk).order_by("name"):
             routes = ", ".join(filter(None, [other.hosts, f"/v2/{other.alias}/" if other.alias else ""]))
             self.stdout.write(f"  and {other.url} ({routes or 'no route: give it hosts or an alias'})")
+        gunicorn = [sys.executable, "-m", "gunicorn", "-c", "python:mirrorsite.gunicorn_conf"]
+        if not embedded_workers():
+            # Only the web server to run: hand this process over to it, so the launcher's
+            # Django does not sit idle beside it (about 90 MB); gunicorn takes the signals.
+            # The accounts are verified by a short-lived process beside the server.
+            subprocess.Popen([sys.executable, "manage.py", "verify_accounts"], cwd=settings.BASE_DIR)
+            connection.close()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execv(sys.executable, gunicorn)
         # Verify the accounts beside the server: an unreachable upstream never delays serving.
         threading.Thread(target=_verify_accounts, name="verify-accounts", daemon=True).start()
-        commands = [[sys.executable, "-m", "gunicorn", "-c", "python:mirrorsite.gunicorn_conf"]]
+        commands = [gunicorn]
         if embedded_workers():
             commands += celery_commands()
             self.stdout.write("with an embedded Celery worker and beat scheduler")
