@@ -44,36 +44,19 @@ class DistributionProxy(UpstreamRegistry):
             service=remote.service, workdir=workdir,
         )
 
-    def _write_config(self) -> None:
-        def q(s: str) -> str:
-            return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-        text = f"""version: 0.1
-log:
-  level: {self.log_level}
-  formatter: text
-  accesslog:
-    disabled: false
-storage:
-  cache:
-    blobdescriptor: inmemory
-  filesystem:
-    rootdirectory: {q(self.storage_dir)}
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: {q(self.host)}
-  secret: {q("mirrorsite-bench-http-secret")}
-  headers:
-    X-Content-Type-Options: [nosniff]
-proxy:
-  remoteurl: {q(self.remote.url)}
-  username: {q(self.remote.username)}
-  password: {q(self.remote.password)}
-"""
-        with open(self.config_path, "w") as f:
-            f.write(text)
+    def config(self) -> dict:
+        config = super().config()
+        del config["auth"]  # clients pull from the proxy anonymously
+        del config["storage"]["delete"]
+        config["storage"]["cache"] = {"blobdescriptor": "inmemory"}
+        config["http"] = {
+            "addr": self.host, "secret": "mirrorsite-bench-http-secret",
+            "headers": {"X-Content-Type-Options": ["nosniff"]},
+        }
+        config["proxy"] = {
+            "remoteurl": self.remote.url, "username": self.remote.username, "password": self.remote.password,
+        }
+        return config
 
 
 @dataclass

@@ -19,6 +19,7 @@ import time
 from typing import NamedTuple
 
 import requests
+import yaml
 
 from .token_server import TokenServer
 
@@ -148,37 +149,30 @@ class UpstreamRegistry:
         self._write_config()
 
     # ------------------------------------------------------------------ config
-    def _write_config(self) -> None:
-        # Hand-written YAML (PyYAML is not a dependency); every string is double-quoted.
-        def q(s: str) -> str:
-            return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    def config(self) -> dict:
+        """Distribution's configuration: filesystem storage, token auth against our server."""
+        return {
+            "version": 0.1,
+            "log": {"level": self.log_level, "formatter": "text", "accesslog": {"disabled": False}},
+            "storage": {
+                "filesystem": {"rootdirectory": self.storage_dir},
+                "delete": {"enabled": True},
+                "maintenance": {"uploadpurging": {"enabled": False}},
+            },
+            "http": {"addr": self.host, "secret": "mirrorsite-e2e-http-secret"},
+            "auth": {
+                "token": {
+                    "realm": self.token_server.realm,
+                    "service": self.service,
+                    "issuer": self.token_server.issuer,
+                    "rootcertbundle": str(self.token_server.ca_cert_path),
+                }
+            },
+        }
 
-        text = f"""version: 0.1
-log:
-  level: {self.log_level}
-  formatter: text
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: {q(self.storage_dir)}
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: {q(self.host)}
-  secret: {q("mirrorsite-e2e-http-secret")}
-auth:
-  token:
-    realm: {q(self.token_server.realm)}
-    service: {q(self.service)}
-    issuer: {q(self.token_server.issuer)}
-    rootcertbundle: {q(self.token_server.ca_cert_path)}
-"""
+    def _write_config(self) -> None:
         with open(self.config_path, "w") as f:
-            f.write(text)
+            yaml.safe_dump(self.config(), f)
 
     # ------------------------------------------------------------------ addresses
     @property
