@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "registry",
     "dashboard",
+    "access",
 ]
 
 MIDDLEWARE = [
@@ -175,6 +176,10 @@ LOGGING = {
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
     },
 }
+
+# --- Who may reach the mirror -----------------------------------------------------------------
+# Proxies (CIDRs) whose X-Forwarded-For is believed; the real client address is taken from it.
+MIRROR_TRUSTED_PROXIES = env.list("MIRROR_TRUSTED_PROXIES", default=[])
 
 # --- Celery (workers for prefetch, refresh and garbage collection) ---------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
