@@ -208,16 +208,27 @@ def _body_size(request: HttpRequest, kwargs: dict, response: HttpResponse) -> in
         return int(response.get("Content-Length") or 0)
     if response.has_header("X-Accel-Redirect"):  # nginx sends the file (and does ranges)
         return _blob_size(kwargs.get("digest", ""), request.headers.get("Range"))
+    if hasattr(response, "blob_size"):  # redirected to object storage, which sends it
+        return _window_size(response.blob_size, request.headers.get("Range"))
     return len(response.content)
 
 
 def _blob_size(digest: str, range_header: str | None) -> int:
     from registry import oci
     from registry.blobstore import default_store
-    from registry.responses import parse_range
 
     try:
         size = default_store().size(oci.parse_digest(digest)) or 0
+    except oci.RegistryError:
+        return 0
+    return _window_size(size, range_header)
+
+
+def _window_size(size: int, range_header: str | None) -> int:
+    from registry import oci
+    from registry.responses import parse_range
+
+    try:
         window = parse_range(range_header, size)
     except oci.RegistryError:
         return 0

@@ -1,10 +1,8 @@
 """Liveness and readiness for load balancers and orchestrators."""
-import tempfile
-
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 
-from registry.blobstore import default_store
+from registry.blobstore import StorageUnavailable, default_store
 from registry.models import Upstream
 
 
@@ -24,11 +22,10 @@ def readyz(request: HttpRequest) -> JsonResponse:
     except DatabaseError as error:
         checks["database"] = f"error: {type(error).__name__}"
     try:
-        with tempfile.TemporaryFile(dir=default_store().tmp_dir) as probe:
-            probe.write(b"ok")
+        default_store().probe()
         checks["storage"] = "ok"
-    except OSError as error:
-        checks["storage"] = f"error: {error.strerror or type(error).__name__}"
+    except StorageUnavailable as error:
+        checks["storage"] = f"error: {error}"
     ready = all(value == "ok" for value in checks.values())
     body = {"status": "ok" if ready else "unavailable", "checks": checks}
     if checks["database"] == "ok":

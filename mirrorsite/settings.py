@@ -177,6 +177,30 @@ LOGGING = {
     },
 }
 
+# --- Blob storage: the local filesystem or an S3-compatible bucket ----------------------------
+# `filesystem` (blobs under MIRROR_DATA_DIR/blobs) or `s3` (blobs in MIRROR_S3_BUCKET; fills
+# still stage their bytes under MIRROR_DATA_DIR/tmp).
+MIRROR_STORAGE = env.str("MIRROR_STORAGE", default="filesystem").lower()
+# The bucket (it must exist; the mirror never creates one).
+MIRROR_S3_BUCKET = env.str("MIRROR_S3_BUCKET", default="")
+# An S3-compatible service (MinIO, Ceph, R2…); empty for AWS S3.
+MIRROR_S3_ENDPOINT_URL = env.str("MIRROR_S3_ENDPOINT_URL", default="")
+MIRROR_S3_REGION = env.str("MIRROR_S3_REGION", default="us-east-1")
+# Empty: boto3's default credential chain (AWS_* variables, profile, instance or task role).
+MIRROR_S3_ACCESS_KEY_ID = env.str("MIRROR_S3_ACCESS_KEY_ID", default="")
+MIRROR_S3_SECRET_ACCESS_KEY = env.str("MIRROR_S3_SECRET_ACCESS_KEY", default="")
+# Path inside the bucket under which blobs/ lives (e.g. `mirror`), so a bucket can be shared.
+MIRROR_S3_PREFIX = env.str("MIRROR_S3_PREFIX", default="")
+# How hits are served: `redirect` (307 to a presigned GET; bytes skip the mirror) or `stream`
+# (the mirror reads the object and sends it, for clients that cannot reach the bucket).
+MIRROR_S3_SERVE = env.str("MIRROR_S3_SERVE", default="redirect").lower()
+# Lifetime of a presigned GET URL (seconds): long enough to start the download.
+MIRROR_S3_PRESIGN_SECONDS = env.int("MIRROR_S3_PRESIGN_SECONDS", default=600)
+# Multipart upload part size in bytes (at least 5 MiB; 10,000 parts make the largest blob).
+MIRROR_S3_PART_SIZE = env.int("MIRROR_S3_PART_SIZE", default=16 * 1024 * 1024)
+# `auto`, `path` (bucket in the URL path, as MinIO and most S3-compatible services want) or `virtual`.
+MIRROR_S3_ADDRESSING_STYLE = env.str("MIRROR_S3_ADDRESSING_STYLE", default="auto").lower()
+
 # --- Who may reach the mirror -----------------------------------------------------------------
 # Proxies (CIDRs) whose X-Forwarded-For is believed; the real client address is taken from it.
 MIRROR_TRUSTED_PROXIES = env.list("MIRROR_TRUSTED_PROXIES", default=[])

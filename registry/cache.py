@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import json
 from datetime import timedelta
 import logging
-from pathlib import Path
 from typing import Iterator
 
 from django.conf import settings
@@ -22,7 +21,7 @@ from django.utils import timezone
 from dashboard import stats
 
 from . import failover, locks, oci, pulltimes
-from .blobstore import BlobStore, default_store
+from .blobstore import BlobLocation, BlobStore, default_store
 from .failover import FailoverClient
 from .fills import BlobFills
 from .memory import AnswerMemory
@@ -50,9 +49,8 @@ class ManifestResult:
 class CachedBlob:
     """A committed blob: serve it from the store."""
 
-    path: Path
     size: int
-    relative_path: str  # its address under the store's blobs/ directory
+    location: BlobLocation  # how the store has it served
 
 
 @dataclass
@@ -336,7 +334,7 @@ def fetch_blob(upstream: Upstream, name: str, digest: oci.Digest, store: BlobSto
             upstream_client(upstream).head_blob(repo_name, str(digest))
             _link_blobs(_repository(upstream, repo_name), [str(digest)])
         pulltimes.record(Blob, "digest", str(digest))
-        return CachedBlob(store.path(digest), size, store.relative_path(digest))
+        return CachedBlob(size, store.location(digest))
 
     follower = BlobFills(store, settings.MIRROR_FILL_TIMEOUT).follow(
         digest,

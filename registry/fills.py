@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 READ_SIZE = 1024 * 1024
 HOLD_BACK = 1024 * 1024
 POLL_INTERVAL = 0.01
+MAX_WAIT_POLL = 0.25  # between looks at the store while another replica fills
 TAKEOVERS = 1  # how many dead fills one follower restarts before giving up
 
 
@@ -92,6 +93,7 @@ class BlobFills:
         the blob turned out to be committed already."""
         sidecar = Sidecar(self.store, digest)
         deadline = time.monotonic() + self.timeout
+        pause = POLL_INTERVAL
         while time.monotonic() < deadline:
             if self.store.size(digest) is not None:
                 return None
@@ -105,7 +107,11 @@ class BlobFills:
             state = sidecar.read()
             if state is not None and state.failed is None:
                 return Follower(self, digest, sidecar, state, open_download, on_commit)
-            time.sleep(POLL_INTERVAL)  # the owner has the lock but has not written its sidecar yet
+            # The owner has the lock but has not written its sidecar yet, or it fills on another
+            # replica (object storage): its sidecar is not ours to see, the committed blob will
+            # be. Ask the store less and less often while waiting.
+            time.sleep(pause)
+            pause = min(pause * 2, MAX_WAIT_POLL)
         raise UpstreamUnavailable("timed out waiting for another download of this blob")
 
     def start_fill(
@@ -193,25 +199,23 @@ class Follower:
         deadline = time.monotonic() + self.fills.timeout
         takeovers = TAKEOVERS
         offset = 0
-        source, fd = None, None  # which file we read: a temp file name, or "final"
+        source, fd = None, None  # the temporary file we read, by name
         try:
             while True:
-                committed = self._committed()
-                if committed and source != "final":
-                    fd = _reopen(fd, store.path(self.digest))
-                    source = "final"
-                elif not committed and source != self.state.temp:
+                if self._committed():
+                    # The rest (at least the held-back part) from the store, verified.
+                    yield from store.read(self.digest, offset)
+                    return
+                if source != self.state.temp:
                     fd = _reopen(fd, store.tmp_dir / self.state.temp)
                     source = self.state.temp if fd is not None else None
                 available = os.fstat(fd).st_size if fd is not None else 0
-                limit = available if committed else available - HOLD_BACK
+                limit = available - HOLD_BACK
                 if offset < limit:
                     data = os.pread(fd, min(READ_SIZE, limit - offset), offset)
                     offset += len(data)
                     yield data
                     continue
-                if committed:
-                    return
                 if time.monotonic() > deadline:
                     raise UpstreamUnavailable("blob fill timed out")
                 state = self.sidecar.read()
@@ -247,10 +251,10 @@ class Follower:
     def _committed(self) -> bool:
         """The blob is in the store and its fill has finished its bookkeeping (the fill
         removes its sidecar last), so a client that got every byte can pull it again as a hit."""
-        if self.fills.store.size(self.digest) is None:
-            return False
         state = self.sidecar.read()
-        return state is None or state.temp != self.state.temp or state.failed is not None
+        if state is not None and state.temp == self.state.temp and state.failed is None:
+            return False  # still being filled: no need to ask the store (a request, on S3)
+        return self.fills.store.size(self.digest) is not None
 
 
 def _reopen(fd: int | None, path) -> int | None:

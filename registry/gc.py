@@ -7,7 +7,9 @@ Policies (see inventory for what an image is):
 - Never evicted: pinned images, and images used within MIRROR_GC_GRACE_PERIOD.
 - A blob is deleted only when no remaining manifest references it and it was neither written
   nor pulled within the grace period; a fill in progress has no blob file yet, only a
-  temporary one, deleted once untouched for MIRROR_GC_TEMP_FILE_AGE.
+  temporary one, deleted once untouched for MIRROR_GC_TEMP_FILE_AGE. In object storage, an
+  upload begun longer ago than any fill may take (MIRROR_FILL_TIMEOUT) was abandoned by a
+  dead process: it is aborted.
 
 `plan` decides without changing anything (the dry run prints it); `apply` deletes in an order
 that keeps every pull working: a tag before its manifest, an index before its children,
@@ -31,7 +33,7 @@ from django.utils import timezone
 
 from . import inventory as inventory_module, locks
 from . import oci
-from .blobstore import BlobStore, default_store
+from .blobstore import AbandonedUpload, BlobStore, default_store
 from .inventory import Image, Inventory
 from .models import Blob, GcRun, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, TagPullCount
 
@@ -61,6 +63,7 @@ class Plan:
     evictions: list[Eviction] = field(default_factory=list)
     blobs: dict[str, int] = field(default_factory=dict)  # digest → bytes to delete
     temp_files: list[tuple[Path, int]] = field(default_factory=list)
+    uploads: list[AbandonedUpload] = field(default_factory=list)  # incomplete, in object storage
     repositories: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     explicit: bool = False  # staff chose the images: their last use does not protect them
@@ -71,7 +74,7 @@ class Plan:
 
     @property
     def temp_bytes(self) -> int:
-        return sum(size for _, size in self.temp_files)
+        return sum(size for _, size in self.temp_files) + sum(upload.size for upload in self.uploads)
 
     @property
     def grace_cutoff(self) -> datetime:
@@ -88,8 +91,9 @@ class Plan:
         lines.append(
             f"{'would free' if dry_run else 'frees'} {format_bytes(self.bytes_freed + self.temp_bytes)}: "
             f"{len(self.evictions)} images ({manifests} manifests), {len(self.blobs)} blobs "
-            f"({format_bytes(self.bytes_freed)}), {len(self.temp_files)} leftover temporary files "
-            f"({format_bytes(self.temp_bytes)}), {len(self.repositories)} empty repositories"
+            f"({format_bytes(self.bytes_freed)}), {len(self.temp_files)} leftover temporary files and "
+            f"{len(self.uploads)} incomplete uploads ({format_bytes(self.temp_bytes)}), "
+            f"{len(self.repositories)} empty repositories"
         )
         lines.append(f"store: {format_bytes(self.store_bytes)} → {format_bytes(self.store_bytes - self.bytes_freed)}")
         return lines
@@ -174,6 +178,9 @@ class _Planner:
                 continue
             if stat.st_mtime < cutoff:
                 self.plan.temp_files.append((path, stat.st_size))
+        # An upload older than the longest fill has no live owner.
+        oldest_live = self.plan.now - timedelta(seconds=max(settings.MIRROR_FILL_TIMEOUT, settings.MIRROR_GC_TEMP_FILE_AGE))
+        self.plan.uploads = store.abandoned_uploads(started_before=oldest_live)
         manifests_left: dict[int, int] = {}
         for pk, repository_id in self.inventory.repository_of.items():
             if pk not in self.evicted:
@@ -262,6 +269,10 @@ def apply(plan: Plan, store: BlobStore | None = None) -> Freed:
             continue
         freed.temp_files += 1
         freed.temp_bytes += stat.st_size
+    for upload in plan.uploads:
+        store.abort_upload(upload)
+        freed.temp_files += 1  # recorded with the temporary files: bytes nobody could see
+        freed.temp_bytes += upload.size
     locks.remove_abandoned_lock_files(store.tmp_dir / "locks", older_than=settings.MIRROR_GC_TEMP_FILE_AGE)
     for pk in plan.repositories:
         freed.repositories += (

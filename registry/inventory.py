@@ -101,12 +101,13 @@ def take(store: BlobStore) -> Inventory:
         )
 
     blobs = {}
+    stored = store.stored_sizes()  # one listing, rather than a question per blob
     for digest, created_at, last_pulled_at in Blob.objects.values_list("digest", "created_at", "last_pulled_at"):
         try:
-            size = store.size(oci.parse_digest(digest))
+            oci.parse_digest(digest)
         except oci.DigestInvalid:
             continue
-        blobs[digest] = StoredBlob(digest, size, _last_use(created_at, last_pulled_at))
+        blobs[digest] = StoredBlob(digest, stored.get(digest), _last_use(created_at, last_pulled_at))
     return Inventory(
         images=images,
         blobs=blobs,

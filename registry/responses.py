@@ -15,6 +15,7 @@ from django.http import FileResponse, HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from . import oci
+from .blobstore import BlobLocation, Redirect, Streamed
 
 logger = logging.getLogger(__name__)
 
@@ -127,22 +128,36 @@ class FileSlice(io.RawIOBase):
         super().close()
 
 
-def blob_hit_response(path: Path, relative_path: str, size: int, range_header: str | None) -> HttpResponse:
-    """A cached blob, sent without a Python loop over its bytes: handed to nginx with
-    X-Accel-Redirect when MIRROR_X_ACCEL_REDIRECT is set (nginx then does ranges too),
-    else from the file, which gunicorn sends with sendfile."""
+def blob_hit_response(location: BlobLocation, size: int, range_header: str | None) -> HttpResponse:
+    """A cached blob, sent the way its store allows. A local file goes without a Python loop
+    over its bytes: handed to nginx with X-Accel-Redirect when MIRROR_X_ACCEL_REDIRECT is set
+    (nginx then does ranges too), else sent by gunicorn with sendfile. A blob in object
+    storage is a redirect to it (the client asks its range there), or streamed from it.
+    FileNotFoundError when the blob went away since it was looked up."""
+    if isinstance(location, Redirect):
+        response = HttpResponse(status=307)
+        response["Location"] = location.url
+        response.blob_size = size  # what the client fetches elsewhere, for the statistics
+        return response
+    if isinstance(location, Streamed):
+        return _window_response(location.open, size, parse_range(range_header, size))
     prefix = settings.MIRROR_X_ACCEL_REDIRECT
     if prefix:
         response = HttpResponse(content_type="application/octet-stream")
-        response["X-Accel-Redirect"] = prefix.rstrip("/") + "/" + relative_path
+        response["X-Accel-Redirect"] = prefix.rstrip("/") + "/" + location.relative_path
         return response
-    return blob_file_response(path, size, parse_range(range_header, size))
+    return blob_file_response(location.path, size, parse_range(range_header, size))
 
 
 def blob_file_response(path: Path, size: int, byte_range: ByteRange | None) -> FileResponse:
+    return _window_response(lambda start, length: FileSlice(path, start, length), size, byte_range)
+
+
+def _window_response(open_window: Callable[[int, int], object], size: int, byte_range: ByteRange | None) -> FileResponse:
+    """The whole blob, or its range with 206: from a readable body `open_window(start, length)`."""
     window = byte_range or ByteRange(0, size - 1)
     response = FileResponse(
-        FileSlice(path, window.start, max(window.length, 0)),
+        open_window(window.start, max(window.length, 0)),
         status=206 if byte_range else 200,
         content_type="application/octet-stream",
     )

@@ -71,11 +71,11 @@ def _blob_content(upstream: Upstream, name: str, digest: oci.Digest, range_heade
     found = cache.fetch_blob(upstream, name, digest)
     if isinstance(found, cache.CachedBlob):
         try:
-            return blob_hit_response(found.path, found.relative_path, found.size, range_header)
+            return blob_hit_response(found.location, found.size, range_header)
         except FileNotFoundError:  # evicted between the lookup and the open: a miss after all
             found = cache.fetch_blob(upstream, name, digest)
             if isinstance(found, cache.CachedBlob):
-                return blob_hit_response(found.path, found.relative_path, found.size, range_header)
+                return blob_hit_response(found.location, found.size, range_header)
     if found.size is not None:
         try:  # refuse an impossible range now; a possible one is answered with the whole blob
             parse_range(range_header, found.size)

@@ -10,7 +10,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from dashboard import stats
-from registry.blobstore import BlobStore
+from registry.blobstore import BlobStore, FilesystemStore
 from registry.models import Upstream
 
 
@@ -27,7 +27,7 @@ def store(settings, tmp_path) -> BlobStore:
     settings.MIRROR_DATA_DIR = tmp_path
     settings.MIRROR_UPSTREAM_LIBRARY_PREFIX = "true"
     settings.MIRROR_STATS_REDIS_URL = ""
-    return BlobStore(tmp_path)
+    return FilesystemStore(tmp_path)
 
 
 @pytest.fixture

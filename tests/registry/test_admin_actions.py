@@ -5,7 +5,7 @@ import pytest
 from django.contrib.auth.models import Permission, User
 
 from mirrorsite.celery import app
-from registry.blobstore import BlobStore
+from registry.blobstore import BlobStore, FilesystemStore
 from registry.models import GcRun, Manifest, Pin, PrefetchJob, Tag, Upstream
 from tests.registry.cachestate import cache_image
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def store(settings, tmp_path) -> BlobStore:
     settings.MIRROR_DATA_DIR = tmp_path
     settings.MIRROR_UPSTREAM_LIBRARY_PREFIX = "true"
-    return BlobStore(tmp_path)
+    return FilesystemStore(tmp_path)
 
 
 @pytest.fixture

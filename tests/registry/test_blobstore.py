@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from registry.blobstore import BlobStore, DigestMismatch
+from registry.blobstore import DigestMismatch, FilesystemStore
 from registry.oci import parse_digest
 
 
@@ -12,7 +12,7 @@ def digest_of(content: bytes):
 
 
 def test_commit_publishes_verified_bytes_at_content_address(tmp_path):
-    store = BlobStore(tmp_path)
+    store = FilesystemStore(tmp_path)
     content = os.urandom(100_000)
     digest = digest_of(content)
     fill = store.begin_fill(digest, len(content))
@@ -28,7 +28,7 @@ def test_commit_publishes_verified_bytes_at_content_address(tmp_path):
 
 
 def test_wrong_bytes_are_never_stored(tmp_path):
-    store = BlobStore(tmp_path)
+    store = FilesystemStore(tmp_path)
     content = b"the real content"
     fill = store.begin_fill(digest_of(content))
     fill.write(b"the fake content")
@@ -39,7 +39,7 @@ def test_wrong_bytes_are_never_stored(tmp_path):
 
 
 def test_size_mismatch_is_rejected_even_before_the_end(tmp_path):
-    store = BlobStore(tmp_path)
+    store = FilesystemStore(tmp_path)
     content = b"0123456789"
     fill = store.begin_fill(digest_of(content), expected_size=5)
     with pytest.raises(DigestMismatch):
@@ -55,7 +55,7 @@ def test_size_mismatch_is_rejected_even_before_the_end(tmp_path):
 
 def test_abandoned_fill_leaves_only_a_temporary_file(tmp_path):
     """What a killed process leaves behind: no blob, a temporary file for garbage collection."""
-    store = BlobStore(tmp_path)
+    store = FilesystemStore(tmp_path)
     content = b"x" * 1000
     fill = store.begin_fill(digest_of(content))
     fill.write(content[:10])
@@ -65,7 +65,7 @@ def test_abandoned_fill_leaves_only_a_temporary_file(tmp_path):
 
 
 def test_delete_and_open(tmp_path):
-    store = BlobStore(tmp_path)
+    store = FilesystemStore(tmp_path)
     content = b"abc"
     digest = digest_of(content)
     fill = store.begin_fill(digest)

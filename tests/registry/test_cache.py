@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 
 from registry import cache, fills, memory, oci, pulltimes
-from registry.blobstore import BlobStore
+from registry.blobstore import BlobStore, FilesystemStore
 from registry.models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, Upstream
 from tests.support.fake_upstream import FakeUpstream
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def store(settings, tmp_path) -> BlobStore:
     settings.MIRROR_DATA_DIR = tmp_path
-    return BlobStore(tmp_path)
+    return FilesystemStore(tmp_path)
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def hub(mirror_of, upstream) -> Upstream:
 
 def drain(found) -> bytes:
     if isinstance(found, cache.CachedBlob):
-        return found.path.read_bytes()
+        return found.location.path.read_bytes()
     return b"".join(found.chunks)
 
 

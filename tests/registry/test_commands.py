@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from mirrorsite.celery import app
 from registry import oci
-from registry.blobstore import BlobStore
+from registry.blobstore import BlobStore, FilesystemStore
 from registry.models import Manifest, Pin, PrefetchJob, Upstream, UpstreamAccount
 from tests.registry.cachestate import cache_image
 
@@ -21,7 +21,7 @@ def store(settings, tmp_path) -> BlobStore:
     settings.MIRROR_DATA_DIR = tmp_path
     settings.MIRROR_PREFETCH_BACKOFF = 0
     settings.MIRROR_UPSTREAM_LIBRARY_PREFIX = "true"
-    return BlobStore(tmp_path)
+    return FilesystemStore(tmp_path)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from registry import gc, oci, pins
-from registry.blobstore import BlobStore
+from registry.blobstore import BlobStore, FilesystemStore
 from registry.imageref import parse_image
 from registry.models import Blob, GcRun, Manifest, Pin, Repository, RepositoryBlob, Tag, TagPullCount, Upstream
 from tests.registry.cachestate import age, blob_digests, cache_image, cache_index, store_blob
@@ -26,7 +26,7 @@ def store(settings, tmp_path) -> BlobStore:
     settings.MIRROR_CACHE_MAX_BYTES = 0
     settings.MIRROR_GC_GRACE_PERIOD = 3600
     settings.MIRROR_GC_TEMP_FILE_AGE = 3600
-    return BlobStore(tmp_path)
+    return FilesystemStore(tmp_path)
 
 
 @pytest.fixture

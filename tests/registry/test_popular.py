@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from registry import cache, memory, oci, popular, pulltimes
-from registry.blobstore import BlobStore
+from registry.blobstore import BlobStore, FilesystemStore
 from registry.imageref import Platform
 from registry.models import Manifest, PrefetchJob, Tag, TagPullCount, Upstream
 from tests.registry.cachestate import cache_image
@@ -28,7 +28,7 @@ def store(settings, tmp_path) -> BlobStore:
     settings.MIRROR_PULL_TIME_FLUSH_INTERVAL = 3600
     settings.MIRROR_POPULAR_TAGS, settings.MIRROR_POPULAR_DAYS, settings.MIRROR_POPULAR_BUDGET = 10, 7, 20
     settings.MIRROR_PREFETCH_BACKOFF = 0
-    return BlobStore(tmp_path)
+    return FilesystemStore(tmp_path)
 
 
 @pytest.fixture

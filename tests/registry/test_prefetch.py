@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from mirrorsite.celery import app
 from registry import oci, prefetch, pulltimes, tasks
-from registry.blobstore import BlobStore
+from registry.blobstore import BlobStore, FilesystemStore
 from registry.imageref import parse_image, parse_platforms
 from registry.models import Manifest, PrefetchJob, Tag, TagPullCount, Upstream, UpstreamAccount
 from tests.registry.scripted_registry import ScriptedRegistry
@@ -39,7 +39,7 @@ def store(settings, tmp_path) -> BlobStore:
     settings.MIRROR_PREFETCH_RATELIMIT_RESERVE = 10
     settings.MIRROR_UPSTREAM_LIBRARY_PREFIX = "true"
     settings.MIRROR_UPSTREAM_CONNECT_TIMEOUT = 1
-    return BlobStore(tmp_path)
+    return FilesystemStore(tmp_path)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from registry import pulltimes
-from registry.blobstore import BlobStore
+from registry.blobstore import FilesystemStore
 from registry.models import Tag, TagPullCount, Upstream
 from tests.registry.cachestate import cache_image
 
@@ -23,7 +23,7 @@ def tags(settings, tmp_path) -> list[Tag]:
     settings.REGISTRY_PROXY_REMOTEURL = "http://127.0.0.1:9"
     pulltimes.flush()
     hub = Upstream.objects.default()
-    store = BlobStore(tmp_path)
+    store = FilesystemStore(tmp_path)
     return [Tag.objects.get(manifest=cache_image(store, hub, f"library/{n}", "1", [n.encode() * 10])) for n in "ab"]
 
 

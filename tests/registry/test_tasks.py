@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from registry import gc, tasks
-from registry.blobstore import BlobStore
+from registry.blobstore import FilesystemStore
 from registry.models import GcRun, Manifest, Upstream
 from tests.registry.cachestate import cache_image
 
@@ -19,7 +19,7 @@ def hub(settings, tmp_path) -> Upstream:
 
 
 def test_scheduled_garbage_collection(hub, tmp_path):
-    cache_image(BlobStore(tmp_path), hub, "library/old", "1", [b"x" * 2000], days_ago=30)
+    cache_image(FilesystemStore(tmp_path), hub, "library/old", "1", [b"x" * 2000], days_ago=30)
     assert tasks.collect_garbage().startswith("freed 2.1 kB")
     assert GcRun.objects.get().trigger == "schedule"
     assert not Manifest.objects.exists()

@@ -1,0 +1,278 @@
+"""Blobs in an S3-compatible bucket (MIRROR_STORAGE=s3), by content address:
+`<MIRROR_S3_PREFIX>/blobs/<algorithm>/<first two hex>/<hex>`, as on the filesystem.
+
+A fill uploads while it streams: each MIRROR_S3_PART_SIZE bytes that land in the local
+temporary file become a part of a multipart upload. Parts are invisible; only after the size
+and digest are verified does CompleteMultipartUpload (or, for a blob smaller than one part,
+a single PutObject) make the object appear. A mismatch or failure aborts the upload; a fill
+whose process died leaves an incomplete upload, which garbage collection aborts once it is
+older than any fill may take.
+
+Hits are answered with a redirect to a presigned GET (MIRROR_S3_SERVE=redirect: the bytes
+skip the mirror, the client asks its range of the bucket itself) or streamed through the
+mirror with the requested range (MIRROR_S3_SERVE=stream).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+import io
+import logging
+import os
+from pathlib import Path
+import socket
+from typing import Iterator
+import uuid
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from .blobstore import (
+    READ_SIZE,
+    AbandonedUpload,
+    BlobFill,
+    BlobLocation,
+    BlobStore,
+    Redirect,
+    StorageUnavailable,
+    Streamed,
+)
+from .oci import Digest
+
+logger = logging.getLogger(__name__)
+
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest part (all but the last)
+CONTENT_TYPE = "application/octet-stream"
+MISSING = {"404", "NoSuchKey", "NotFound"}
+# Server threads share the client: enough pooled connections that they rarely wait.
+MAX_POOL_CONNECTIONS = 64
+
+
+@dataclass(frozen=True)
+class S3Config:
+    bucket: str
+    endpoint_url: str
+    region: str
+    access_key_id: str
+    secret_access_key: str
+    prefix: str
+    serve: str
+    presign_seconds: int
+    part_size: int
+    addressing_style: str
+    data_dir: Path
+
+    @classmethod
+    def from_settings(cls) -> "S3Config":
+        return cls(
+            bucket=settings.MIRROR_S3_BUCKET,
+            endpoint_url=settings.MIRROR_S3_ENDPOINT_URL,
+            region=settings.MIRROR_S3_REGION,
+            access_key_id=settings.MIRROR_S3_ACCESS_KEY_ID,
+            secret_access_key=settings.MIRROR_S3_SECRET_ACCESS_KEY,
+            prefix=settings.MIRROR_S3_PREFIX,
+            serve=settings.MIRROR_S3_SERVE,
+            presign_seconds=settings.MIRROR_S3_PRESIGN_SECONDS,
+            part_size=settings.MIRROR_S3_PART_SIZE,
+            addressing_style=settings.MIRROR_S3_ADDRESSING_STYLE,
+            data_dir=Path(settings.MIRROR_DATA_DIR),
+        )
+
+    def check(self) -> None:
+        if not self.bucket:
+            raise ImproperlyConfigured("MIRROR_STORAGE=s3 needs MIRROR_S3_BUCKET")
+        if self.serve not in ("redirect", "stream"):
+            raise ImproperlyConfigured(f"MIRROR_S3_SERVE must be 'redirect' or 'stream', not {self.serve!r}")
+        if self.part_size < MIN_PART_SIZE:
+            raise ImproperlyConfigured(f"MIRROR_S3_PART_SIZE must be at least {MIN_PART_SIZE} (S3's minimum)")
+        if self.addressing_style not in ("auto", "path", "virtual"):
+            raise ImproperlyConfigured("MIRROR_S3_ADDRESSING_STYLE must be 'auto', 'path' or 'virtual'")
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+class S3Fill(BlobFill):
+    """A fill that sends each full part to a multipart upload as soon as it is written."""
+
+    def __init__(self, store: "S3Store", digest: Digest, expected_size: int | None):
+        super().__init__(store.tmp_dir, digest, expected_size)
+        self.store = store
+        self.key = store.key(digest)
+        self.upload_id: str | None = None
+        self._parts: list[dict] = []
+        self._uploaded = 0  # bytes of the temporary file already sent as parts
+
+    def _written(self) -> None:
+        while self.size - self._uploaded >= self.store.config.part_size:
+            self._send_part(self.store.config.part_size)
+
+    def _send_part(self, length: int) -> None:
+        client, bucket = self.store.client, self.store.config.bucket
+        if self.upload_id is None:
+            self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.key, ContentType=CONTENT_TYPE)["UploadId"]
+        number = len(self._parts) + 1
+        # The part is read back from the temporary file (the page cache): no second copy in memory.
+        body = os.pread(self._file.fileno(), length, self._uploaded)
+        answer = client.upload_part(Bucket=bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body)
+        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        self._uploaded += length
+
+    def _publish(self) -> None:
+        """Verified: send what is left and let the object appear."""
+        client, bucket = self.store.client, self.store.config.bucket
+        if self.upload_id is None:  # smaller than one part: a single upload is cheaper
+            body = os.pread(self._file.fileno(), self.size, 0)
+            client.put_object(Bucket=bucket, Key=self.key, Body=body, ContentType=CONTENT_TYPE)
+        else:
+            if self.size > self._uploaded:
+                self._send_part(self.size - self._uploaded)
+            client.complete_multipart_upload(
+                Bucket=bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self._parts}
+            )
+            self.upload_id = None
+        # Followers that opened the temporary file keep reading it; later ones read the object.
+        self._file.close()
+        self.temp_path.unlink(missing_ok=True)
+
+    def _discard(self) -> None:
+        if self.upload_id is None:
+            return
+        try:
+            self.store.client.abort_multipart_upload(Bucket=self.store.config.bucket, Key=self.key, UploadId=self.upload_id)
+        except (BotoCoreError, ClientError) as error:
+            # Still invisible; garbage collection aborts it later.
+            logger.warning("could not abort the upload of %s: %s", self.digest, error)
+        self.upload_id = None
+
+
+class S3Store(BlobStore):
+    def __init__(self, config: S3Config):
+        config.check()
+        self.config = config
+        self.prefix = config.prefix.strip("/") + "/" if config.prefix.strip("/") else ""
+        self.tmp_dir = config.data_dir / "tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        # Empty credentials: boto3's default chain (environment, profile, instance role).
+        self.client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=config.endpoint_url or None,
+            region_name=config.region,
+            aws_access_key_id=config.access_key_id or None,
+            aws_secret_access_key=config.secret_access_key or None,
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": config.addressing_style},
+                max_pool_connections=MAX_POOL_CONNECTIONS,
+                retries={"mode": "standard"},
+            ),
+        )
+
+    def key(self, digest: Digest) -> str:
+        return f"{self.prefix}blobs/{self.relative_path(digest)}"
+
+    def size(self, digest: Digest) -> int | None:
+        try:
+            return self.client.head_object(Bucket=self.config.bucket, Key=self.key(digest))["ContentLength"]
+        except ClientError as error:
+            if _error_code(error) in MISSING:
+                return None
+            raise
+
+    def begin_fill(self, digest: Digest, expected_size: int | None = None) -> S3Fill:
+        return S3Fill(self, digest, expected_size)
+
+    def _get(self, digest: Digest, byte_range: str | None):
+        """The object's body (FileNotFoundError when there is none)."""
+        extra = {"Range": byte_range} if byte_range else {}
+        try:
+            return self.client.get_object(Bucket=self.config.bucket, Key=self.key(digest), **extra)["Body"]
+        except ClientError as error:
+            if _error_code(error) in MISSING:
+                raise FileNotFoundError(self.key(digest)) from None
+            raise
+
+    def read(self, digest: Digest, start: int = 0) -> Iterator[bytes]:
+        try:
+            body = self._get(digest, f"bytes={start}-" if start else None)
+        except ClientError as error:
+            if _error_code(error) == "InvalidRange":  # start is the end: nothing left
+                return iter(())
+            raise
+
+        def chunks() -> Iterator[bytes]:
+            with body:
+                yield from body.iter_chunks(READ_SIZE)
+
+        return chunks()
+
+    def open_range(self, digest: Digest, start: int, length: int):
+        """A readable body of `length` bytes from `start` (FileNotFoundError when gone)."""
+        if length <= 0:
+            return io.BytesIO(b"")
+        return self._get(digest, f"bytes={start}-{start + length - 1}")
+
+    def location(self, digest: Digest) -> BlobLocation:
+        if self.config.serve == "stream":
+            return Streamed(lambda start, length: self.open_range(digest, start, length))
+        url = self.client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.config.bucket, "Key": self.key(digest)},
+            ExpiresIn=self.config.presign_seconds,
+        )
+        return Redirect(url)
+
+    def delete(self, digest: Digest) -> None:
+        self.client.delete_object(Bucket=self.config.bucket, Key=self.key(digest))
+
+    def stored_sizes(self) -> dict[str, int]:
+        sizes = {}
+        blobs = f"{self.prefix}blobs/"
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.config.bucket, Prefix=blobs):
+            for item in page.get("Contents", ()):
+                parts = item["Key"][len(blobs):].split("/")
+                if len(parts) == 3:  # algorithm/ab/hex
+                    sizes[f"{parts[0]}:{parts[2]}"] = item["Size"]
+        return sizes
+
+    def abandoned_uploads(self, started_before: datetime) -> list[AbandonedUpload]:
+        found = []
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.config.bucket, Prefix=f"{self.prefix}blobs/"):
+            for upload in page.get("Uploads", ()):
+                if upload["Initiated"] < started_before:
+                    found.append(
+                        AbandonedUpload(upload["Key"], upload["UploadId"], upload["Initiated"], self._uploaded_bytes(upload))
+                    )
+        return found
+
+    def _uploaded_bytes(self, upload: dict) -> int:
+        try:
+            parts = self.client.get_paginator("list_parts").paginate(
+                Bucket=self.config.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+            return sum(part["Size"] for page in parts for part in page.get("Parts", ()))
+        except ClientError:  # completed or aborted meanwhile
+            return 0
+
+    def abort_upload(self, upload: AbandonedUpload) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.config.bucket, Key=upload.key, UploadId=upload.upload_id)
+        except ClientError as error:
+            if _error_code(error) not in ("NoSuchUpload", "404"):
+                raise
+
+    def probe(self) -> None:
+        super().probe()  # fills stage their bytes locally too
+        key = f"{self.prefix}readiness/{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
+        try:
+            self.client.put_object(Bucket=self.config.bucket, Key=key, Body=b"ok")
+            self.client.delete_object(Bucket=self.config.bucket, Key=key)
+        except ClientError as error:
+            raise StorageUnavailable(f"bucket: {_error_code(error) or 'error'}") from None
+        except BotoCoreError as error:
+            raise StorageUnavailable(f"bucket: {type(error).__name__}") from None
