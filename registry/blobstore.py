@@ -70,6 +70,7 @@ BlobLocation = LocalFile | Redirect | Streamed
 class AbandonedUpload:
     """An upload to the store that no fill will finish (its owner died): bytes nobody sees."""
 
+    digest: str  # of the blob it was a fill of
     key: str
     upload_id: str
     started: datetime

@@ -270,7 +270,14 @@ def apply(plan: Plan, store: BlobStore | None = None) -> Freed:
         freed.temp_files += 1
         freed.temp_bytes += stat.st_size
     for upload in plan.uploads:
-        store.abort_upload(upload)
+        # Never one a fill is still sending (its owner holds the digest's fill lock).
+        lock = locks.named_lock(f"fill:{upload.digest}")
+        if not lock.try_acquire():
+            continue
+        try:
+            store.abort_upload(upload)
+        finally:
+            lock.release()
         freed.temp_files += 1  # recorded with the temporary files: bytes nobody could see
         freed.temp_bytes += upload.size
     locks.remove_abandoned_lock_files(store.tmp_dir / "locks", older_than=settings.MIRROR_GC_TEMP_FILE_AGE)

@@ -241,13 +241,16 @@ class S3Store(BlobStore):
 
     def abandoned_uploads(self, started_before: datetime) -> list[AbandonedUpload]:
         found = []
+        blobs = f"{self.prefix}blobs/"
         paginator = self.client.get_paginator("list_multipart_uploads")
-        for page in paginator.paginate(Bucket=self.config.bucket, Prefix=f"{self.prefix}blobs/"):
+        for page in paginator.paginate(Bucket=self.config.bucket, Prefix=blobs):
             for upload in page.get("Uploads", ()):
-                if upload["Initiated"] < started_before:
-                    found.append(
-                        AbandonedUpload(upload["Key"], upload["UploadId"], upload["Initiated"], self._uploaded_bytes(upload))
-                    )
+                parts = upload["Key"][len(blobs):].split("/")
+                if upload["Initiated"] < started_before and len(parts) == 3:
+                    found.append(AbandonedUpload(
+                        f"{parts[0]}:{parts[2]}", upload["Key"], upload["UploadId"], upload["Initiated"],
+                        self._uploaded_bytes(upload),
+                    ))
         return found
 
     def _uploaded_bytes(self, upload: dict) -> int:

@@ -14,6 +14,7 @@ from typing import Iterator
 import pytest
 
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.s3_server import S3Server
 from tests.support.skopeo import Skopeo
 from tests.support.images import PushedImage, PushedIndex, push_image, push_index, retag
 from tests.support.token_server import TokenServer
@@ -108,3 +109,11 @@ def fake_upstream() -> Iterator[FakeUpstream]:
 @pytest.fixture(scope="session")
 def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
     return Skopeo(tmp_path_factory.mktemp("skopeo"))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """An S3-compatible server (moto) on loopback; tests make their own buckets in it."""
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    yield server
+    server.stop()
