@@ -210,3 +210,13 @@ def test_probe_writes_and_deletes(store, s3_settings, s3_server, bucket):
     s3_settings.MIRROR_S3_BUCKET = "no-such-bucket"
     with pytest.raises(StorageUnavailable, match="NoSuchBucket"):
         S3Store(S3Config.from_settings()).probe()
+
+
+@pytest.mark.django_db
+def test_readiness_checks_the_bucket(client, s3_settings):
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["storage"] == "ok"
+    s3_settings.MIRROR_S3_BUCKET = "no-such-bucket"
+    unready = client.get("/readyz")
+    assert unready.status_code == 503
+    assert unready.json()["checks"]["storage"] == "error: bucket: NoSuchBucket"
