@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from . import oci
 from .oci import Digest
 
 READ_SIZE = 1024 * 1024
@@ -35,8 +36,8 @@ class DigestMismatch(Exception):
     """The bytes received do not hash to the digest they were fetched for."""
 
 
-class StorageUnavailable(Exception):
-    """The store cannot be written or read (readiness says so)."""
+class StorageUnavailable(oci.Unavailable):
+    """The store cannot be read or written: clients get UNAVAILABLE, readiness fails."""
 
 
 # --- how a committed blob is served ----------------------------------------------------------

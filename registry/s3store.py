@@ -14,6 +14,7 @@ mirror with the requested range (MIRROR_S3_SERVE=stream).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 import io
@@ -96,6 +97,19 @@ def _error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
+@contextmanager
+def _bucket_errors() -> Iterator[None]:
+    """The bucket unreachable or refusing: UNAVAILABLE for the client, logged for the operator."""
+    try:
+        yield
+    except ClientError as error:
+        logger.warning("object storage: %s", error)
+        raise StorageUnavailable(f"bucket: {_error_code(error) or 'error'}") from None
+    except BotoCoreError as error:
+        logger.warning("object storage: %s", error)
+        raise StorageUnavailable(f"bucket: {type(error).__name__}") from None
+
+
 class S3Fill(BlobFill):
     """A fill that sends each full part to a multipart upload as soon as it is written."""
 
@@ -176,12 +190,13 @@ class S3Store(BlobStore):
         return f"{self.prefix}blobs/{self.relative_path(digest)}"
 
     def size(self, digest: Digest) -> int | None:
-        try:
-            return self.client.head_object(Bucket=self.config.bucket, Key=self.key(digest))["ContentLength"]
-        except ClientError as error:
-            if _error_code(error) in MISSING:
-                return None
-            raise
+        with _bucket_errors():
+            try:
+                return self.client.head_object(Bucket=self.config.bucket, Key=self.key(digest))["ContentLength"]
+            except ClientError as error:
+                if _error_code(error) in MISSING:
+                    return None
+                raise
 
     def begin_fill(self, digest: Digest, expected_size: int | None = None) -> S3Fill:
         return S3Fill(self, digest, expected_size)
@@ -189,20 +204,17 @@ class S3Store(BlobStore):
     def _get(self, digest: Digest, byte_range: str | None):
         """The object's body (FileNotFoundError when there is none)."""
         extra = {"Range": byte_range} if byte_range else {}
-        try:
-            return self.client.get_object(Bucket=self.config.bucket, Key=self.key(digest), **extra)["Body"]
-        except ClientError as error:
-            if _error_code(error) in MISSING:
-                raise FileNotFoundError(self.key(digest)) from None
-            raise
+        with _bucket_errors():
+            try:
+                return self.client.get_object(Bucket=self.config.bucket, Key=self.key(digest), **extra)["Body"]
+            except ClientError as error:
+                if _error_code(error) in MISSING:
+                    raise FileNotFoundError(self.key(digest)) from None
+                raise
 
     def read(self, digest: Digest, start: int = 0) -> Iterator[bytes]:
-        try:
-            body = self._get(digest, f"bytes={start}-" if start else None)
-        except ClientError as error:
-            if _error_code(error) == "InvalidRange":  # start is the end: nothing left
-                return iter(())
-            raise
+        # Followers ask for what is left, which is never nothing (they hold back the end).
+        body = self._get(digest, f"bytes={start}-" if start else None)
 
         def chunks() -> Iterator[bytes]:
             with body:
@@ -227,7 +239,8 @@ class S3Store(BlobStore):
         return Redirect(url)
 
     def delete(self, digest: Digest) -> None:
-        self.client.delete_object(Bucket=self.config.bucket, Key=self.key(digest))
+        with _bucket_errors():
+            self.client.delete_object(Bucket=self.config.bucket, Key=self.key(digest))
 
     def stored_sizes(self) -> dict[str, int]:
         sizes = {}
@@ -272,10 +285,6 @@ class S3Store(BlobStore):
     def probe(self) -> None:
         super().probe()  # fills stage their bytes locally too
         key = f"{self.prefix}readiness/{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
-        try:
+        with _bucket_errors():
             self.client.put_object(Bucket=self.config.bucket, Key=key, Body=b"ok")
             self.client.delete_object(Bucket=self.config.bucket, Key=key)
-        except ClientError as error:
-            raise StorageUnavailable(f"bucket: {_error_code(error) or 'error'}") from None
-        except BotoCoreError as error:
-            raise StorageUnavailable(f"bucket: {type(error).__name__}") from None

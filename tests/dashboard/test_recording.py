@@ -77,6 +77,22 @@ def test_a_sequence_of_pulls_is_counted_exactly(client, hub, images, upstream):
     assert counters(kind="blob").requests == 5, "a second flush adds nothing twice"
 
 
+def test_hits_from_object_storage_are_counted_as_hits(client, hub, images, s3_server, settings):
+    s3_server.configure(settings, s3_server.create_bucket("stats"), MIRROR_S3_SERVE="redirect")
+    layer = images.small.layers[0]
+    url = f"/v2/library/small/blobs/{layer.digest}"
+    assert get(client, url)[1] == layer.data  # miss, streamed from the fill
+    assert get(client, url)[0].status_code == 307  # hit: the bucket sends the bytes
+    assert get(client, url, HTTP_RANGE="bytes=0-99")[0].status_code == 307
+    settings.MIRROR_S3_SERVE = "stream"
+    assert get(client, url)[1] == layer.data  # hit, sent by the mirror from the bucket
+    stats.flush()
+    blobs = counters(kind="blob", repository="library/small")
+    assert (blobs.requests, blobs.hits, blobs.misses, blobs.errors) == (4, 3, 1, 0)
+    assert blobs.bytes_from_cache == 2 * layer.size + 100
+    assert blobs.bytes_from_upstream == layer.size
+
+
 def test_pulls_make_no_statistics_writes_until_the_flush(client, hub, images):
     get(client, "/v2/library/small/manifests/1")  # cached, and remembered
     stats.flush()

@@ -17,6 +17,7 @@ from registry.models import Upstream
 from registry.s3store import S3Config, S3Store
 from tests.registry.cachestate import blob_digests, cache_image
 from tests.support.s3_server import PART_SIZE, S3Server
+from tests.support.upstream_registry import free_port
 
 MB = 1024 * 1024
 
@@ -33,10 +34,7 @@ def bucket(s3_server: S3Server) -> str:
 @pytest.fixture
 def s3_settings(settings, s3_server: S3Server, bucket: str, tmp_path):
     settings.MIRROR_DATA_DIR = tmp_path
-    for name, value in s3_server.mirror_env(bucket, MIRROR_S3_PREFIX="mirror/").items():
-        setattr(settings, name, int(value) if name == "MIRROR_S3_PART_SIZE" else value)
-    settings.MIRROR_S3_SERVE = "redirect"
-    settings.MIRROR_S3_PRESIGN_SECONDS = 600
+    s3_server.configure(settings, bucket, MIRROR_S3_PREFIX="mirror/", MIRROR_S3_SERVE="redirect")
     return settings
 
 
@@ -208,8 +206,13 @@ def test_probe_writes_and_deletes(store, s3_settings, s3_server, bucket):
     store.probe()
     assert s3_server.keys(bucket) == {}, "the probe object is deleted"
     s3_settings.MIRROR_S3_BUCKET = "no-such-bucket"
+    elsewhere = S3Store(S3Config.from_settings())
     with pytest.raises(StorageUnavailable, match="NoSuchBucket"):
-        S3Store(S3Config.from_settings()).probe()
+        elsewhere.probe()
+    s3_settings.MIRROR_S3_ENDPOINT_URL = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    unreachable = S3Store(S3Config.from_settings())
+    with pytest.raises(StorageUnavailable, match="EndpointConnectionError"):  # UNAVAILABLE (503) for clients
+        unreachable.size(digest_of(b"anything"))
 
 
 @pytest.mark.django_db

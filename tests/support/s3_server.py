@@ -103,6 +103,13 @@ class S3Server:
             **extra,
         }
 
+    def configure(self, settings, bucket: str, **overrides) -> None:
+        """Point Django's settings (pytest-django's `settings` fixture) at a bucket of this server."""
+        for name, value in self.mirror_env(bucket).items():
+            setattr(settings, name, int(value) if name == "MIRROR_S3_PART_SIZE" else value)
+        for name, value in overrides.items():
+            setattr(settings, name, value)
+
     def requests_log(self) -> list[S3Request]:
         found = []
         for line in self.log_path.read_text(errors="replace").splitlines():
