@@ -73,8 +73,8 @@ class FileLock:
 class RedisLock:
     """A Redis lock (redis-py's token-checked lock) that its owner renews while working."""
 
-    def __init__(self, client, name: str):
-        self._lock = client.lock(f"mirrorsite:lock:{name}", timeout=REDIS_LOCK_TTL, blocking=False)
+    def __init__(self, client, name: str, key_prefix: str = ""):
+        self._lock = client.lock(f"{key_prefix}mirrorsite:lock:{name}", timeout=REDIS_LOCK_TTL, blocking=False)
         self._renewed = 0.0
 
     def try_acquire(self) -> bool:
@@ -138,7 +138,7 @@ def _redis():
 def named_lock(name: str) -> Lock:
     """The lock for `name` on the configured backend."""
     if settings.REDIS_URL:
-        return RedisLock(_redis(), name)
+        return RedisLock(_redis(), name, settings.MIRROR_REDIS_KEY_PREFIX)
     directory = Path(settings.MIRROR_DATA_DIR) / "tmp" / "locks"
     directory.mkdir(parents=True, exist_ok=True)
     return FileLock(directory, name)
