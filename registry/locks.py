@@ -71,10 +71,15 @@ class FileLock:
 
 
 class RedisLock:
-    """A Redis lock (redis-py's token-checked lock) that its owner renews while working."""
+    """A Redis lock (redis-py's token-checked lock) that its owner renews while working.
+
+    The token lives in the object, not in the acquiring thread: a fill's lock is taken by the
+    request's thread and renewed and released by the fill's thread."""
 
     def __init__(self, client, name: str, key_prefix: str = ""):
-        self._lock = client.lock(f"{key_prefix}mirrorsite:lock:{name}", timeout=REDIS_LOCK_TTL, blocking=False)
+        self._lock = client.lock(
+            f"{key_prefix}mirrorsite:lock:{name}", timeout=REDIS_LOCK_TTL, blocking=False, thread_local=False
+        )
         self._renewed = 0.0
 
     def try_acquire(self) -> bool:

@@ -54,6 +54,10 @@ class MirrorProcess:
             self.url = f"https://{self.host}"
 
     def start(self, timeout: float = 60) -> "MirrorProcess":
+        return self.launch().wait_until_serving(timeout)
+
+    def launch(self) -> "MirrorProcess":
+        """Start the process without waiting for it (replicas started together)."""
         self.database.create()
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
@@ -61,6 +65,9 @@ class MirrorProcess:
             cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
+        return self
+
+    def wait_until_serving(self, timeout: float = 60) -> "MirrorProcess":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
