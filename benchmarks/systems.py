@@ -150,12 +150,14 @@ def running_stack(mirror_env: dict[str, str] | None = None, keep: bool = False) 
             if key.startswith(_MIRROR_ENV_PREFIXES) and key not in (
                 "MIRROR_DATA_DIR", "REGISTRY_HTTP_ADDR", "REGISTRY_PROXY_REMOTEURL", "REGISTRY_PROXY_USERNAME",
                 "REGISTRY_PROXY_PASSWORD", "MIRROR_UPSTREAM_LIBRARY_PREFIX", "DJANGO_SETTINGS_MODULE",
+                "DATABASE_URL",  # the run's own (SQLite in the data directory, or a fresh PostgreSQL database)
             ):
                 del mirror.env[key]
         # The web tier as deployed (docker-compose runs the Celery worker and beat as services
         # of their own): what serves the pulls is what is measured, memory included.
         mirror.env["MIRROR_EMBEDDED_WORKERS"] = "false"
         mirror.env.update(mirror_env or {})
+        stack.callback(mirror.database.drop)
         stack.callback(mirror.stop)
         mirror.start()
         ttl = int(mirror_setting(mirror, "MIRROR_TAG_TTL"))

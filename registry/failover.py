@@ -21,7 +21,7 @@ import urllib3
 from django.conf import settings
 from django.utils import timezone
 
-from . import accounts, accountusage, negative, oci, reachability
+from . import accounts, accountusage, negative, oci, reachability, tokencache
 from .accounts import AccountState
 from .models import Upstream
 from .secrets import SecretUnreadable, decrypt
@@ -63,6 +63,7 @@ def account_client(upstream: Upstream, state: AccountState, session=None, on_rat
     return UpstreamClient(
         upstream.url, state.username, password, connect_timeout=connect, read_timeout=read,
         verify=verify_option(upstream), on_ratelimit=on_ratelimit, session=session,
+        shared_tokens=tokencache.shared_tokens(),
     )
 
 

@@ -71,10 +71,15 @@ class FileLock:
 
 
 class RedisLock:
-    """A Redis lock (redis-py's token-checked lock) that its owner renews while working."""
+    """A Redis lock (redis-py's token-checked lock) that its owner renews while working.
 
-    def __init__(self, client, name: str):
-        self._lock = client.lock(f"mirrorsite:lock:{name}", timeout=REDIS_LOCK_TTL, blocking=False)
+    The token lives in the object, not in the acquiring thread: a fill's lock is taken by the
+    request's thread and renewed and released by the fill's thread."""
+
+    def __init__(self, client, name: str, key_prefix: str = ""):
+        self._lock = client.lock(
+            f"{key_prefix}mirrorsite:lock:{name}", timeout=REDIS_LOCK_TTL, blocking=False, thread_local=False
+        )
         self._renewed = 0.0
 
     def try_acquire(self) -> bool:
@@ -138,7 +143,7 @@ def _redis():
 def named_lock(name: str) -> Lock:
     """The lock for `name` on the configured backend."""
     if settings.REDIS_URL:
-        return RedisLock(_redis(), name)
+        return RedisLock(_redis(), name, settings.MIRROR_REDIS_KEY_PREFIX)
     directory = Path(settings.MIRROR_DATA_DIR) / "tmp" / "locks"
     directory.mkdir(parents=True, exist_ok=True)
     return FileLock(directory, name)

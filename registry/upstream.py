@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 import time
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 from urllib.parse import urljoin
 
 import requests
@@ -26,6 +26,9 @@ from urllib3.util.retry import Retry
 from dashboard import stats as dashboard_stats
 
 from . import oci
+
+if TYPE_CHECKING:
+    from .tokencache import SharedTokens
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +128,7 @@ class UpstreamClient:
         verify: bool | str = True,
         on_ratelimit: Callable[[RateLimit], None] | None = None,
         session: requests.Session | None = None,
+        shared_tokens: "SharedTokens | None" = None,
     ):
         self.url = url.rstrip("/")
         self.username = username
@@ -133,6 +137,9 @@ class UpstreamClient:
         self.verify = verify
         self.on_ratelimit = on_ratelimit
         self._tokens: dict[str, tuple[str, float]] = {}
+        # Tokens other replicas got (tokencache.py), looked up once the upstream asked for one.
+        self.shared_tokens = shared_tokens
+        self._bearer = False
         self._use_basic = False
         self._lock = threading.Lock()
         # The accounts of one upstream share its session: its connection limit is theirs.
@@ -210,12 +217,19 @@ class UpstreamClient:
     ) -> requests.Response:
         url = f"{self.url}/v2/{name}/{path}"
         scope = f"repository:{name}:pull"
-        response = self._request(method, url, self._auth_headers(scope, headers), stream, params)
+        sent = self._auth_headers(scope, headers)
+        response = self._request(method, url, sent, stream, params)
         if response.status_code == 401:
             challenge = response.headers.get("WWW-Authenticate", "")
             response.close()
             scheme, challenge_params = parse_challenge(challenge)
             if scheme == "bearer" and challenge_params.get("realm"):
+                self._bearer = True
+                if self._take_shared_token(scope, refused=sent.get("Authorization")):
+                    response = self._request(method, url, self._auth_headers(scope, headers), stream, params)
+                    if response.status_code != 401:
+                        return response
+                    response.close()  # refused (revoked, or expired early): get one of our own
                 self._fetch_token(challenge_params, scope)
             elif scheme == "basic" and self._credentials:
                 self._use_basic = True
@@ -231,11 +245,26 @@ class UpstreamClient:
         headers = dict(headers)
         with self._lock:
             token = self._tokens.get(scope)
+        if not (token and token[1] > time.monotonic()) and self._bearer and self._take_shared_token(scope):
+            with self._lock:
+                token = self._tokens.get(scope)
         if token and token[1] > time.monotonic():
             headers["Authorization"] = f"Bearer {token[0]}"
         elif self._use_basic and self._credentials:
             headers["Authorization"] = requests.auth._basic_auth_str(*self._credentials)
         return headers
+
+    def _take_shared_token(self, scope: str, refused: str | None = None) -> bool:
+        """Adopt the token another process left for this account and scope, unless it is the
+        one the upstream just refused."""
+        if self.shared_tokens is None:
+            return False
+        found = self.shared_tokens.get(self.url, self.username, scope)
+        if found is None or f"Bearer {found[0]}" == refused:
+            return False
+        with self._lock:
+            self._tokens[scope] = (found[0], time.monotonic() + found[1])
+        return True
 
     def _request(self, method: str, url: str, headers: dict[str, str], stream: bool, params=None) -> requests.Response:
         """One call, following redirects by hand without Authorization after the first hop."""
@@ -288,10 +317,12 @@ class UpstreamClient:
                 token = None
             if not token:
                 raise UpstreamUnavailable("upstream token service answered without a token")
-        expires = time.monotonic() + max(lifetime - TOKEN_EXPIRY_MARGIN, 1.0)
+        good_for = max(lifetime - TOKEN_EXPIRY_MARGIN, 1.0)
         if scope:
             with self._lock:
-                self._tokens[scope] = (token, expires)
+                self._tokens[scope] = (token, time.monotonic() + good_for)
+            if self.shared_tokens is not None:
+                self.shared_tokens.put(self.url, self.username, scope, token, good_for)
 
     def _note_ratelimit(self, response: requests.Response) -> None:
         if self.on_ratelimit is None:

@@ -8,11 +8,13 @@ Everything listens on 127.0.0.1, ephemeral ports only.
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import pytest
 
+from tests.support.databases import check_server, drop_created_databases, is_postgres, session_database_url
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.s3_server import S3Server
 from tests.support.skopeo import Skopeo
@@ -53,6 +55,33 @@ class SessionImages:
     @property
     def moving_current(self) -> PushedImage:
         return self.moving_history[-1]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The PostgreSQL pass needs its server: say so at once, not in every test."""
+    url = session_database_url()
+    if is_postgres(url):
+        problem = check_server(url)
+        if problem:
+            pytest.exit(f"DATABASE_URL names a PostgreSQL server that does not answer: {problem}", returncode=1)
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """On PostgreSQL the test database is named after this run, so runs from several checkouts
+    can share one server (SQLite's file is per run already)."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if is_postgres(session_database_url()):
+        database.setdefault("TEST", {})["NAME"] = f"test_{database['NAME']}_p{os.getpid()}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def process_databases() -> Iterator[None]:
+    """The databases given to the mirror processes of this run are dropped at its end."""
+    yield
+    drop_created_databases()
 
 
 @pytest.fixture(autouse=True)

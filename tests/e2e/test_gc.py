@@ -2,6 +2,7 @@
 that got a manifest must still get every blob while collections run, and what nobody uses goes."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 import hashlib
 import subprocess
 import sys
@@ -17,10 +18,10 @@ from tests.support.upstream_registry import UpstreamRegistry
 
 MB = 1024 * 1024
 AGE_SQL = [
-    "UPDATE registry_manifest SET created_at = datetime('now', '-10 days'), last_pulled_at = datetime('now', '-10 days')",
-    "UPDATE registry_tag SET last_pulled_at = datetime('now', '-10 days')",
-    "UPDATE registry_blob SET created_at = datetime('now', '-10 days'), last_pulled_at = datetime('now', '-10 days')",
-    "UPDATE registry_repository SET created_at = datetime('now', '-10 days'), last_pulled_at = datetime('now', '-10 days')",
+    "UPDATE registry_manifest SET created_at = ?, last_pulled_at = ?",
+    "UPDATE registry_tag SET last_pulled_at = ?",
+    "UPDATE registry_blob SET created_at = ?, last_pulled_at = ?",
+    "UPDATE registry_repository SET created_at = ?, last_pulled_at = ?",
 ]
 
 
@@ -72,8 +73,9 @@ def test_a_pull_running_during_gc_gets_every_blob(mirror, own_upstream, pushed, 
     keep, other = pushed["keep"], pushed["other"]
     copy(skopeo, mirror, "library/keep:1", tmp_path / "fill-keep")
     copy(skopeo, mirror, "library/other:1", tmp_path / "fill-other")
+    ten_days_ago = datetime.now(timezone.utc) - timedelta(days=10)
     for statement in AGE_SQL:  # as if nobody had pulled anything for ten days
-        mirror.query(statement)
+        mirror.query(statement, *[ten_days_ago] * statement.count("?"))
 
     before = (rows(mirror), set(mirror.stored_blobs()))
     dry = gc(mirror, "--dry-run")

@@ -20,8 +20,10 @@ def test_make_run_serves_a_mirror_and_stops_everything(how, upstream, images, sk
             "copy", "--src-tls-verify=false", "--src-no-creds",
             f"docker://127.0.0.1:{run.port}/library/small:1", f"dir:{tmp_path / 'pulled'}",
         )
-        # Everything the embedded default keeps lives under MIRROR_DATA_DIR.
-        assert (run.data_dir / "db.sqlite3").is_file()
+        # Everything the embedded default keeps lives under MIRROR_DATA_DIR; the PostgreSQL pass's
+        # database is on the server instead.
+        assert (run.data_dir / "db.sqlite3").is_file() != run.database.postgres
+        assert run.database.query("SELECT COUNT(*) FROM registry_blob") == [(len(images.small.blobs),)]
         assert len([p for p in (run.data_dir / "blobs").rglob("*") if p.is_file()]) == len(images.small.blobs)
 
         if how == "SIGTERM to make":

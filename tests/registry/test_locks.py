@@ -66,6 +66,31 @@ def test_exclusive_across_threads(backend):
     assert overlaps == []
 
 
+def test_a_lock_taken_in_one_thread_is_renewed_and_released_by_another(backend, monkeypatch):
+    """A fill's lock is taken by the request's thread and held by the fill's own thread."""
+    name = unique("fill:handed-over")
+    lock = locks.named_lock(name)
+    assert lock.try_acquire()
+    outcome = []
+
+    def fill_thread():
+        monkeypatch.setattr(locks, "REDIS_LOCK_TTL", 0.0)  # renew at once, as a long fill does
+        try:
+            lock.keep_alive()
+            lock.release()
+            outcome.append("released")
+        except Exception as error:
+            outcome.append(repr(error))
+
+    thread = threading.Thread(target=fill_thread)
+    thread.start()
+    thread.join()
+    assert outcome == ["released"]
+    again = locks.named_lock(name)
+    assert again.try_acquire(), "free for the next fill at once, not when the lock expires"
+    again.release()
+
+
 def test_acquire_gives_up_after_its_timeout(backend):
     name = unique("busy")
     holder = locks.named_lock(name)

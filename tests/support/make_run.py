@@ -9,10 +9,12 @@ import time
 
 import requests
 
+from tests.support.databases import ProcessDatabase
 from tests.support.mirror import PROJECT_ROOT
 from tests.support.upstream_registry import free_port
 
-# Settings of the machine's environment that would turn the embedded default into something else.
+# Settings of the machine's environment that would turn the embedded default into something else
+# (on the PostgreSQL pass the database is the run's own, see tests/support/databases.py).
 NOT_INHERITED = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "MIRROR_EMBEDDED_WORKERS")
 
 
@@ -23,6 +25,9 @@ class MakeRun:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "make-run.log"
         self.env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and k not in NOT_INHERITED}
+        self.database = ProcessDatabase(self.data_dir)
+        if self.database.postgres:
+            self.env.update(self.database.env())
         self.env.update(
             MIRROR_DATA_DIR=str(self.data_dir),
             REGISTRY_HTTP_ADDR=f"127.0.0.1:{self.port}",
@@ -34,6 +39,7 @@ class MakeRun:
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> "MakeRun":
+        self.database.create()
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
                 ["make", "run"], cwd=PROJECT_ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -12,14 +11,22 @@ from urllib.parse import urlsplit
 
 import requests
 
+from tests.support.databases import ProcessDatabase
 from tests.support.upstream_registry import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class MirrorProcess:
-    def __init__(self, data_dir: Path, upstream_url: str, *, username: str = "", password: str = "", **env: str):
+    """`database`: by default the data directory's own (see tests/support/databases.py); give
+    several processes the same one to have them share it."""
+
+    def __init__(
+        self, data_dir: Path, upstream_url: str, *, username: str = "", password: str = "",
+        database: ProcessDatabase | None = None, **env: str,
+    ):
         self.data_dir = Path(data_dir)
+        self.database = database or ProcessDatabase(self.data_dir)
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
@@ -38,7 +45,7 @@ class MirrorProcess:
             MIRROR_WEB_WORKERS="2",
             DJANGO_SETTINGS_MODULE="mirrorsite.settings",
         )
-        self.env.pop("DATABASE_URL", None)
+        self.env.update(self.database.env())
         self.env.update(env)
         self.process: subprocess.Popen | None = None
         # Served over HTTPS when given a certificate: readiness is checked against this CA.
@@ -47,12 +54,20 @@ class MirrorProcess:
             self.url = f"https://{self.host}"
 
     def start(self, timeout: float = 60) -> "MirrorProcess":
+        return self.launch().wait_until_serving(timeout)
+
+    def launch(self) -> "MirrorProcess":
+        """Start the process without waiting for it (replicas started together)."""
+        self.database.create()
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "serve"],
             cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
+        return self
+
+    def wait_until_serving(self, timeout: float = 60) -> "MirrorProcess":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -84,9 +99,8 @@ class MirrorProcess:
             return ""
 
     def query(self, sql: str, *params) -> list[tuple]:
-        """Read the mirror's own SQLite database (what it recorded)."""
-        with sqlite3.connect(self.data_dir / "db.sqlite3", timeout=10) as db:
-            return db.execute(sql, params).fetchall()
+        """Run SQL (`?` placeholders) in the mirror's own database (what it recorded)."""
+        return self.database.query(sql, *params)
 
     def stored_blobs(self) -> dict[str, Path]:
         """digest → path of every committed blob in the mirror's store."""

@@ -15,12 +15,19 @@ NGINX = "/usr/sbin/nginx"
 
 
 class NginxFront:
-    def __init__(self, workdir: Path, mirror_host: str, blob_dir: Path):
+    """`mirror_host` is one mirror's address, or several replicas' (nginx balances them, and
+    sends a request the next one's way when one cannot be reached)."""
+
+    def __init__(self, workdir: Path, mirror_host: str | list[str], blob_dir: Path):
         self.workdir = Path(workdir)
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
         server = (PROJECT_ROOT / "deploy" / "nginx-mirror.conf").read_text()
+        if isinstance(mirror_host, list):
+            servers = "".join(f"    server {host} max_fails=1 fail_timeout=30s;\n" for host in mirror_host)
+            server = f"upstream mirror_replicas {{\n{servers}    keepalive 16;\n}}\n{server}"
+            mirror_host = "mirror_replicas"
         server = server.replace("${LISTEN}", self.host).replace("${MIRROR}", mirror_host)
         server = server.replace("${BLOB_DIR}", str(blob_dir))
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):

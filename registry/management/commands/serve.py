@@ -30,7 +30,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
-from registry import upstreamconfig, verification
+from registry import startup, upstreamconfig, verification
 from registry.models import Upstream
 
 logger = logging.getLogger(__name__)
@@ -77,13 +77,14 @@ class Command(BaseCommand):
     help = "Migrate the database and serve the mirror (web server, embedded workers) until SIGINT/SIGTERM."
 
     def handle(self, *args, **options) -> None:
-        call_command("migrate", interactive=False, verbosity=0)
-        if settings.MIRROR_UPSTREAMS:  # a broken file is a configuration error: say so, do not start
-            try:
-                upstreamconfig.apply_file(settings.MIRROR_UPSTREAMS)
-            except upstreamconfig.ConfigError as error:
-                raise CommandError(f"MIRROR_UPSTREAMS: {error}") from None
-        upstream = Upstream.objects.default()
+        with startup.one_process_at_a_time():  # replicas starting together take turns
+            call_command("migrate", interactive=False, verbosity=0)
+            if settings.MIRROR_UPSTREAMS:  # a broken file is a configuration error: say so, do not start
+                try:
+                    upstreamconfig.apply_file(settings.MIRROR_UPSTREAMS)
+                except upstreamconfig.ConfigError as error:
+                    raise CommandError(f"MIRROR_UPSTREAMS: {error}") from None
+            upstream = Upstream.objects.default()
         self.stdout.write(
             f"Mirrorsite on http://{settings.REGISTRY_HTTP_ADDR} mirroring {upstream.url}; "
             f"data in {settings.MIRROR_DATA_DIR}"
