@@ -1,6 +1,5 @@
 from django.contrib import admin
 
-from . import rules, visibility
 from .models import AccessRule, RepositoryVisibility
 
 
@@ -17,14 +16,6 @@ class AccessRuleAdmin(admin.ModelAdmin):
     def group_names(self, rule: AccessRule) -> str:
         return ", ".join(group.name for group in rule.groups.all())
 
-    def save_related(self, request, form, formsets, change) -> None:
-        super().save_related(request, form, formsets, change)
-        rules.forget()  # this process at once; the others within RULES_SECONDS
-
-    def delete_model(self, request, obj) -> None:
-        super().delete_model(request, obj)
-        rules.forget()
-
 
 @admin.register(RepositoryVisibility)
 class RepositoryVisibilityAdmin(admin.ModelAdmin):
@@ -37,7 +28,3 @@ class RepositoryVisibilityAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
-
-    def delete_model(self, request, obj) -> None:
-        super().delete_model(request, obj)
-        visibility.forget()
