@@ -68,11 +68,11 @@ def _may_pull(who: Requester, name: str) -> bool:
     try:
         route = routing.resolve(name, None)
         repository = route.upstream.upstream_name(oci.validate_name(route.name or ""))
-    except oci.RegistryError:
+        verdict = rules.decide(
+            rules.current_rules(), route.upstream.pk, repository, who,
+            lambda: visibility.is_private(route.upstream, repository),
+        )
+    except oci.RegistryError:  # no such registry, name or repository: nothing to grant
         return False
-    verdict = rules.decide(
-        rules.current_rules(), route.upstream.pk, repository, who,
-        lambda: visibility.is_private(route.upstream, repository),
-    )
     return verdict is rules.Verdict.ALLOW
 

@@ -27,13 +27,14 @@ from .models import RepositoryVisibility
 
 logger = logging.getLogger(__name__)
 
-UNANSWERED_SECONDS = 30.0  # an upstream that gave no answer is not asked again sooner
-_known: AnswerMemory[bool] = AnswerMemory(4 * 1024 * 1024)
+UNANSWERED_SECONDS = 30.0  # an upstream that gave no answer (or said "no such repository") is not asked again sooner
+ABSENT = "absent"
+_known: AnswerMemory[bool | str] = AnswerMemory(4 * 1024 * 1024)
 _clients: dict[int, tuple[tuple, UpstreamClient]] = {}
 _clients_lock = threading.Lock()
 # What an anonymous client that may not pull is told (Docker Hub says 401 even for a
 # repository that does not exist, so the two cannot be told apart, and need not be).
-REFUSED = (oci.Unauthorized, oci.Denied, oci.NameUnknown, CredentialsRejected)
+REFUSED = (oci.Unauthorized, oci.Denied, CredentialsRejected)
 
 
 def has_credentials(upstream: Upstream) -> bool:
@@ -43,11 +44,16 @@ def has_credentials(upstream: Upstream) -> bool:
 
 def is_private(upstream: Upstream, repository: str, *, ask: bool = True) -> bool:
     """True unless the upstream grants anonymous pulls of `repository` (as it names it).
-    With `ask` false, only what is recorded counts (listings never contact the upstream)."""
+    With `ask` false, only what is recorded counts (listings never contact the upstream).
+
+    When the upstream tells an anonymous client the repository does not exist, so is the
+    anonymous client told (NameUnknown), rather than what the account might see there."""
     if not has_credentials(upstream):
         return False
     key = (upstream.pk, repository)
     public = _known.get(key)
+    if public == ABSENT:
+        raise _absent()
     if public is not None:
         return not public
     record = RepositoryVisibility.objects.filter(upstream=upstream, repository=repository).first()
@@ -59,7 +65,11 @@ def is_private(upstream: Upstream, repository: str, *, ask: bool = True) -> bool
             return not record.public
     if not ask:
         return True
-    public = anonymous_pull_granted(upstream, repository)
+    try:
+        public = anonymous_pull_granted(upstream, repository)
+    except oci.NameUnknown:
+        _known.put(key, ABSENT, 256, ttl=UNANSWERED_SECONDS)
+        raise _absent() from None
     if public is None:  # could not be told: keep the last answer, or stay on the safe side, a while
         public = record.public if record is not None else False
         _known.put(key, public, 256, ttl=UNANSWERED_SECONDS)
@@ -70,15 +80,22 @@ def is_private(upstream: Upstream, repository: str, *, ask: bool = True) -> bool
 
 
 def anonymous_pull_granted(upstream: Upstream, repository: str) -> bool | None:
-    """Ask the upstream as an anonymous client; None when it gives no answer either way."""
+    """Ask the upstream as an anonymous client; None when it gives no answer either way.
+    NameUnknown when it says there is no such repository."""
     try:
         _anonymous_client(upstream).get_tags(repository, 1, None)
     except REFUSED:
         return False
+    except oci.NameUnknown:
+        raise
     except oci.RegistryError as error:  # unreachable, rate-limited, failing
         logger.warning("could not ask %s whether %s is public: %s", upstream.name, repository, error.message)
         return None
     return True
+
+
+def _absent() -> oci.NameUnknown:
+    return oci.NameUnknown("repository unknown to upstream")
 
 
 def record_visibility(upstream: Upstream, repository: str, public: bool) -> None:

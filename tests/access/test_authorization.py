@@ -213,3 +213,10 @@ def test_registry_user_is_set_for_the_audit_log(rf, hub, alice, auth_on):
     anonymous = rf.get(PUBLIC)
     authorize(anonymous, routing.route(anonymous, "library/small"))
     assert anonymous.registry_user is None
+
+
+def test_missing_repository_is_404_as_the_upstream_tells_anonymous_clients(client, hub, images, alice, auth_on):
+    missing = get(client, "/v2/library/never-pushed/manifests/1")
+    assert missing.status_code == 404 and error_code(missing) == "NAME_UNKNOWN"
+    assert not RepositoryVisibility.objects.filter(repository="library/never-pushed").exists()
+    assert get(client, "/v2/library/never-pushed/manifests/1", basic("alice", "alice-password")).status_code == 404

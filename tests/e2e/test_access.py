@@ -11,9 +11,12 @@ import pytest
 import requests
 
 from access import tokens
-from tests.support.images import MANIFEST_ACCEPT
+from tests.support.egress import EgressTrap
+from tests.support.images import MANIFEST_ACCEPT, sha256_digest
 from tests.support.mirror import MirrorProcess
 from tests.support.nginx import NginxFront
+from tests.support.readme import client_config
+from tests.support.skopeo import Skopeo
 from tests.support.source_address import request_from
 from tests.support.tls import ServerCertificate, make_server_certificate
 
@@ -166,3 +169,24 @@ def test_login_and_pull_through_the_tls_front(tls_front, certificate, images, sk
     # The allow-list sees the client behind the front, not the front.
     outside = request_from("127.0.0.2", f"{tls_front.url}/v2/", ca_file=str(certificate.ca_cert))
     assert outside.status == 403
+
+
+def test_login_is_used_for_pulls_through_a_registries_conf_mirror(guarded, images, tmp_path):
+    """The README's registries.conf mirror, and credentials stored for the mirror's host: a
+    pull of docker.io/private/secret goes to the mirror, logged in (Docker Hub is a trap)."""
+    trap = EgressTrap().start()
+    try:
+        (tmp_path / "skopeo").mkdir()
+        skopeo = Skopeo(tmp_path / "skopeo")
+        skopeo.env.update(trap.env)
+        (skopeo.workdir / "registries.conf").write_text(client_config("registries.conf", guarded.host))
+        authfile = tmp_path / "auth.json"
+        anonymous = skopeo.run("inspect", "--raw", "--no-creds", "docker://docker.io/private/secret:1", check=False)
+        assert anonymous.returncode != 0, "the mirror refuses it anonymously, and Docker Hub is out of reach"
+        login(skopeo, guarded, authfile, "alice", "alice-password")
+        trap.clear()
+        raw = skopeo.run("inspect", "--raw", "--authfile", str(authfile), "docker://docker.io/private/secret:1").stdout
+        assert sha256_digest(raw) == images.private.digest
+        assert trap.requests == []
+    finally:
+        trap.stop()
