@@ -48,6 +48,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "access.middleware.AllowedNetworksMiddleware",  # before anything else answers
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -204,6 +205,28 @@ MIRROR_S3_ADDRESSING_STYLE = env.str("MIRROR_S3_ADDRESSING_STYLE", default="auto
 # --- Who may reach the mirror -----------------------------------------------------------------
 # Proxies (CIDRs) whose X-Forwarded-For is believed; the real client address is taken from it.
 MIRROR_TRUSTED_PROXIES = env.list("MIRROR_TRUSTED_PROXIES", default=[])
+# Client networks (CIDRs) that may use the mirror; others get 403 on everything but /healthz.
+# Empty: every address. Checked on the real client address (see MIRROR_TRUSTED_PROXIES).
+MIRROR_ALLOWED_NETWORKS = env.list("MIRROR_ALLOWED_NETWORKS", default=[])
+# Client authentication on /v2/ (token auth as Docker Hub does it). Off by default: the Docker
+# daemon sends no credentials to a registry mirror.
+MIRROR_AUTH = env.bool("MIRROR_AUTH", default=False)
+# The token endpoint clients are sent to; empty: /v2/token on the host and scheme they used.
+MIRROR_AUTH_REALM = env.str("MIRROR_AUTH_REALM", default="")
+# The `service` of the challenge, and the audience of the mirror's tokens.
+MIRROR_AUTH_SERVICE = env.str("MIRROR_AUTH_SERVICE", default="mirrorsite")
+# Seconds a token issued by /v2/token is valid; clients fetch a new one when it expires.
+MIRROR_AUTH_TOKEN_LIFETIME = env.int("MIRROR_AUTH_TOKEN_LIFETIME", default=300)
+# Tokens are signed (HS256) with a key derived from this; empty: from DJANGO_SECRET_KEY.
+MIRROR_AUTH_TOKEN_KEY = env.str("MIRROR_AUTH_TOKEN_KEY", default="")
+# Also accept HTTP Basic (username and password, or API token) directly on /v2/.
+MIRROR_AUTH_BASIC = env.bool("MIRROR_AUTH_BASIC", default=True)
+# Who may pull a repository no access rule matches: "public" (anyone the networks admit; but
+# never a repository the upstream serves only to the mirror's account) or "authenticated".
+MIRROR_ACCESS_DEFAULT_POLICY = env.str("MIRROR_ACCESS_DEFAULT_POLICY", default="public")
+# Seconds a repository's recorded visibility upstream (anonymous pull granted or not) is
+# trusted before it is asked again.
+MIRROR_VISIBILITY_TTL = env.int("MIRROR_VISIBILITY_TTL", default=3600)
 
 # --- Celery (workers for prefetch, refresh and garbage collection) ---------------------------
 REDIS_URL = env.str("REDIS_URL", default="")

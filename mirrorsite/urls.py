@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
 
+from access import views as access_views
 from dashboard import metrics as dashboard_metrics, views as dashboard_views
 from registry import views as registry_views
 
@@ -12,6 +13,7 @@ NAME = r"(?P<name>.+?)"
 
 urlpatterns = [
     path("v2/", registry_views.base),
+    path("v2/token", access_views.token),
     re_path(r"^v2/_catalog$", registry_views.catalog),
     re_path(rf"^v2/{NAME}/manifests/(?P<reference>[^/]+)$", registry_views.manifest),
     re_path(rf"^v2/{NAME}/blobs/uploads(?:/.*)?$", registry_views.unsupported),

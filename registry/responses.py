@@ -28,6 +28,8 @@ def error_response(error: oci.RegistryError, method: str = "GET") -> HttpRespons
     body = error.as_json()
     response = HttpResponse(b"" if method == "HEAD" else body, status=error.status, content_type="application/json")
     response["Content-Length"] = str(len(body))
+    for name, value in getattr(error, "headers", {}).items():  # e.g. an authentication challenge
+        response[name] = value
     retry_after = error.detail.get("retry_after") if isinstance(error.detail, dict) else None
     if isinstance(error, oci.TooManyRequests) and str(retry_after or "").isdigit():
         response["Retry-After"] = str(retry_after)  # the upstream's, or when an account may be tried again

@@ -5,6 +5,7 @@ from urllib.parse import quote, urlencode
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
+from access.authorization import authorize, readable_repositories
 from dashboard import stats
 
 from . import cache, oci, routing
@@ -25,6 +26,7 @@ def request_upstream(request: HttpRequest) -> Upstream:
 
 @registry_endpoint
 def base(request: HttpRequest) -> HttpResponse:
+    authorize(request, None)
     return JsonResponse({})
 
 
@@ -33,6 +35,7 @@ def base(request: HttpRequest) -> HttpResponse:
 def manifest(request: HttpRequest, name: str, reference: str) -> HttpResponse:
     route = routing.route(request, name)
     oci.validate_name(route.name)
+    authorize(request, route)
     parsed = oci.parse_reference(reference)
     result = cache.get_manifest(route.upstream, route.name, parsed)
     response = HttpResponse(
@@ -53,6 +56,7 @@ def manifest(request: HttpRequest, name: str, reference: str) -> HttpResponse:
 def blob(request: HttpRequest, name: str, digest: str) -> HttpResponse:
     route = routing.route(request, name)
     upstream, name = route.upstream, oci.validate_name(route.name)
+    authorize(request, route)
     parsed = oci.parse_digest(digest)
     if request.method == "HEAD":
         size = cache.stat_blob(upstream, name, parsed)
@@ -92,6 +96,7 @@ def _blob_content(upstream: Upstream, name: str, digest: oci.Digest, range_heade
 def tags_list(request: HttpRequest, name: str) -> HttpResponse:
     route = routing.route(request, name)
     oci.validate_name(route.name)
+    authorize(request, route)
     n, last = _pagination(request)
     page = cache.list_tags(route.upstream, route.name, n, last)
     response = JsonResponse({"name": name, "tags": page.tags})
@@ -103,16 +108,20 @@ def tags_list(request: HttpRequest, name: str) -> HttpResponse:
 
 @registry_endpoint
 def catalog(request: HttpRequest) -> HttpResponse:
+    authorize(request, None)
     n, last = _pagination(request)
-    page = cache.list_repositories(routing.route(request, None).upstream, n, last)
-    response = JsonResponse({"repositories": page.tags})
+    upstream = routing.route(request, None).upstream
+    page = cache.list_repositories(upstream, n, last)
+    response = JsonResponse({"repositories": readable_repositories(request, upstream, page.tags)})
     _link_next(response, "/v2/_catalog", n, page.next_last)
     return response
 
 
 @registry_endpoint
 def referrers(request: HttpRequest, name: str, digest: str) -> HttpResponse:
-    oci.validate_name(routing.route(request, name).name)
+    route = routing.route(request, name)
+    oci.validate_name(route.name)
+    authorize(request, route)
     oci.parse_digest(digest)
     # Upstream referrers are not proxied yet: an empty index is a valid answer.
     return JsonResponse(

@@ -1,6 +1,7 @@
 """Behind nginx: misses stream through the proxy, hits are sent by nginx (X-Accel-Redirect)."""
 from __future__ import annotations
 
+import json
 from typing import Iterator
 
 import pytest
@@ -9,6 +10,7 @@ import requests
 from tests.support.images import MANIFEST_ACCEPT
 from tests.support.mirror import MirrorProcess
 from tests.support.nginx import NginxFront
+from tests.support.source_address import request_from
 
 
 @pytest.fixture(scope="module")
@@ -17,6 +19,8 @@ def front(upstream, tmp_path_factory) -> Iterator[tuple[NginxFront, MirrorProces
     mirror = MirrorProcess(
         data_dir, upstream.url, username=upstream.username, password=upstream.password,
         MIRROR_X_ACCEL_REDIRECT="/_mirror_blobs/",
+        # nginx is the trusted proxy; clients are told apart by the address it forwards.
+        MIRROR_TRUSTED_PROXIES="127.0.0.1/32", MIRROR_ALLOWED_NETWORKS="127.0.0.1/32",
     ).start()
     nginx = NginxFront(tmp_path_factory.mktemp("nginx"), mirror.host, data_dir / "blobs").start()
     yield nginx, mirror
@@ -56,3 +60,15 @@ def test_hits_are_sent_by_nginx_with_registry_headers_and_ranges(front, images):
     manifest = requests.get(f"{nginx.url}/v2/library/big/manifests/1", headers={"Accept": MANIFEST_ACCEPT}, timeout=30)
     assert manifest.content == images.big.manifest
     assert manifest.headers["Docker-Content-Digest"] == images.big.digest
+
+
+def test_the_client_address_arrives_through_nginx(front):
+    """nginx forwards the client's address (X-Forwarded-For): the mirror's allow-list sees a
+    client on 127.0.0.2 as itself, not as nginx (127.0.0.1, which the list admits)."""
+    nginx, mirror = front
+    assert request_from("127.0.0.1", f"{nginx.url}/v2/").status == 200
+    outside = request_from("127.0.0.2", f"{nginx.url}/v2/")
+    assert outside.status == 403 and json.loads(outside.body)["errors"][0]["code"] == "DENIED"
+    # A client cannot pass for an allowed one: nginx appends the address it really saw.
+    claimed = request_from("127.0.0.2", f"{nginx.url}/v2/", headers={"X-Forwarded-For": "127.0.0.1"})
+    assert claimed.status == 403

@@ -9,6 +9,7 @@ import json
 import pytest
 from django.utils import timezone
 
+from access.models import AccessRule, Policy
 from registry import accounts, cache, memory, oci, verification
 from registry.models import AccountSwitch, Tag, Upstream, UpstreamAccount
 from tests.support.images import build_image
@@ -88,6 +89,8 @@ def test_an_account_under_the_reserve_hands_over_before_its_429(quiet_settings):
 
 
 def test_every_account_spent_is_429_with_retry_after_and_cached_tags_go_stale(client, quiet_settings):
+    # The fake upstream grants no anonymous pulls: a rule opens it to this test's anonymous client.
+    AccessRule.objects.create(pattern="*", policy=Policy.PUBLIC)
     quotas = {"spent": Quota(pulls=1, reported=100)}
     with LimitedRegistry(IMAGE, USERS, quotas, retry_after="120") as registry:
         upstream_with(registry.url, ("spent", USERS["spent"]))

@@ -73,7 +73,8 @@ class MirrorProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"mirror exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                if requests.get(f"{self.url}/v2/", timeout=1, verify=self.verify).status_code == 200:
+                # 401: client authentication is on (MIRROR_AUTH); the mirror serves all the same.
+                if requests.get(f"{self.url}/v2/", timeout=1, verify=self.verify).status_code in (200, 401):
                     return self
             except requests.RequestException:
                 pass
@@ -91,6 +92,15 @@ class MirrorProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         return self.process.returncode
+
+    def manage(self, *args: str) -> str:
+        """Run a management command on this mirror's data, with its environment."""
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=PROJECT_ROOT, env=self.env, capture_output=True, text=True, timeout=120,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"manage.py {args[0]} failed:\n{done.stderr}")
+        return done.stdout
 
     def log_tail(self, lines: int = 60) -> str:
         try:

@@ -1,0 +1,29 @@
+"""Refuses clients outside MIRROR_ALLOWED_NETWORKS before any view runs: /v2/ answers
+403 DENIED in the registry's JSON, everything else (admin, API, metrics, readiness) a plain
+403. Only /healthz, which says nothing but "ok", stays open for health checkers."""
+from __future__ import annotations
+
+from typing import Callable
+
+from django.http import HttpRequest, HttpResponse
+
+from registry import oci
+from registry.responses import API_VERSION_HEADER, error_response
+
+from .networks import admitted
+
+OPEN_PATHS = frozenset({"/healthz"})
+
+
+class AllowedNetworksMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path in OPEN_PATHS or admitted(request):
+            return self.get_response(request)
+        if request.path.startswith("/v2/") or request.path == "/v2":
+            response = error_response(oci.Denied("this mirror does not serve your network"), request.method)
+            response[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
+            return response
+        return HttpResponse("this mirror does not serve your network\n", status=403, content_type="text/plain")

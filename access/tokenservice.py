@@ -1,0 +1,78 @@
+"""The token endpoint's logic (`/v2/token`): who asks, for what, and what is granted.
+
+GET with HTTP Basic (or nothing, for an anonymous token) is what docker, skopeo, podman
+and containerd send after a Bearer challenge; POST is the OAuth2 password grant some
+clients (containerd) try first. Each repository scope is granted `pull` when the rules let
+the requester pull it; the token itself names the requester, and every /v2/ request is
+judged again by the rules, so a token outlives no change of rules, groups or accounts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from django.conf import settings
+
+from registry import oci, routing
+
+from . import rules, tokens, visibility
+from .credentials import ANONYMOUS, Requester, check_password, identify, requester
+
+
+class TokenRequestInvalid(Exception):
+    """A request the endpoint cannot answer with a token (unknown service or grant)."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    type: str
+    name: str
+    actions: tuple[str, ...]
+
+
+def parse_scopes(values: Iterable[str]) -> list[Scope]:
+    """`repository:name:pull,push` scopes (several per value, space-separated); the name may
+    contain ':' (a host:port prefix). Malformed ones are left out, as registries do."""
+    found = []
+    for value in values:
+        for item in value.split():
+            kind, _, rest = item.partition(":")
+            name, _, actions = rest.rpartition(":")
+            if kind and name:
+                found.append(Scope(kind, name, tuple(a for a in actions.split(",") if a)))
+    return found
+
+
+def requester_from_basic(authorization: str) -> Requester:
+    """The requester of a token request: anonymous without Authorization, else Basic
+    credentials that must hold (BadCredentials otherwise)."""
+    return identify(authorization, basic=True) if authorization else ANONYMOUS
+
+
+def requester_from_password(username: str, password: str) -> Requester:
+    return requester(check_password(username, password))
+
+
+def grant(who: Requester, service: str | None, scopes: list[Scope]) -> tokens.IssuedToken:
+    if service and service != settings.MIRROR_AUTH_SERVICE:
+        raise TokenRequestInvalid(f"unknown service {service[:100]!r}")
+    access = []
+    for scope in scopes:
+        if scope.type == "repository" and "pull" in scope.actions and _may_pull(who, scope.name):
+            access.append({"type": "repository", "name": scope.name, "actions": ["pull"]})
+    username = who.user.get_username() if who.user is not None else ""
+    return tokens.issue(username, access)
+
+
+def _may_pull(who: Requester, name: str) -> bool:
+    try:
+        route = routing.resolve(name, None)
+        repository = route.upstream.upstream_name(oci.validate_name(route.name or ""))
+        verdict = rules.decide(
+            rules.current_rules(), route.upstream.pk, repository, who,
+            lambda: visibility.is_private(route.upstream, repository),
+        )
+    except oci.RegistryError:  # no such registry, name or repository: nothing to grant
+        return False
+    return verdict is rules.Verdict.ALLOW
+

@@ -1,0 +1,127 @@
+"""Whether the upstream serves a repository to anyone, or only to the mirror's account.
+
+The mirror pulls with its upstream account, which may read private repositories. To avoid
+handing those to anonymous clients, the upstream is asked the way an anonymous client would
+ask it (a tag list of one entry, with an anonymous token: no manifest, so nothing Docker Hub
+counts as a pull), and the answer is recorded per repository and asked again after
+MIRROR_VISIBILITY_TTL. An upstream whose accounts are all anonymous needs no asking: what the
+mirror can read, anyone can. A repository never asked about, or whose answer cannot be had
+(upstream down), counts as private until the upstream says otherwise.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+import logging
+import threading
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from registry import accounts, failover, oci
+from registry.memory import AnswerMemory
+from registry.models import Upstream
+from registry.upstream import CredentialsRejected, UpstreamClient
+
+from .models import RepositoryVisibility
+
+logger = logging.getLogger(__name__)
+
+UNANSWERED_SECONDS = 30.0  # an upstream that gave no answer (or said "no such repository") is not asked again sooner
+ABSENT = "absent"
+_known: AnswerMemory[bool | str] = AnswerMemory(4 * 1024 * 1024)
+_clients: dict[int, tuple[tuple, UpstreamClient]] = {}
+_clients_lock = threading.Lock()
+# What an anonymous client that may not pull is told (Docker Hub says 401 even for a
+# repository that does not exist, so the two cannot be told apart, and need not be).
+REFUSED = (oci.Unauthorized, oci.Denied, CredentialsRejected)
+
+
+def has_credentials(upstream: Upstream) -> bool:
+    """Whether the mirror pulls from this upstream with an account (not only anonymously)."""
+    return any(state.username for state in accounts.snapshot(upstream).accounts)
+
+
+def is_private(upstream: Upstream, repository: str, *, ask: bool = True) -> bool:
+    """True unless the upstream grants anonymous pulls of `repository` (as it names it).
+    With `ask` false, only what is recorded counts (listings never contact the upstream).
+
+    When the upstream tells an anonymous client the repository does not exist, so is the
+    anonymous client told (NameUnknown), rather than what the account might see there."""
+    if not has_credentials(upstream):
+        return False
+    key = (upstream.pk, repository)
+    public = _known.get(key)
+    if public == ABSENT:
+        raise _absent()
+    if public is not None:
+        return not public
+    record = RepositoryVisibility.objects.filter(upstream=upstream, repository=repository).first()
+    ttl = settings.MIRROR_VISIBILITY_TTL
+    if record is not None:
+        left = ttl - (timezone.now() - record.checked_at).total_seconds()
+        if left > 0 or not ask:
+            _known.put(key, record.public, 256, ttl=min(left, 60.0) if left > 0 else 5.0)
+            return not record.public
+    if not ask:
+        return True
+    try:
+        public = anonymous_pull_granted(upstream, repository)
+    except oci.NameUnknown:
+        _known.put(key, ABSENT, 256, ttl=UNANSWERED_SECONDS)
+        raise _absent() from None
+    if public is None:  # could not be told: keep the last answer, or stay on the safe side, a while
+        public = record.public if record is not None else False
+        _known.put(key, public, 256, ttl=UNANSWERED_SECONDS)
+        return not public
+    record_visibility(upstream, repository, public)
+    _known.put(key, public, 256, ttl=min(ttl, 60.0))
+    return not public
+
+
+def anonymous_pull_granted(upstream: Upstream, repository: str) -> bool | None:
+    """Ask the upstream as an anonymous client; None when it gives no answer either way.
+    NameUnknown when it says there is no such repository."""
+    try:
+        _anonymous_client(upstream).get_tags(repository, 1, None)
+    except REFUSED:
+        return False
+    except oci.NameUnknown:
+        raise
+    except oci.RegistryError as error:  # unreachable, rate-limited, failing
+        logger.warning("could not ask %s whether %s is public: %s", upstream.name, repository, error.message)
+        return None
+    return True
+
+
+def _absent() -> oci.NameUnknown:
+    return oci.NameUnknown("repository unknown to upstream")
+
+
+def record_visibility(upstream: Upstream, repository: str, public: bool) -> None:
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            RepositoryVisibility.objects.update_or_create(
+                upstream=upstream, repository=repository, defaults={"public": public, "checked_at": now}
+            )
+    except IntegrityError:  # recorded concurrently: that answer is as good
+        pass
+
+
+def forget() -> None:
+    _known.clear()
+
+
+def _anonymous_client(upstream: Upstream) -> UpstreamClient:
+    """One anonymous client per upstream and process (it caches its tokens and connections)."""
+    connect, read = upstream.timeouts()
+    fingerprint = (upstream.url, upstream.tls_verify, upstream.ca_certificates, connect, read)
+    with _clients_lock:
+        found = _clients.get(upstream.pk)
+        if found is None or found[0] != fingerprint:
+            client = UpstreamClient(
+                upstream.url, connect_timeout=connect, read_timeout=read, verify=failover.verify_option(upstream)
+            )
+            found = _clients[upstream.pk] = (fingerprint, client)
+    return found[1]
