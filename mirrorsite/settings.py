@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "registry",
     "dashboard",
     "access",
+    "audit",
 ]
 
 MIDDLEWARE = [
@@ -291,3 +292,15 @@ if MIRROR_STATS_REDIS_URL:
         "task": "dashboard.flush_stats", "schedule": float(MIRROR_STATS_FLUSH_INTERVAL or 60)
     }
 CELERY_BEAT_SCHEDULE["roll-up-statistics"] = {"task": "dashboard.roll_up_stats", "schedule": 3600.0}
+
+# --- Audit log: who pulled what, from where, when ---------------------------------------------
+MIRROR_AUDIT_ENABLED = env.bool("MIRROR_AUDIT_ENABLED", default=True)
+# Records are buffered in each process and written in one batch this often (seconds; 0 = only
+# as a server process stops). A crash loses at most this much.
+MIRROR_AUDIT_FLUSH_INTERVAL = env.int("MIRROR_AUDIT_FLUSH_INTERVAL", default=10)
+# Past this many unsaved records (the database is down), a process drops new ones, and says so.
+MIRROR_AUDIT_BUFFER_MAX = env.int("MIRROR_AUDIT_BUFFER_MAX", default=100_000)
+# Records older than this many days are deleted daily (0 = kept forever).
+MIRROR_AUDIT_RETENTION_DAYS = env.int("MIRROR_AUDIT_RETENTION_DAYS", default=90)
+if MIRROR_AUDIT_RETENTION_DAYS > 0:
+    CELERY_BEAT_SCHEDULE["prune-audit-log"] = {"task": "audit.prune", "schedule": 24 * 3600.0}

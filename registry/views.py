@@ -5,6 +5,7 @@ from urllib.parse import quote, urlencode
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
+from audit.recorder import recorded
 from dashboard import stats
 
 from . import cache, oci, routing
@@ -29,6 +30,7 @@ def base(request: HttpRequest) -> HttpResponse:
 
 
 @stats.counted(stats.MANIFEST)
+@recorded  # the audit log (inside `counted`, whose view of the request it reads)
 @registry_endpoint
 def manifest(request: HttpRequest, name: str, reference: str) -> HttpResponse:
     route = routing.route(request, name)
