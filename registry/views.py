@@ -137,7 +137,7 @@ def _pagination(request: HttpRequest) -> tuple[int | None, str | None]:
     last = request.GET.get("last") or None
     if n is None or n == "":
         return None, last
-    if not n.isdigit() or len(n) > 18:
+    if not (n.isascii() and n.isdigit()) or len(n) > 18:  # isdigit() alone admits "²"
         raise oci.PaginationInvalid("n must be a non-negative integer", {"n": n[:20]})
     return min(int(n), MAX_PAGE), last
 
