@@ -361,3 +361,7 @@ CACHES = {
          "LOCATION": str(MIRROR_DATA_DIR / "login-attempts")}
     ),
 }
+# The API's schema documents the error answers of every operation too (fuzzed against it).
+SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
+    "drf_spectacular.hooks.postprocess_schema_enums", "dashboard.api.errorschema.document_error_answers",
+]
