@@ -1,7 +1,7 @@
 """Recording statistics on the pull path, without a database write per request.
 
 Each process adds to a batch in its own memory (a lock and a few dict updates per request,
-no I/O). A background thread flushes the batch every MIRROR_STATS_FLUSH_INTERVAL seconds:
+no I/O). A background thread (mirrorsite.flushing) flushes the batch every MIRROR_STATS_FLUSH_INTERVAL seconds:
 into Redis counters when MIRROR_STATS_REDIS_URL is set (a Celery beat task moves them into
 the database), straight into the hourly buckets otherwise; server processes also flush when
 they exit. A crash loses at most one interval. Nothing here ever raises into a request: a
@@ -21,15 +21,15 @@ from dataclasses import dataclass
 import functools
 import json
 import logging
-import os
 import threading
 import time
 from typing import TYPE_CHECKING, Callable, Iterator
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import close_old_connections
 from django.http import FileResponse, HttpRequest, HttpResponse, StreamingHttpResponse
+
+from mirrorsite import flushing
 
 from .batch import Batch, CallKey, CounterKey
 
@@ -116,6 +116,11 @@ class _Request:
 
 
 _current: ContextVar[_Request | None] = ContextVar("dashboard_request", default=None)
+
+
+def current() -> _Request | None:
+    """What the cache told about the request being answered (inside `counted`), if any."""
+    return _current.get()
 
 
 @_never_raises
@@ -330,29 +335,4 @@ def flush_shared() -> None:
         raise
 
 
-_flusher_pid: int | None = None
-_flusher_lock = threading.Lock()
-
-
-def start_flusher() -> None:
-    """Flush this process's statistics every interval, from a daemon thread. Server processes
-    (gunicorn workers, Celery worker processes) start it once they run."""
-    global _flusher_pid
-    interval = settings.MIRROR_STATS_FLUSH_INTERVAL
-    if interval <= 0:
-        return
-    with _flusher_lock:
-        if _flusher_pid == os.getpid():
-            return
-        _flusher_pid = os.getpid()
-        threading.Thread(target=_flush_forever, args=(interval,), name="stats-flush", daemon=True).start()
-
-
-def _flush_forever(interval: float) -> None:
-    while True:
-        time.sleep(interval)
-        try:
-            close_old_connections()  # a connection broken since the last flush is reopened
-            flush()
-        except Exception:
-            logger.exception("statistics flush failed")
+flushing.register("statistics", flush, "MIRROR_STATS_FLUSH_INTERVAL")  # server processes start it

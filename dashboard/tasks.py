@@ -1,12 +1,11 @@
 """Celery tasks of the statistics: flush on a schedule, roll up hourly buckets into daily ones.
 
 Worker processes flush their own recorded statistics from a thread (started when the process
-starts) and once more when they stop.
+starts) and once more when they stop (mirrorsite.celery).
 """
 from __future__ import annotations
 
 from celery import shared_task
-from celery.signals import worker_process_init, worker_process_shutdown
 
 from . import stats, store
 
@@ -23,13 +22,3 @@ def roll_up_stats() -> str:
     moved = store.roll_up()
     store.prune()
     return f"rolled up {moved} hourly buckets"
-
-
-@worker_process_init.connect
-def _start_flushing(**_) -> None:
-    stats.start_flusher()
-
-
-@worker_process_shutdown.connect
-def _flush_at_exit(**_) -> None:
-    stats.flush()

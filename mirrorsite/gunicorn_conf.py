@@ -29,17 +29,14 @@ if bool(certfile) != bool(keyfile):
 
 
 def worker_exit(server, worker) -> None:
-    """Write the last buffered pull times, account use and statistics before the worker goes."""
-    from dashboard import stats
-    from registry import accountusage, pulltimes
+    """Write what the worker buffered (pull times, account use, statistics, audit records) before it goes."""
+    from mirrorsite import flushing
 
-    pulltimes.flush()
-    accountusage.flush()
-    stats.flush()
+    flushing.flush_all()
 
 
 def post_worker_init(worker) -> None:
-    """Statistics are flushed from a thread of each worker, every MIRROR_STATS_FLUSH_INTERVAL."""
-    from dashboard import stats
+    """Buffers are flushed from threads of each worker, each at its own interval."""
+    from mirrorsite import flushing
 
-    stats.start_flusher()
+    flushing.start()

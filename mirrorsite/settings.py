@@ -28,7 +28,8 @@ def _embedded_secret_key() -> str:
     return path.read_text().strip()
 
 
-SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="") or _embedded_secret_key()
+# Set below (Hardening): a deployment must be given one, the embedded default generates it.
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 # A mirror is reached under many host names (IPs, DNS aliases, load balancers).
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["*"])
@@ -44,6 +45,7 @@ INSTALLED_APPS = [
     "registry",
     "dashboard",
     "access",
+    "audit",
 ]
 
 MIDDLEWARE = [
@@ -338,3 +340,75 @@ if MIRROR_STATS_REDIS_URL:
         "task": "dashboard.flush_stats", "schedule": float(MIRROR_STATS_FLUSH_INTERVAL or 60)
     }
 CELERY_BEAT_SCHEDULE["roll-up-statistics"] = {"task": "dashboard.roll_up_stats", "schedule": 3600.0}
+
+# --- Audit log: who pulled what, from where, when ---------------------------------------------
+MIRROR_AUDIT_ENABLED = env.bool("MIRROR_AUDIT_ENABLED", default=True)
+# Records are buffered in each process and written in one batch this often (seconds; 0 = only
+# as a server process stops). A crash loses at most this much.
+MIRROR_AUDIT_FLUSH_INTERVAL = env.int("MIRROR_AUDIT_FLUSH_INTERVAL", default=10)
+# Past this many unsaved records (the database is down), a process drops new ones, and says so.
+MIRROR_AUDIT_BUFFER_MAX = env.int("MIRROR_AUDIT_BUFFER_MAX", default=100_000)
+# Records older than this many days are deleted daily (0 = kept forever).
+MIRROR_AUDIT_RETENTION_DAYS = env.int("MIRROR_AUDIT_RETENTION_DAYS", default=90)
+if MIRROR_AUDIT_RETENTION_DAYS > 0:
+    CELERY_BEAT_SCHEDULE["prune-audit-log"] = {"task": "audit.prune", "schedule": 24 * 3600.0}
+
+# --- Hardening: secure defaults for a production run -----------------------------------------
+# A deployment (a database other than SQLite, or Redis, or a broker: processes and machines
+# that share state) needs one secret key shared by all of them: refuse to start without it.
+# The embedded default (`make run`) generates its key once under MIRROR_DATA_DIR.
+MIRROR_DEPLOYMENT = DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3" or bool(
+    REDIS_URL or MIRROR_BROKER_CONFIGURED
+)
+if not SECRET_KEY:
+    if MIRROR_DEPLOYMENT:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY must be set: with DATABASE_URL (other than SQLite), REDIS_URL or "
+            "CELERY_BROKER_URL this is a deployment, whose processes must share one secret key. Generate "
+            "one with: python3 -c 'import secrets; print(secrets.token_urlsafe(50))'"
+        )
+    SECRET_KEY = _embedded_secret_key()
+# The mirror is reached over HTTPS: serving it itself (REGISTRY_HTTP_TLS_CERTIFICATE), or behind
+# a TLS-terminating proxy (set this). Cookies are then sent over HTTPS only, and HSTS is on.
+MIRROR_HTTPS = env.bool("MIRROR_HTTPS", default=bool(env.str("REGISTRY_HTTP_TLS_CERTIFICATE", default="")))
+# Behind a TLS proxy: the header it sets to "https" on requests that came over HTTPS (e.g.
+# X-Forwarded-Proto). Empty: none is believed (a client could send it). Only set it when the
+# proxy always sets or strips that header.
+MIRROR_PROXY_SSL_HEADER = env.str("MIRROR_PROXY_SSL_HEADER", default="")
+if MIRROR_PROXY_SSL_HEADER:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + MIRROR_PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = MIRROR_HTTPS
+SESSION_COOKIE_HTTPONLY = CSRF_COOKIE_HTTPONLY = True  # no script reads them (forms carry the CSRF token)
+SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
+# Strict-Transport-Security, sent on HTTPS answers only when MIRROR_HTTPS (0 = never).
+MIRROR_HSTS_SECONDS = env.int("MIRROR_HSTS_SECONDS", default=365 * 24 * 3600)
+SECURE_HSTS_SECONDS = MIRROR_HSTS_SECONDS if MIRROR_HTTPS else 0
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# No redirect of HTTP to HTTPS (`check --deploy` asks for one): registry clients configured for
+# the plain-HTTP port must keep working; serve HTTPS on its own address or behind a proxy.
+# HSTS for subdomains and the browsers' preload list are the domain owner's decision, not the mirror's.
+SILENCED_SYSTEM_CHECKS = ["security.W008", "security.W005", "security.W021"]
+# Admin logins: after this many failures for one username from one address, that pair is
+# locked out for MIRROR_ADMIN_LOGIN_LOCKOUT seconds (0 attempts = no limit). Counted in Redis
+# when REDIS_URL is set (shared by every process), else in files under MIRROR_DATA_DIR.
+MIRROR_ADMIN_LOGIN_ATTEMPTS = env.int("MIRROR_ADMIN_LOGIN_ATTEMPTS", default=5)
+MIRROR_ADMIN_LOGIN_LOCKOUT = env.int("MIRROR_ADMIN_LOGIN_LOCKOUT", default=900)
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "login-attempts": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+         "KEY_PREFIX": MIRROR_REDIS_KEY_PREFIX + "login-attempts"}
+        if REDIS_URL else
+        {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+         "LOCATION": str(MIRROR_DATA_DIR / "login-attempts")}
+    ),
+}
+# The API's schema documents the error answers of every operation too (fuzzed against it).
+SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
+    "drf_spectacular.hooks.postprocess_schema_enums", "dashboard.api.errorschema.document_error_answers",
+]

@@ -6,10 +6,15 @@ from dashboard import metrics as dashboard_metrics, views as dashboard_views
 from registry import views as registry_views
 
 from . import health
+from .adminlogin import RateLimitedLoginForm
 
 # Repository names contain slashes, so they are matched loosely here and validated
 # against the OCI grammar in the views (a bad name is NAME_INVALID, not a 404).
 NAME = r"(?P<name>.+?)"
+
+admin.site.login_form = RateLimitedLoginForm  # failed logins lock a username out per address
+# An exception no view caught: registry JSON on /v2/, a plain page elsewhere; never a traceback.
+handler500 = "registry.responses.server_error"
 
 urlpatterns = [
     path("v2/", registry_views.base),

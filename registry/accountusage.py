@@ -18,6 +18,8 @@ from django.db import DatabaseError
 from django.db.models import F
 from django.utils import timezone
 
+from mirrorsite import flushing
+
 from .models import UpstreamAccount
 from .signals import upstream_request
 
@@ -62,3 +64,7 @@ def flush() -> None:
             )
         except DatabaseError:
             logger.warning("could not record the use of upstream account %s", account_id, exc_info=True)
+
+
+# Flushed as requests come (above) and as a server process exits.
+flushing.register("account use", flush)

@@ -13,6 +13,8 @@ from django.contrib import admin, messages
 from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters
 
 from . import accounts, routing, verification
 from .models import AccountSwitch, Managed, Upstream, UpstreamAccount
@@ -150,6 +152,10 @@ class UpstreamAccountAdmin(admin.ModelAdmin):
     @admin.display(boolean=True, description="secret set")
     def has_secret(self, account: UpstreamAccount) -> bool:
         return account.has_secret
+
+    @method_decorator(sensitive_post_parameters("new_secret"))  # never in an error report
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
     def get_fields(self, request, obj: UpstreamAccount | None = None):
         if obj is not None and obj.managed_by != Managed.ADMIN:

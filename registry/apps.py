@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class RegistryConfig(AppConfig):
     name = "registry"
     verbose_name = "Registry cache"
+
+    def ready(self) -> None:
+        from . import accountusage, pulltimes  # noqa: F401 (their buffers register for the exit flush)

@@ -10,11 +10,11 @@ import hashlib
 import json
 import re
 
-# Grammar from the OCI distribution spec.
+# Grammar from the OCI distribution spec. `\Z`, not `$`: `$` also matches before a final newline.
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
-DIGEST_RE = re.compile(r"^(?P<algorithm>[a-z0-9]+(?:[.+_-][a-z0-9]+)*):(?P<encoded>[a-zA-Z0-9=_-]+)$")
+NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*\Z")
+TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}\Z")
+DIGEST_RE = re.compile(r"^(?P<algorithm>[a-z0-9]+(?:[.+_-][a-z0-9]+)*):(?P<encoded>[a-zA-Z0-9=_-]+)\Z")
 # Distribution's limit; also keeps paths and URLs bounded.
 NAME_MAX_LENGTH = 255
 
@@ -116,6 +116,11 @@ class Unavailable(RegistryError):
 class Digest:
     algorithm: str
     encoded: str
+
+    def __post_init__(self) -> None:
+        # Digests name files (blobs/<algorithm>/<ab>/<encoded>): only verifiable ones exist.
+        if DIGEST_ALGORITHMS.get(self.algorithm) != len(self.encoded) or not re.fullmatch(r"[a-f0-9]+", self.encoded):
+            raise DigestInvalid("invalid digest", {"digest": f"{self.algorithm}:{self.encoded}"[:200]})
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.encoded}"

@@ -23,6 +23,8 @@ from django.db import DatabaseError, IntegrityError, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from mirrorsite import flushing
+
 from .models import Tag, TagPullCount
 
 logger = logging.getLogger(__name__)
@@ -90,3 +92,7 @@ def _add_tag_pulls(tag_id: int, day, pulls: int) -> None:
             TagPullCount.objects.create(tag_id=tag_id, day=day, count=pulls)
     except IntegrityError:  # created meanwhile by another process, or the tag was evicted
         counts.update(count=F("count") + pulls)
+
+
+# Flushed as requests come (above) and as a server process exits.
+flushing.register("pull times", flush)

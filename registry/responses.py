@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 READ_METHODS = ("GET", "HEAD")
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE_RE = re.compile(r"^bytes=([0-9]*)-([0-9]*)\Z")
 
 
 def error_response(error: oci.RegistryError, method: str = "GET") -> HttpResponse:
@@ -169,3 +169,13 @@ def _window_response(open_window: Callable[[int, int], object], size: int, byte_
     if byte_range:
         response["Content-Range"] = f"bytes {window.start}-{window.end}/{size}"
     return response
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """Django's last resort (handler500) for an exception that escaped every view: on /v2/ the
+    registry's JSON error, elsewhere a plain page; the exception is logged, never shown."""
+    if request.path.startswith("/v2/"):
+        response = error_response(oci.RegistryError("internal error"), request.method)
+        response[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
+        return response
+    return HttpResponse("Server error\n", status=500, content_type="text/plain")

@@ -6,6 +6,7 @@ from urllib.parse import quote, urlencode
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
 from access.authorization import authorize, readable_repositories
+from audit.recorder import recorded
 from dashboard import stats
 
 from . import cache, oci, routing
@@ -31,6 +32,7 @@ def base(request: HttpRequest) -> HttpResponse:
 
 
 @stats.counted(stats.MANIFEST)
+@recorded  # the audit log (inside `counted`, whose view of the request it reads)
 @registry_endpoint
 def manifest(request: HttpRequest, name: str, reference: str) -> HttpResponse:
     route = routing.route(request, name)
@@ -144,7 +146,7 @@ def _pagination(request: HttpRequest) -> tuple[int | None, str | None]:
     last = request.GET.get("last") or None
     if n is None or n == "":
         return None, last
-    if not n.isdigit() or len(n) > 18:
+    if not (n.isascii() and n.isdigit()) or len(n) > 18:  # isdigit() alone admits "²"
         raise oci.PaginationInvalid("n must be a non-negative integer", {"n": n[:20]})
     return min(int(n), MAX_PAGE), last
 

@@ -1,7 +1,7 @@
 """Routes of the REST API (mounted at /api/), its OpenAPI schema and browsable docs."""
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
@@ -27,4 +27,5 @@ urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
     *router.urls,
+    re_path(r"", views.not_found),  # last: what nothing above matched (e.g. an id that is not a number)
 ]

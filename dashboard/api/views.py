@@ -8,6 +8,8 @@ from __future__ import annotations
 from datetime import datetime, time, timezone as dt_timezone
 
 from django.db.models import Count
+from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -198,3 +200,9 @@ class EvictionView(APIView):
         except gc.GcBusy as busy:
             return Response({"detail": str(busy)}, status=status.HTTP_409_CONFLICT)
         return Response(serializers.EvictionSerializer({"notes": plan.notes, "gc_run": run}).data)
+
+
+@csrf_exempt  # it changes nothing: a DELETE gets the same 404 (not the CSRF failure page)
+def not_found(request, *args, **kwargs) -> JsonResponse:
+    """Any other path under /api/: JSON like the API's other answers, not Django's HTML page."""
+    return JsonResponse({"detail": "Not found."}, status=404)

@@ -1,11 +1,14 @@
 """The mirror serving HTTPS itself (REGISTRY_HTTP_TLS_CERTIFICATE / REGISTRY_HTTP_TLS_KEY)."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Iterator
 
 import pytest
+import requests
 
-from tests.support.mirror import MirrorProcess
+from tests.support.mirror import PROJECT_ROOT, MirrorProcess
 from tests.support.tls import ServerCertificate, make_server_certificate
 
 
@@ -50,3 +53,31 @@ def test_a_wrong_ca_is_refused(https_mirror, skopeo, tmp_path):
     )
     assert failed.returncode != 0
     assert b"certificate" in failed.stderr
+
+
+def test_admin_cookies_are_secure_and_hsts_is_sent_over_https(https_mirror):
+    """Served over HTTPS, the admin's cookies go over HTTPS only, no script reads them, and
+    browsers are told to come back over HTTPS (Strict-Transport-Security)."""
+    subprocess.run(
+        [sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", "root", "--email", "r@example.org"],
+        cwd=PROJECT_ROOT, env={**https_mirror.env, "DJANGO_SUPERUSER_PASSWORD": "a-long-admin-password"},
+        check=True, capture_output=True,
+    )
+    session = requests.Session()
+    login = session.get(f"{https_mirror.url}/admin/login/", timeout=10, verify=https_mirror.verify)
+    assert login.status_code == 200
+    assert login.headers["Strict-Transport-Security"].startswith("max-age=31536000")
+    assert login.headers["X-Frame-Options"] == "DENY"
+    answer = session.post(
+        f"{https_mirror.url}/admin/login/?next=/admin/",
+        data={"username": "root", "password": "a-long-admin-password", "csrfmiddlewaretoken": session.cookies["csrftoken"],
+              "next": "/admin/"},
+        headers={"Referer": f"{https_mirror.url}/admin/login/"}, allow_redirects=False, timeout=10,
+        verify=https_mirror.verify,
+    )
+    assert answer.status_code == 302, answer.text[:500]
+    cookies = {cookie.name: cookie for cookie in session.cookies}
+    for name in ("csrftoken", "sessionid"):
+        assert cookies[name].secure, name
+        assert cookies[name].has_nonstandard_attr("HttpOnly"), name
+        assert cookies[name].get_nonstandard_attr("SameSite") == "Lax", name

@@ -46,6 +46,8 @@ class MirrorProcess:
             DJANGO_SETTINGS_MODULE="mirrorsite.settings",
         )
         self.env.update(self.database.env())
+        # Given Redis or a broker, the mirror is a deployment and wants a shared secret key.
+        self.env.setdefault("DJANGO_SECRET_KEY", "mirrorsite-tests-only-" + "k" * 40)
         self.env.update(env)
         self.process: subprocess.Popen | None = None
         # Served over HTTPS when given a certificate: readiness is checked against this CA.

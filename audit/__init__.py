@@ -1,0 +1,1 @@
+"""The audit log: who pulled what, from where, when."""

@@ -1,0 +1,139 @@
+"""Recording pulls for the audit log, without a database write per request.
+
+`recorded` wraps the manifest view (inside `stats.counted`, whose view of the request it
+reads: the upstream, the repository and whether the upstream was used). Each request adds
+one entry to this process's buffer (a lock and a list append, no I/O); the buffer is written
+with one bulk INSERT every MIRROR_AUDIT_FLUSH_INTERVAL seconds and as a server process exits
+(mirrorsite.flushing). Nothing here raises into a request: a record that cannot be made is
+logged, a batch that cannot be saved is kept for the next flush, and past
+MIRROR_AUDIT_BUFFER_MAX entries the newest are counted and dropped (a database down for
+long must not grow a process without bound).
+
+Blob requests are not recorded: a pull is identified by its manifest request, and its layers
+would multiply the rows by the number of layers without saying who pulled what.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from typing import Callable
+
+from django.conf import settings
+from django.db import DatabaseError, transaction
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+
+from access.clientaddress import client_address
+from dashboard import stats
+from mirrorsite import flushing
+
+from .models import PullRecord
+
+logger = logging.getLogger(__name__)
+
+DENIED_STATUSES = (401, 403)
+
+_lock = threading.Lock()
+_pending: list[PullRecord] = []
+_dropped = 0
+
+
+def outcome_of(response: HttpResponse, used_upstream: bool) -> str:
+    """What the answer was, in the log's words."""
+    status = response.status_code
+    if status in DENIED_STATUSES:
+        return PullRecord.Outcome.DENIED
+    if status == 404:
+        return PullRecord.Outcome.NOT_FOUND
+    if status >= 400:
+        return PullRecord.Outcome.ERROR
+    if "Stale" in response.get("Warning", ""):
+        return PullRecord.Outcome.STALE
+    return PullRecord.Outcome.MISS if used_upstream else PullRecord.Outcome.HIT
+
+
+def entry(request: HttpRequest, name: str, reference: str, response: HttpResponse) -> PullRecord:
+    """The record of one manifest request and its answer (not saved)."""
+    state = stats.current()
+    upstream = state.upstream if state is not None else None
+    user = getattr(request, "registry_user", None)  # set by client authentication, when it ran
+    address = client_address(request)
+    return PullRecord(
+        at=timezone.now(),
+        user_id=getattr(user, "pk", None),
+        username=(user.get_username() if user is not None else "")[:150],
+        client_address=str(address) if address is not None else None,
+        user_agent=request.headers.get("User-Agent", "")[:255],
+        method=request.method[:8],
+        upstream=upstream.name[:100] if upstream is not None else "",
+        # The repository as cached (e.g. library/alpine); as asked when the request got no further.
+        repository=((state.repository if state is not None else "") or name)[:255],
+        reference=reference[:255],
+        digest=response.get("Docker-Content-Digest", "")[:100] if response.status_code < 400 else "",
+        outcome=outcome_of(response, state.used_upstream if state is not None else False),
+        status=response.status_code,
+    )
+
+
+def add(record: PullRecord) -> None:
+    global _dropped
+    with _lock:
+        if len(_pending) >= settings.MIRROR_AUDIT_BUFFER_MAX:
+            _dropped += 1
+            return
+        _pending.append(record)
+
+
+def recorded(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Record each request of the manifest view (`name`, `reference` from the URL)."""
+
+    @functools.wraps(view)
+    def endpoint(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        response = view(request, *args, **kwargs)
+        if settings.MIRROR_AUDIT_ENABLED:
+            try:
+                add(entry(request, kwargs.get("name", ""), kwargs.get("reference", ""), response))
+            except Exception:
+                logger.exception("could not record a pull for the audit log")
+        return response
+
+    return endpoint
+
+
+def take() -> tuple[list[PullRecord], int]:
+    """What this process recorded since the last take (and how many it dropped)."""
+    global _pending, _dropped
+    with _lock:
+        records, dropped = _pending, _dropped
+        _pending, _dropped = [], 0
+    return records, dropped
+
+
+def put_back(records: list[PullRecord]) -> None:
+    """Records that could not be saved go out with the next flush (the oldest first), within the cap."""
+    global _pending, _dropped
+    with _lock:
+        room = max(settings.MIRROR_AUDIT_BUFFER_MAX - len(_pending), 0)
+        _dropped += max(len(records) - room, 0)
+        _pending = records[:room] + _pending
+
+
+def flush() -> int:
+    """Write the buffered records in one batch; on failure keep them. Returns how many were written."""
+    records, dropped = take()
+    if dropped:
+        logger.warning("audit log: %d pull records dropped (the buffer was full)", dropped)
+    if not records:
+        return 0
+    try:
+        with transaction.atomic():  # all or nothing: a batch kept for later is never half saved
+            PullRecord.objects.bulk_create(records, batch_size=500)
+    except DatabaseError as error:
+        logger.warning("could not save %d audit records (%s); keeping them for the next flush", len(records), error)
+        put_back(records)
+        return 0
+    return len(records)
+
+
+flushing.register("audit log", flush, "MIRROR_AUDIT_FLUSH_INTERVAL")
