@@ -2,6 +2,8 @@
 written by a flush in one batch, and never a reason for a pull to fail."""
 from __future__ import annotations
 
+import base64
+
 from datetime import timedelta
 import logging
 
@@ -70,7 +72,8 @@ def test_the_client_behind_a_trusted_proxy_is_recorded(client, hub, images, sett
     assert [r.client_address for r in records()] == ["198.51.100.7", "127.0.0.1"]
 
 
-def test_the_authenticated_user_and_denials_are_recorded(db, hub, images):
+def test_the_authenticated_user_and_denials_are_recorded(db, hub, images, settings):
+    settings.MIRROR_AUTH = True  # the mirror's client authentication names the user
     user = User.objects.create_user("ci-runner", password="pw")
 
     @recorder.recorded
@@ -84,8 +87,10 @@ def test_the_authenticated_user_and_denials_are_recorded(db, hub, images):
         raise oci.Unauthorized("log in first")
 
     factory = RequestFactory()
-    allowed = factory.get("/v2/library/small/manifests/1", HTTP_ACCEPT=ACCEPT)
-    allowed.registry_user = user
+    allowed = factory.get(
+        "/v2/library/small/manifests/1", HTTP_ACCEPT=ACCEPT,
+        HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"ci-runner:pw").decode(),
+    )
     denied = factory.get("/v2/library/private/manifests/2", REMOTE_ADDR="192.0.2.9")
     denied.registry_user = user
     unknown = factory.get("/v2/library/private/manifests/2", REMOTE_ADDR="192.0.2.10")
