@@ -16,7 +16,7 @@ from django.conf import settings
 from registry import oci, routing
 
 from . import rules, tokens, visibility
-from .credentials import ANONYMOUS, Requester, check_password, identify, requester
+from .credentials import Requester, check_password, identify, requester
 
 
 class TokenRequestInvalid(Exception):
@@ -45,8 +45,8 @@ def parse_scopes(values: Iterable[str]) -> list[Scope]:
 
 def requester_from_basic(authorization: str) -> Requester:
     """The requester of a token request: anonymous without Authorization, else Basic
-    credentials that must hold (BadCredentials otherwise)."""
-    return identify(authorization, basic=True) if authorization else ANONYMOUS
+    credentials (or a token of ours) that must hold (BadCredentials otherwise)."""
+    return identify(authorization, basic=True)
 
 
 def requester_from_password(username: str, password: str) -> Requester:
