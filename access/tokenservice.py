@@ -13,7 +13,7 @@ from typing import Iterable
 
 from django.conf import settings
 
-from registry import oci, routing
+from registry import cache, oci, routing
 
 from . import rules, tokens, visibility
 from .credentials import Requester, check_password, identify, requester
@@ -67,7 +67,7 @@ def grant(who: Requester, service: str | None, scopes: list[Scope]) -> tokens.Is
 def _may_pull(who: Requester, name: str) -> bool:
     try:
         route = routing.resolve(name, None)
-        repository = route.upstream.upstream_name(oci.validate_name(route.name or ""))
+        repository = cache.repository_name(route.upstream, route.name or "")
         verdict = rules.decide(
             rules.current_rules(), route.upstream.pk, repository, who,
             lambda: visibility.is_private(route.upstream, repository),

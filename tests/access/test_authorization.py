@@ -237,3 +237,12 @@ def test_upstream_down_no_answer_no_anonymous_pull(client, settings, hub, images
         assert not RepositoryVisibility.objects.filter(repository="library/never-asked").exists()
     finally:
         images.upstream.start()
+
+
+def test_a_repository_the_upstream_patterns_exclude_is_never_asked_about(client, hub, images):
+    hub.deny_repositories = "private/*"
+    hub.save()
+    mark = images.upstream.log_mark()
+    refused = get(client, PRIVATE)
+    assert refused.status_code == 403 and error_code(refused) == "DENIED"
+    assert images.upstream.access_log(since=mark) == [], "denied repositories are never asked about"
