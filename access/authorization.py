@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.http import HttpRequest
 
-from registry import oci
+from registry import cache, oci
 from registry.models import Upstream
 from registry.routing import Route
 
@@ -28,7 +28,9 @@ def authorize(request: HttpRequest, route: Route | None) -> None:
         if settings.MIRROR_AUTH and request.headers.get("Authorization") is None:
             raise AuthenticationRequired("authentication required", challenge(request, None))
         return
-    repository = route.upstream.upstream_name(route.name)
+    # The upstream's name; a repository the upstream's patterns exclude is refused here
+    # (as the cache would), before anything could ask the upstream about it.
+    repository = cache.repository_name(route.upstream, route.name)
     verdict = rules.decide(
         rules.current_rules(), route.upstream.pk, repository, who,
         lambda: visibility.is_private(route.upstream, repository),

@@ -13,10 +13,10 @@ from typing import Iterable
 
 from django.conf import settings
 
-from registry import oci, routing
+from registry import cache, oci, routing
 
 from . import rules, tokens, visibility
-from .credentials import ANONYMOUS, Requester, check_password, identify, requester
+from .credentials import Requester, check_password, identify, requester
 
 
 class TokenRequestInvalid(Exception):
@@ -45,8 +45,8 @@ def parse_scopes(values: Iterable[str]) -> list[Scope]:
 
 def requester_from_basic(authorization: str) -> Requester:
     """The requester of a token request: anonymous without Authorization, else Basic
-    credentials that must hold (BadCredentials otherwise)."""
-    return identify(authorization, basic=True) if authorization else ANONYMOUS
+    credentials (or a token of ours) that must hold (BadCredentials otherwise)."""
+    return identify(authorization, basic=True)
 
 
 def requester_from_password(username: str, password: str) -> Requester:
@@ -67,7 +67,7 @@ def grant(who: Requester, service: str | None, scopes: list[Scope]) -> tokens.Is
 def _may_pull(who: Requester, name: str) -> bool:
     try:
         route = routing.resolve(name, None)
-        repository = route.upstream.upstream_name(oci.validate_name(route.name or ""))
+        repository = cache.repository_name(route.upstream, route.name or "")
         verdict = rules.decide(
             rules.current_rules(), route.upstream.pk, repository, who,
             lambda: visibility.is_private(route.upstream, repository),

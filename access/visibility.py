@@ -5,12 +5,11 @@ handing those to anonymous clients, the upstream is asked the way an anonymous c
 ask it (a tag list of one entry, with an anonymous token: no manifest, so nothing Docker Hub
 counts as a pull), and the answer is recorded per repository and asked again after
 MIRROR_VISIBILITY_TTL. An upstream whose accounts are all anonymous needs no asking: what the
-mirror can read, anyone can. A repository never asked about, or whose answer cannot be had
-(upstream down), counts as private until the upstream says otherwise.
+mirror can read, anyone can. While the upstream cannot be asked, the last recorded answer
+holds, however old; with none, nothing is served to anonymous clients.
 """
 from __future__ import annotations
 
-from datetime import timedelta
 import logging
 import threading
 
@@ -29,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 UNANSWERED_SECONDS = 30.0  # an upstream that gave no answer (or said "no such repository") is not asked again sooner
 ABSENT = "absent"
-_known: AnswerMemory[bool | str] = AnswerMemory(4 * 1024 * 1024)
+# (upstream pk, repository) → public (bool), ABSENT, or the failure of the last attempt to ask.
+_known: AnswerMemory[bool | str | oci.RegistryError] = AnswerMemory(4 * 1024 * 1024)
 _clients: dict[int, tuple[tuple, UpstreamClient]] = {}
 _clients_lock = threading.Lock()
 # What an anonymous client that may not pull is told (Docker Hub says 401 even for a
@@ -47,13 +47,17 @@ def is_private(upstream: Upstream, repository: str, *, ask: bool = True) -> bool
     With `ask` false, only what is recorded counts (listings never contact the upstream).
 
     When the upstream tells an anonymous client the repository does not exist, so is the
-    anonymous client told (NameUnknown), rather than what the account might see there."""
+    anonymous client told (NameUnknown), rather than what the account might see there; when
+    it cannot be asked and nothing is recorded, the client gets the upstream's failure (503,
+    429): nothing is served without an answer."""
     if not has_credentials(upstream):
         return False
     key = (upstream.pk, repository)
     public = _known.get(key)
     if public == ABSENT:
         raise _absent()
+    if isinstance(public, oci.RegistryError):
+        raise public
     if public is not None:
         return not public
     record = RepositoryVisibility.objects.filter(upstream=upstream, repository=repository).first()
@@ -70,27 +74,24 @@ def is_private(upstream: Upstream, repository: str, *, ask: bool = True) -> bool
     except oci.NameUnknown:
         _known.put(key, ABSENT, 256, ttl=UNANSWERED_SECONDS)
         raise _absent() from None
-    if public is None:  # could not be told: keep the last answer, or stay on the safe side, a while
-        public = record.public if record is not None else False
-        _known.put(key, public, 256, ttl=UNANSWERED_SECONDS)
-        return not public
+    except oci.RegistryError as error:  # no answer: keep the last one, or pass the upstream's failure on
+        logger.warning("could not ask %s whether %s is public: %s", upstream.name, repository, error.message)
+        _known.put(key, record.public if record is not None else error, 256, ttl=UNANSWERED_SECONDS)
+        if record is None:
+            raise
+        return not record.public
     record_visibility(upstream, repository, public)
     _known.put(key, public, 256, ttl=min(ttl, 60.0))
     return not public
 
 
-def anonymous_pull_granted(upstream: Upstream, repository: str) -> bool | None:
-    """Ask the upstream as an anonymous client; None when it gives no answer either way.
-    NameUnknown when it says there is no such repository."""
+def anonymous_pull_granted(upstream: Upstream, repository: str) -> bool:
+    """Ask the upstream as an anonymous client. NameUnknown when it says there is no such
+    repository; the upstream's failure (unreachable, rate-limiting) when it gives no answer."""
     try:
         _anonymous_client(upstream).get_tags(repository, 1, None)
     except REFUSED:
         return False
-    except oci.NameUnknown:
-        raise
-    except oci.RegistryError as error:  # unreachable, rate-limited, failing
-        logger.warning("could not ask %s whether %s is public: %s", upstream.name, repository, error.message)
-        return None
     return True
 
 

@@ -9,7 +9,7 @@ import json
 import pytest
 from rest_framework.authtoken.models import Token
 
-from access import tokens
+from access import tokens, visibility
 from access.models import AccessRule, Policy, RepositoryVisibility
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -220,3 +220,29 @@ def test_missing_repository_is_404_as_the_upstream_tells_anonymous_clients(clien
     assert missing.status_code == 404 and error_code(missing) == "NAME_UNKNOWN"
     assert not RepositoryVisibility.objects.filter(repository="library/never-pushed").exists()
     assert get(client, "/v2/library/never-pushed/manifests/1", basic("alice", "alice-password")).status_code == 404
+
+
+def test_upstream_down_no_answer_no_anonymous_pull(client, settings, hub, images):
+    RepositoryVisibility.objects.create(
+        upstream=hub, repository="library/small", public=True, checked_at=datetime.now(timezone.utc) - timedelta(days=9)
+    )
+    assert get(client, PUBLIC).status_code == 200, "an old answer, while the upstream answers, is asked again"
+    images.upstream.stop()
+    try:
+        settings.MIRROR_VISIBILITY_TTL = 0  # every recorded answer is out of date
+        visibility.forget()  # and none remembered in this process
+        assert get(client, PUBLIC).status_code == 200, "cached, and public when last asked: still served"
+        missing = get(client, "/v2/library/never-asked/manifests/1")
+        assert missing.status_code == 503 and error_code(missing) == "UNAVAILABLE"
+        assert not RepositoryVisibility.objects.filter(repository="library/never-asked").exists()
+    finally:
+        images.upstream.start()
+
+
+def test_a_repository_the_upstream_patterns_exclude_is_never_asked_about(client, hub, images):
+    hub.deny_repositories = "private/*"
+    hub.save()
+    mark = images.upstream.log_mark()
+    refused = get(client, PRIVATE)
+    assert refused.status_code == 403 and error_code(refused) == "DENIED"
+    assert images.upstream.access_log(since=mark) == [], "denied repositories are never asked about"

@@ -48,3 +48,14 @@ def test_the_proxy_itself_is_not_a_client_unless_listed(client):
 def test_no_list_admits_everyone(client, settings):
     settings.MIRROR_ALLOWED_NETWORKS = []
     assert client.get("/v2/", REMOTE_ADDR="198.51.100.7").status_code == 200
+
+
+def test_every_request_has_a_registry_user_even_when_refused(rf, settings):
+    from access.middleware import AllowedNetworksMiddleware
+
+    seen = []
+    middleware = AllowedNetworksMiddleware(lambda request: seen.append(request.registry_user) or None)
+    refused = rf.get("/v2/", REMOTE_ADDR="198.51.100.7")
+    assert middleware(refused).status_code == 403 and refused.registry_user is None
+    middleware(rf.get("/v2/", REMOTE_ADDR="192.0.2.1"))
+    assert seen == [None]

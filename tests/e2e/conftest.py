@@ -5,6 +5,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.support.containerd import Containerd
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.mirror import MirrorProcess
 from tests.support.upstream_registry import UpstreamRegistry
@@ -30,3 +31,11 @@ def broken_mirror(fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPath
     process = MirrorProcess(tmp_path_factory.mktemp("broken-mirror") / "data", fake_upstream.url).start()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="module")
+def containerd() -> Iterator[Containerd]:
+    """A containerd daemon of the module's own (tests use a namespace each)."""
+    daemon = Containerd().start()
+    yield daemon
+    daemon.cleanup()

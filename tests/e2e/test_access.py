@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from access import tokens
+from tests.support.accesslog import AccessLog
 from tests.support.egress import EgressTrap
 from tests.support.images import MANIFEST_ACCEPT, sha256_digest
 from tests.support.mirror import MirrorProcess
@@ -190,3 +191,15 @@ def test_login_is_used_for_pulls_through_a_registries_conf_mirror(guarded, image
         assert trap.requests == []
     finally:
         trap.stop()
+
+
+def test_containerd_sends_the_user_it_is_given(guarded, images, containerd):
+    reference = f"{guarded.host}/private/secret:1"
+    refused = containerd.ctr("images", "pull", "--plain-http", reference, namespace="access", check=False)
+    assert refused.returncode != 0 and "insufficient_scope" in refused.stderr, "our challenge's error"
+    log = AccessLog(guarded.log_path)
+    mark = log.mark()
+    containerd.ctr("images", "pull", "--plain-http", "--user", "alice:alice-password", reference, namespace="access")
+    assert containerd.images("access")[reference].digest == images.private.digest
+    tokens_issued = [(e.method, e.status) for e in log.entries(mark) if e.path == "/v2/token"]
+    assert ("POST", 200) in tokens_issued, f"containerd's OAuth2 password grant: {tokens_issued}"

@@ -36,13 +36,6 @@ def trap() -> Iterator[EgressTrap]:
 
 
 @pytest.fixture(scope="module")
-def containerd() -> Iterator[Containerd]:
-    daemon = Containerd().start()
-    yield daemon
-    daemon.cleanup()
-
-
-@pytest.fixture(scope="module")
 def ctr_images(upstream) -> ClientImages:
     return push_client_images(upstream, "ctr", seed=9200)
 
