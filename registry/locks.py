@@ -74,7 +74,9 @@ class RedisLock:
     """A Redis lock (redis-py's token-checked lock) that its owner renews while working."""
 
     def __init__(self, client, name: str):
-        self._lock = client.lock(f"mirrorsite:lock:{name}", timeout=REDIS_LOCK_TTL, blocking=False)
+        # Not thread-local: a fill's lock is taken by the request's thread, then renewed and
+        # released by the fill's own thread.
+        self._lock = client.lock(f"mirrorsite:lock:{name}", timeout=REDIS_LOCK_TTL, blocking=False, thread_local=False)
         self._renewed = 0.0
 
     def try_acquire(self) -> bool:
