@@ -199,7 +199,7 @@ MIRROR_S3_PREFIX = env.str("MIRROR_S3_PREFIX", default="")
 MIRROR_S3_SERVE = env.str("MIRROR_S3_SERVE", default="redirect").lower()
 # Lifetime of a presigned GET URL (seconds): long enough to start the download.
 MIRROR_S3_PRESIGN_SECONDS = env.int("MIRROR_S3_PRESIGN_SECONDS", default=600)
-# Multipart upload part size in bytes (at least 5 MiB; 10,000 parts make the largest blob).
+# Multipart upload part size in bytes (at least 5 MiB; larger for a blob that needs more than 10,000).
 MIRROR_S3_PART_SIZE = env.int("MIRROR_S3_PART_SIZE", default=16 * 1024 * 1024)
 # `auto`, `path` (bucket in the URL path, as MinIO and most S3-compatible services want) or `virtual`.
 MIRROR_S3_ADDRESSING_STYLE = env.str("MIRROR_S3_ADDRESSING_STYLE", default="auto").lower()

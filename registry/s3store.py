@@ -46,6 +46,7 @@ from .oci import Digest
 logger = logging.getLogger(__name__)
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest part (all but the last)
+MAX_PARTS = 10_000  # S3's most parts in one upload
 CONTENT_TYPE = "application/octet-stream"
 MISSING = {"404", "NoSuchKey", "NotFound"}
 # Server threads share the client: enough pooled connections that they rarely wait.
@@ -120,17 +121,19 @@ class S3Fill(BlobFill):
         self.upload_id: str | None = None
         self._parts: list[dict] = []
         self._uploaded = 0  # bytes of the temporary file already sent as parts
+        # Larger parts for a blob that would otherwise need more than S3's 10,000.
+        self.part_size = max(store.config.part_size, -(-(expected_size or 0) // MAX_PARTS))
 
     def _written(self) -> None:
-        while self.size - self._uploaded >= self.store.config.part_size:
-            self._send_part(self.store.config.part_size)
+        while self.size - self._uploaded >= self.part_size:
+            self._send_part(self.part_size)
 
     def _send_part(self, length: int) -> None:
         client, bucket = self.store.client, self.store.config.bucket
         if self.upload_id is None:
             self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.key, ContentType=CONTENT_TYPE)["UploadId"]
         number = len(self._parts) + 1
-        # The part is read back from the temporary file (the page cache): no second copy in memory.
+        # Read back from the temporary file (the page cache), not buffered while it accumulates.
         body = os.pread(self._file.fileno(), length, self._uploaded)
         answer = client.upload_part(Bucket=bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body)
         self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})

@@ -223,3 +223,13 @@ def test_readiness_checks_the_bucket(client, s3_settings):
     unready = client.get("/readyz")
     assert unready.status_code == 503
     assert unready.json()["checks"]["storage"] == "error: bucket: NoSuchBucket"
+
+
+def test_parts_grow_for_a_blob_that_would_need_more_than_s3_allows(store):
+    huge = 20_000 * PART_SIZE  # announced by the upstream; nothing that large is written here
+    fill = store.begin_fill(digest_of(b"huge"), expected_size=huge)
+    assert fill.part_size * 10_000 >= huge and fill.part_size >= 2 * PART_SIZE
+    fill.abort()
+    small = store.begin_fill(digest_of(b"small"), expected_size=MB)
+    assert small.part_size == PART_SIZE
+    small.abort()
