@@ -30,3 +30,12 @@ def broken_mirror(fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPath
     process = MirrorProcess(tmp_path_factory.mktemp("broken-mirror") / "data", fake_upstream.url).start()
     yield process
     process.stop()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[MirrorProcess]]:
+    """Mirror processes a test starts, stopped at its end whatever happens."""
+    started: list[MirrorProcess] = []
+    yield started
+    for process in started:
+        process.stop()
