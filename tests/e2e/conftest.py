@@ -39,3 +39,12 @@ def containerd() -> Iterator[Containerd]:
     daemon = Containerd().start()
     yield daemon
     daemon.cleanup()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[MirrorProcess]]:
+    """Mirror processes a test starts, stopped at its end whatever happens."""
+    started: list[MirrorProcess] = []
+    yield started
+    for process in started:
+        process.stop()

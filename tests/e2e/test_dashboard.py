@@ -4,7 +4,6 @@ backend that is down fails no pull (and loses no figure)."""
 from __future__ import annotations
 
 import time
-from typing import Iterator
 
 import pytest
 
@@ -28,15 +27,6 @@ def start_mirror(path, upstream, **env: str) -> MirrorProcess:
         path, upstream.url, username=upstream.username, password=upstream.password,
         MIRROR_STATS_FLUSH_INTERVAL=FLUSH, MIRROR_TAG_TTL="3600", MIRROR_EMBEDDED_WORKERS="false", **env,
     ).start()
-
-
-@pytest.fixture
-def processes() -> Iterator[list[MirrorProcess]]:
-    """Mirror processes a test starts, stopped at its end whatever happens."""
-    started: list[MirrorProcess] = []
-    yield started
-    for process in started:
-        process.stop()
 
 
 def test_exact_figures_that_survive_a_restart_and_a_statistics_backend_down(processes, upstream, counted, skopeo, tmp_path):

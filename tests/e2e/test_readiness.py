@@ -17,27 +17,25 @@ REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own on the machine'
 
 
 @pytest.fixture
-def processes() -> Iterator[list[MirrorProcess]]:
-    """Mirror processes a test starts, stopped at its end, and what they left in Redis removed."""
-    started: list[MirrorProcess] = []
-    yield started
-    for process in started:
-        process.stop()
-        forget_keys(REDIS_URL, process.env["MIRROR_REDIS_KEY_PREFIX"])
+def key_prefix() -> Iterator[str]:
+    """Keys of this test only; removed after the processes stopped (tests ask for it first)."""
+    prefix = f"readiness-{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    forget_keys(REDIS_URL, prefix)
 
 
-def start(processes: list[MirrorProcess], path, upstream, redis_url: str) -> MirrorProcess:
+def start(processes: list[MirrorProcess], path, upstream, redis_url: str, key_prefix: str) -> MirrorProcess:
     process = MirrorProcess(
         path, upstream.url, username=upstream.username, password=upstream.password, REDIS_URL=redis_url,
-        MIRROR_REDIS_KEY_PREFIX=f"readiness-{uuid.uuid4().hex[:12]}:",
+        MIRROR_REDIS_KEY_PREFIX=key_prefix,
     )
     processes.append(process)
     return process.start()
 
 
-def test_a_replica_whose_redis_is_down_is_unready_and_names_it(processes, upstream, images, tmp_path):
+def test_a_replica_whose_redis_is_down_is_unready_and_names_it(key_prefix, processes, upstream, images, tmp_path):
     closed = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    mirror = start(processes, tmp_path / "down", upstream, closed)
+    mirror = start(processes, tmp_path / "down", upstream, closed, key_prefix)
     ready = requests.get(f"{mirror.url}/readyz", timeout=30)
     assert ready.status_code == 503
     body = ready.json()
@@ -47,9 +45,9 @@ def test_a_replica_whose_redis_is_down_is_unready_and_names_it(processes, upstre
     assert requests.get(f"{mirror.url}/healthz", timeout=10).json() == {"status": "ok"}, "alive, only not ready"
 
 
-def test_a_replica_whose_redis_answers_is_ready(processes, upstream, images, tmp_path):
+def test_a_replica_whose_redis_answers_is_ready(key_prefix, processes, upstream, images, tmp_path):
     redis.Redis.from_url(REDIS_URL).ping()  # the suite needs the machine's Redis
-    mirror = start(processes, tmp_path / "up", upstream, REDIS_URL)
+    mirror = start(processes, tmp_path / "up", upstream, REDIS_URL, key_prefix)
     ready = requests.get(f"{mirror.url}/readyz", timeout=30)
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"database": "ok", "storage": "ok", "redis": "ok"}
