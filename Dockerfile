@@ -12,6 +12,7 @@ COPY mirrorsite /src/mirrorsite
 COPY registry /src/registry
 COPY dashboard /src/dashboard
 COPY access /src/access
+COPY audit /src/audit
 RUN pip install /src && rm -rf /src
 
 RUN useradd --system --create-home --home-dir /home/mirrorsite --shell /usr/sbin/nologin mirrorsite \
