@@ -25,7 +25,7 @@ urlpatterns = [
     re_path(rf"^v2/{NAME}/blobs/(?P<digest>[^/]+)$", registry_views.blob),
     re_path(rf"^v2/{NAME}/tags/list$", registry_views.tags_list),
     re_path(rf"^v2/{NAME}/referrers/(?P<digest>[^/]+)$", registry_views.referrers),
-    re_path(r"^v2/.*$", registry_views.unknown_endpoint),
+    re_path(r"^v2/(?s:.*)$", registry_views.unknown_endpoint),  # (?s): a %0A in the path is still ours
     path("healthz", health.healthz),
     path("readyz", health.readyz),
     # The dashboard is the admin's landing page: matched before the admin's own index.

@@ -37,8 +37,8 @@ def base(request: HttpRequest) -> HttpResponse:
 def manifest(request: HttpRequest, name: str, reference: str) -> HttpResponse:
     route = routing.route(request, name)
     oci.validate_name(route.name)
-    authorize(request, route)
     parsed = oci.parse_reference(reference)
+    authorize(request, route)
     result = cache.get_manifest(route.upstream, route.name, parsed)
     response = HttpResponse(
         b"" if request.method == "HEAD" else result.content, content_type=result.media_type
@@ -58,8 +58,8 @@ def manifest(request: HttpRequest, name: str, reference: str) -> HttpResponse:
 def blob(request: HttpRequest, name: str, digest: str) -> HttpResponse:
     route = routing.route(request, name)
     upstream, name = route.upstream, oci.validate_name(route.name)
-    authorize(request, route)
     parsed = oci.parse_digest(digest)
+    authorize(request, route)
     if request.method == "HEAD":
         size = cache.stat_blob(upstream, name, parsed)
         response = HttpResponse(b"", content_type="application/octet-stream")
@@ -98,8 +98,8 @@ def _blob_content(upstream: Upstream, name: str, digest: oci.Digest, range_heade
 def tags_list(request: HttpRequest, name: str) -> HttpResponse:
     route = routing.route(request, name)
     oci.validate_name(route.name)
-    authorize(request, route)
     n, last = _pagination(request)
+    authorize(request, route)
     page = cache.list_tags(route.upstream, route.name, n, last)
     response = JsonResponse({"name": name, "tags": page.tags})
     _link_next(response, f"/v2/{name}/tags/list", n, page.next_last)

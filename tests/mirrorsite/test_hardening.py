@@ -15,6 +15,7 @@ from django.contrib.auth.models import User
 from django.core.cache import caches
 from django.test import Client
 
+from access.models import AccessRule, Policy
 from registry.models import UpstreamAccount
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -251,6 +252,7 @@ def test_upstream_secrets_are_never_logged(client, settings, tmp_path, upstream,
     settings.MIRROR_UPSTREAM_LIBRARY_PREFIX = "true"
     settings.REGISTRY_PROXY_REMOTEURL = upstream.url
     settings.REGISTRY_PROXY_USERNAME, settings.REGISTRY_PROXY_PASSWORD = upstream.username, upstream.password
+    AccessRule.objects.create(pattern="private/*", policy=Policy.PUBLIC)  # pulled with the account's secret
     with caplog.at_level(logging.DEBUG):
         assert client.get("/v2/library/small/manifests/1").status_code == 200
         assert client.get("/v2/private/secret/manifests/1").status_code == 200

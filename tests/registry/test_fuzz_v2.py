@@ -133,7 +133,8 @@ def test_any_name_and_reference_gets_a_registry_answer(mirror, method, endpoint,
     response, _ = mirror.exchange(method, path, HTTP_ACCEPT=MANIFEST_ACCEPT)
     if method not in ("GET", "HEAD"):
         assert response.status_code == 405
-    elif endpoint == "manifests" and well_formed_name(name) and not well_formed_reference(reference):
+    elif endpoint == "manifests" and well_formed_name(name) and not well_formed_reference(reference) and "/" not in reference:
+        # (A "/" in the reference, even percent-encoded, makes it another path: no such endpoint.)
         # Checked against the grammar before anything touches storage or the network.
         assert response.status_code == 400
         assert sum(mirror.upstream.counts.values()) == asked_upstream, "an ill-formed reference went upstream"

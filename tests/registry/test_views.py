@@ -50,6 +50,7 @@ def test_base_endpoint(client):
         ("/v2/alpine/manifests/latest%0A", 400, "TAG_INVALID"),
         ("/v2/alpine/blobs/sha256:" + "a" * 64 + "%0A", 400, "DIGEST_INVALID"),
         ("/v2/alpine/tags/list?n=%C2%B2", 400, "PAGINATION_NUMBER_INVALID"),  # "²".isdigit(), int("²") fails
+        ("/v2//manifests/%0A", 404, "NAME_UNKNOWN"),  # `.` stops at a newline: was Django's HTML 404
     ],
 )
 def test_bad_input_gets_registry_errors_and_touches_nothing(client, tmp_path, path, status, code):
