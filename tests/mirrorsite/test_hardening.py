@@ -295,3 +295,16 @@ def test_ranges_take_ascii_digits_and_one_range_only(header):
 
     with pytest.raises(oci.RangeNotSatisfiable):
         parse_range(header, 100)
+
+
+@pytest.mark.django_db
+def test_logins_go_on_when_the_attempt_counter_is_down(settings, caplog):
+    settings.CACHES = {
+        **settings.CACHES,
+        "login-attempts": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:9/8"},
+    }
+    User.objects.create_superuser("root", "root@example.org", "right-password-1")
+    with caplog.at_level(logging.WARNING, logger="mirrorsite.adminlogin"):
+        assert log_in("wrong").status_code == 200
+        assert log_in("right-password-1").status_code == 302
+    assert "not limiting them" in caplog.text
