@@ -274,20 +274,20 @@ def test_upstream_secrets_are_never_logged(client, settings, tmp_path, upstream,
 )
 def test_a_digest_that_could_name_another_file_cannot_exist(algorithm, encoded, tmp_path):
     from registry import oci
-    from registry.blobstore import BlobStore
+    from registry.blobstore import FilesystemStore
 
     with pytest.raises(oci.DigestInvalid):
-        BlobStore(tmp_path).path(oci.Digest(algorithm, encoded))
+        FilesystemStore(tmp_path).path(oci.Digest(algorithm, encoded))
 
 
 def test_blob_paths_stay_under_the_store(tmp_path):
     from registry import oci
-    from registry.blobstore import BlobStore
+    from registry.blobstore import FilesystemStore
 
     digest = oci.parse_digest("sha512:" + "f" * 128)
-    path = BlobStore(tmp_path).path(digest)
+    path = FilesystemStore(tmp_path).path(digest)
     assert path.resolve().is_relative_to((tmp_path / "blobs").resolve())
-    assert BlobStore.relative_path(digest) == f"sha512/ff/{'f' * 128}"
+    assert FilesystemStore.relative_path(digest) == f"sha512/ff/{'f' * 128}"
 
 
 @pytest.mark.parametrize("header", ["bytes=\u0663-", "bytes=0-\u0669", "bytes=0-1\nx", "bytes=0-1,2-3", "items=0-1"])
