@@ -351,13 +351,29 @@ throughput, `wrk` for manifest request rates (installed with `apt-get` when miss
 client for the warm tag pulls, and the upstream's own access log plus its token server for what
 reached the upstream. Memory is the summed RSS of the server's whole process tree (for Mirrorsite
 everything `manage.py serve` starts). Figures are medians over the rounds; each run alternates
-which system goes first. A run takes three to four minutes on 2 cores and stops every process it
-started, also on Ctrl-C. Flags change sizes, rounds, client counts and durations
+which system goes first.
+
+Then the same measurements run on the scaled setup (see [Running at scale](#running-at-scale)):
+two Mirrorsite replicas (data directories of their own, one PostgreSQL database, one Redis,
+`MIRROR_STORAGE=s3` with `MIRROR_S3_SERVE=redirect`) against two Distribution proxies sharing
+an S3 bucket (its `s3aws` driver, which redirects blob GETs to S3 too), both systems' buckets
+on one S3 server started for the run (moto's, on loopback). The clients of each measurement
+take the two replicas of a system in turn (the warm pull comes from the other replica than the
+cold one) and the manifest load spreads its connections over both; blobs are downloaded
+following the redirect. Its blob figure uses a smaller layer (50 MiB, 8 clients): every byte
+passes through moto, which is slow, for both systems alike. The PostgreSQL server and Redis
+are flags (`--scaled-database-url`, default `postgres://postgres@127.0.0.1:5432/mirrorsite_bench`,
+a fresh database dropped afterwards; `--scaled-redis-url`, default DB 6, the run's keys under a
+prefix of its own, removed afterwards). `--no-scaled` runs the single-node setup only,
+`--only-scaled` the scaled one only.
+
+A run of both takes about RUN_MINUTES minutes on 2 cores and stops every process it started, also
+on Ctrl-C. Flags change sizes, rounds, client counts and durations
 (`make bench BENCH_ARGS="--rounds 1 --large-layer-mib 50"`, `python -m benchmarks.run --help`).
 Results go to `benchmarks/results/latest.json` (with per-round details) and `latest.md`; a full
-run rewrites this section. `make test` runs a smoke version (tiny images, one round) so the
-benchmark cannot rot. Another busy process on the machine skews every figure: the load average
-before the run is printed with the results.
+run rewrites this section. `make test` runs a smoke version of both setups (tiny images, one
+round) so the benchmark cannot rot. Another busy process on the machine skews every figure: the
+load average before the run is printed with the results.
 """
 
 

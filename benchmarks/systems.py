@@ -233,6 +233,7 @@ def _bench_mirror(data_dir: Path, upstream: UpstreamRegistry, env: dict[str, str
             "MIRROR_DATA_DIR", "REGISTRY_HTTP_ADDR", "REGISTRY_PROXY_REMOTEURL", "REGISTRY_PROXY_USERNAME",
             "REGISTRY_PROXY_PASSWORD", "MIRROR_UPSTREAM_LIBRARY_PREFIX", "DJANGO_SETTINGS_MODULE",
             "DATABASE_URL",  # the run's own (SQLite in the data directory, or a fresh PostgreSQL database)
+            "DJANGO_SECRET_KEY",  # MirrorProcess's own: on PostgreSQL the mirror is a deployment and wants one
         ):
             del mirror.env[key]
     # The web tier as deployed (docker-compose runs the Celery worker and beat as services
