@@ -278,9 +278,11 @@ def markdown(report: dict, heading: str = "###") -> str:
 
 SCALED_NOTE = (
     "Both systems' blobs are in buckets of one S3 server, moto's (Python, on the same machine), and "
-    "blob GETs answer with a redirect to it: the throughput figure is mostly that server's speed, "
-    "for both alike; the ratio shows whether a system adds to it. Clients take the two replicas "
-    "in turn; the manifest load spreads its connections over both."
+    "blob GETs answer with a redirect to it: the blob throughput is mostly that server's speed, for "
+    "both alike, and the ratio shows whether a system adds to it. Distribution reads each manifest "
+    "from its bucket, so its manifest rates here are bound by moto's time per request (a real S3 "
+    "answers no faster). Clients take the two replicas of a system in turn; the manifest load "
+    "spreads its connections over both."
 )
 
 
@@ -367,8 +369,9 @@ a fresh database dropped afterwards; `--scaled-redis-url`, default DB 6, the run
 prefix of its own, removed afterwards). `--no-scaled` runs the single-node setup only,
 `--only-scaled` the scaled one only.
 
-A run of both takes about RUN_MINUTES minutes on 2 cores and stops every process it started, also
-on Ctrl-C. Flags change sizes, rounds, client counts and durations
+On 2 cores the single-node setup takes three to four minutes, the scaled one five to seven
+(most of it pushing and pulling through the S3 server); a run stops every process it started,
+also on Ctrl-C. Flags change sizes, rounds, client counts and durations
 (`make bench BENCH_ARGS="--rounds 1 --large-layer-mib 50"`, `python -m benchmarks.run --help`).
 Results go to `benchmarks/results/latest.json` (with per-round details) and `latest.md`; a full
 run rewrites this section. `make test` runs a smoke version of both setups (tiny images, one
