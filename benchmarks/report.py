@@ -280,8 +280,7 @@ SCALED_NOTE = (
     "Both systems' blobs are in buckets of one S3 server, moto's (Python, on the same machine), and "
     "blob GETs answer with a redirect to it: the blob throughput is mostly that server's speed, for "
     "both alike, and the ratio shows whether a system adds to it. Distribution reads each manifest "
-    "from its bucket, so its manifest rates here are bound by moto's time per request (a real S3 "
-    "answers no faster). Clients take the two replicas of a system in turn; the manifest load "
+    "from its bucket, so its manifest rates here are bound by moto's time per request. Clients take the two replicas of a system in turn; the manifest load "
     "spreads its connections over both."
 )
 
@@ -363,15 +362,14 @@ on one S3 server started for the run (moto's, on loopback). The clients of each 
 take the two replicas of a system in turn (the warm pull comes from the other replica than the
 cold one) and the manifest load spreads its connections over both; blobs are downloaded
 following the redirect. Its blob figure uses a smaller layer (50 MiB, 8 clients): every byte
-passes through moto, which is slow, for both systems alike. The PostgreSQL server and Redis
+passes through moto, in Python, for both systems alike. The PostgreSQL server and Redis
 are flags (`--scaled-database-url`, default `postgres://postgres@127.0.0.1:5432/mirrorsite_bench`,
 a fresh database dropped afterwards; `--scaled-redis-url`, default DB 6, the run's keys under a
 prefix of its own, removed afterwards). `--no-scaled` runs the single-node setup only,
 `--only-scaled` the scaled one only.
 
-On 2 cores the single-node setup takes three to four minutes, the scaled one five to seven
-(most of it pushing and pulling through the S3 server); a run stops every process it started,
-also on Ctrl-C. Flags change sizes, rounds, client counts and durations
+On 2 cores each setup takes three to five minutes (a busy machine, longer); a run stops every
+process it started, also on Ctrl-C. Flags change sizes, rounds, client counts and durations
 (`make bench BENCH_ARGS="--rounds 1 --large-layer-mib 50"`, `python -m benchmarks.run --help`).
 Results go to `benchmarks/results/latest.json` (with per-round details) and `latest.md`; a full
 run rewrites this section. `make test` runs a smoke version of both setups (tiny images, one
