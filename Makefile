@@ -71,6 +71,7 @@ clean:
 # Mirrorsite against Distribution in proxy mode, side by side (README: Benchmarks).
 # Not part of `make test` (tests/benchmarks runs a smoke version). Pass flags with BENCH_ARGS="--rounds 1".
 # Installs only what it uses: Distribution (upstream and the system compared), skopeo, curl, wrk.
+# Its scaled setup also wants PostgreSQL and Redis on 127.0.0.1 (flags: --scaled-database-url, --scaled-redis-url).
 .PHONY: bench
 bench: $(STAMP)
 	@missing=""; \
