@@ -51,6 +51,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "access.middleware.AllowedNetworksMiddleware",  # before anything else answers
+    "mirrorsite.nulguard.RejectNulMiddleware",  # PostgreSQL cannot compare such strings
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
