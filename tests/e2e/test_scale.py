@@ -38,7 +38,7 @@ REDIS_URL = "redis://127.0.0.1:6379/7"  # this module's own database on the mach
 S3_PREFIX = "scale"
 # Short, so the survivor takes over a dead replica's fill within seconds (default 120 s); long
 # enough that a live owner under the load of 16 pulls always renews in time.
-LOCK_TTL = 10
+LOCK_TTL = 6
 # The beat task that moves what every process sent to Redis into the database.
 FLUSH_STATISTICS = "from dashboard.tasks import flush_stats; flush_stats()"
 
