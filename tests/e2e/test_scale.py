@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from tests.e2e.test_pull import copy, dir_blobs
+from tests.e2e.test_s3 import blob_key
 from tests.e2e.test_single_flight import assert_pulled_correctly, concurrent_skopeo_pulls
 from tests.support.accesslog import AccessLog
 from tests.support.dashboard import DashboardApi, create_staff, wait_for
@@ -108,11 +109,6 @@ def fresh_image(upstream, layer_sizes: list[int]) -> PushedImage:
     return push_image(upstream, f"scale/img{seed}", "1", layer_sizes=layer_sizes, seed=seed)
 
 
-def blob_key(digest: str) -> str:
-    algorithm, encoded = digest.split(":")
-    return f"{S3_PREFIX}/blobs/{algorithm}/{encoded[:2]}/{encoded}"
-
-
 def served_requests(replica: MirrorProcess, image: PushedImage) -> list:
     """The manifest and blob GETs of the image this replica answered."""
     prefix = f"/v2/{image.repository}/"
@@ -143,7 +139,7 @@ def test_sixteen_cold_pulls_across_replicas_fetch_once_and_their_figures_add_up(
         if r.method == "GET" and r.path == f"/v2/{image.repository}/manifests/{image.tag}" and r.status != 401
     ]
     assert len(manifest_gets) == 1, "one upstream GET of the manifest for both replicas"
-    assert s3_server.keys(deployment.bucket, prefix=f"{S3_PREFIX}/") == {blob_key(b.digest): b.size for b in image.blobs}
+    assert s3_server.keys(deployment.bucket, prefix=f"{S3_PREFIX}/") == {blob_key(S3_PREFIX, b.digest): b.size for b in image.blobs}
     per_pull = 1 + len(image.blobs)  # the manifest by tag, then each blob
     for replica in deployment.replicas:
         answered = served_requests(replica, image)
@@ -216,7 +212,7 @@ def test_a_replica_killed_mid_fill_leaves_the_blob_to_the_other(deployment, upst
     victim, survivor = deployment.replicas
     image = fresh_image(upstream, [12 * MB])
     layer = image.layers[0]
-    key = blob_key(layer.digest)
+    key = blob_key(S3_PREFIX, layer.digest)
     watch = BucketWatch(s3_server, deployment.bucket, key).start()
     mark = upstream.log_mark()
     deployment.proxy.bytes_per_second = 4 * MB
