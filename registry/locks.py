@@ -74,8 +74,8 @@ class RedisLock:
     The token lives in the object, not in the acquiring thread: a fill's lock is taken by the
     request's thread and renewed and released by the fill's thread."""
 
-    def __init__(self, client, name: str, key_prefix: str = "", ttl: float = 120.0):
-        # It outlives an owner that died by at most `ttl` seconds; a live owner renews it.
+    def __init__(self, client, name: str, key_prefix: str, ttl: float):
+        # It outlives an owner that died by at most `ttl` seconds (MIRROR_LOCK_TTL).
         self._ttl = ttl
         self._lock = client.lock(
             f"{key_prefix}mirrorsite:lock:{name}", timeout=ttl, blocking=False, thread_local=False
