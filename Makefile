@@ -42,6 +42,8 @@ test-tools:
 # before anything runs, and a server that does not answer fails `make test`. Without one, opt
 # out with MIRROR_TEST_POSTGRES_URL= (empty): SQLite only, said loudly; never under CI=true.
 MIRROR_TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/mirrorsite
+# A PostgreSQL DATABASE_URL makes the settings a deployment, which wants a secret key.
+TEST_SECRET_KEY := make-test-only-secret-key-never-used-in-production-0123456789
 
 test: $(STAMP) test-tools
 	@if [ -z "$(MIRROR_TEST_POSTGRES_URL)" ]; then \
@@ -57,7 +59,8 @@ test: $(STAMP) test-tools
 	env -u DATABASE_URL $(PY) -m pytest $(PYTEST_ARGS)
 	@if [ -n "$(MIRROR_TEST_POSTGRES_URL)" ]; then \
 		echo "==== make test: PostgreSQL pass ($(MIRROR_TEST_POSTGRES_URL)) ===="; \
-		DATABASE_URL="$(MIRROR_TEST_POSTGRES_URL)" $(PY) -m pytest $(PYTEST_ARGS); \
+		DATABASE_URL="$(MIRROR_TEST_POSTGRES_URL)" DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-$(TEST_SECRET_KEY)}" \
+			$(PY) -m pytest $(PYTEST_ARGS); \
 	else \
 		echo "#### make test: PostgreSQL pass SKIPPED (MIRROR_TEST_POSTGRES_URL is empty): SQLite only ####" >&2; \
 	fi
@@ -68,6 +71,7 @@ clean:
 # Mirrorsite against Distribution in proxy mode, side by side (README: Benchmarks).
 # Not part of `make test` (tests/benchmarks runs a smoke version). Pass flags with BENCH_ARGS="--rounds 1".
 # Installs only what it uses: Distribution (upstream and the system compared), skopeo, curl, wrk.
+# Its scaled setup also wants PostgreSQL and Redis on 127.0.0.1 (flags: --scaled-database-url, --scaled-redis-url).
 .PHONY: bench
 bench: $(STAMP)
 	@missing=""; \

@@ -1,5 +1,6 @@
 """The clients that load both systems, identically: skopeo, curl, wrk or a bounded Python load.
 
+Given several replicas of a system, the clients of one measurement take them in turn.
 Every client process has a timeout and is killed when the run is interrupted.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ import re
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -62,18 +64,21 @@ def skopeo_copy_cmd(skopeo: Skopeo, host: str, reference: str, dest: Path) -> li
     ]
 
 
-def skopeo_pulls(skopeo: Skopeo, host: str, reference: str, dests: Sequence[Path], timeout: float) -> tuple[float, list[ProcResult]]:
-    """`len(dests)` simultaneous `skopeo copy` processes of one image, each into its own dir."""
-    return run_parallel([skopeo_copy_cmd(skopeo, host, reference, d) for d in dests], timeout, env=skopeo.env)
+def skopeo_pulls(skopeo: Skopeo, hosts: Sequence[str], reference: str, dests: Sequence[Path], timeout: float) -> tuple[float, list[ProcResult]]:
+    """`len(dests)` simultaneous `skopeo copy` processes of one image, each into its own dir,
+    the i-th from hosts[i % len(hosts)]."""
+    cmds = [skopeo_copy_cmd(skopeo, hosts[i % len(hosts)], reference, d) for i, d in enumerate(dests)]
+    return run_parallel(cmds, timeout, env=skopeo.env)
 
 
-def curl_downloads(url: str, clients: int, timeout: float) -> tuple[float, list[int], list[str]]:
-    """`clients` simultaneous curl processes downloading `url` into /dev/null.
+def curl_downloads(urls: Sequence[str], timeout: float) -> tuple[float, list[int], list[str]]:
+    """One curl process per URL, all at once, each downloading into /dev/null and following a
+    redirect (to the object store) as container clients do.
 
     Returns (seconds until the last finished, bytes each received, errors).
     """
-    cmd = ["curl", "-sS", "-f", "--noproxy", "*", "-o", "/dev/null", "-w", "%{size_download}", url]
-    seconds, results = run_parallel([cmd] * clients, timeout)
+    cmds = [["curl", "-sS", "-f", "-L", "--noproxy", "*", "-o", "/dev/null", "-w", "%{size_download}", url] for url in urls]
+    seconds, results = run_parallel(cmds, timeout)
     sizes, errors = [], []
     for r in results:
         sizes.append(int(r.stdout.strip() or 0) if r.returncode == 0 else 0)
@@ -135,6 +140,7 @@ def parse_wrk(output: str) -> LoadResult:
 
 
 def wrk_load(url: str, headers: dict[str, str], seconds: float, connections: int, threads: int = 2) -> LoadResult:
+    threads = min(threads, connections)  # wrk wants at least one connection per thread
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
@@ -179,7 +185,15 @@ def python_load(url: str, headers: dict[str, str], seconds: float, connections: 
     return LoadResult(sum(c[0] for c in counts), sum(c[1] for c in counts), elapsed)
 
 
-def http_load(kind: str, url: str, headers: dict[str, str], seconds: float, connections: int) -> LoadResult:
-    if kind == "wrk":
-        return wrk_load(url, headers, seconds, connections)
-    return python_load(url, headers, seconds, connections)
+def http_load(kind: str, urls: Sequence[str], headers: dict[str, str], seconds: float, connections: int) -> LoadResult:
+    """`connections` keep-alive connections spread evenly over `urls` (one per replica), all
+    loaded at the same time; the requests and errors are summed."""
+    def one(url: str, conns: int) -> LoadResult:
+        if kind == "wrk":
+            return wrk_load(url, headers, seconds, conns)
+        return python_load(url, headers, seconds, conns)
+
+    shares = [connections // len(urls) + (i < connections % len(urls)) for i in range(len(urls))]
+    with ThreadPoolExecutor(len(urls)) as pool:
+        results = list(pool.map(one, urls, shares))
+    return LoadResult(sum(r.requests for r in results), sum(r.errors for r in results), max(r.seconds for r in results))

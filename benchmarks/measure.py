@@ -1,7 +1,8 @@
 """Each measurement, done the same way for either system.
 
 Upstream traffic is read from the upstream's own access log (and the token server's counter),
-so it counts what really reached the upstream, whatever the system did.
+so it counts what really reached the upstream, whatever the system did. A system with several
+replicas is measured across all of them: the clients of a measurement take the replicas in turn.
 """
 from __future__ import annotations
 
@@ -44,10 +45,10 @@ def blob_gets(bench: Bench, since: int, digests: Sequence[str]) -> dict[str, int
     return counts
 
 
-def _skopeo_once(bench: Bench, system: System, image: ImageRef, name: str) -> float:
+def _skopeo_once(bench: Bench, system: System, image: ImageRef, name: str, replica: int = 0) -> float:
     dest = bench.stack.scratch / name
     try:
-        cmd = skopeo_copy_cmd(bench.stack.skopeo, system.host, image.reference, dest)
+        cmd = skopeo_copy_cmd(bench.stack.skopeo, system.host(replica), image.reference, dest)
         seconds, (result,) = run_parallel([cmd], bench.params.client_timeout, env=bench.stack.skopeo.env)
         if result.returncode != 0:
             raise RuntimeError(f"skopeo copy {image.reference} from {system.key} failed: {result.stderr.strip()[-500:]}")
@@ -57,27 +58,29 @@ def _skopeo_once(bench: Bench, system: System, image: ImageRef, name: str) -> fl
 
 
 def warm_up(bench: Bench, system: System, image: ImageRef) -> None:
-    """Pull an image once so it is cached (not timed)."""
-    _skopeo_once(bench, system, image, f"warmup-{system.key}")
+    """Pull an image once through each replica so it is cached everywhere (not timed)."""
+    for replica in range(len(system.hosts)):
+        _skopeo_once(bench, system, image, f"warmup-{system.key}", replica)
 
 
 def cold_then_warm_pull(bench: Bench, system: System, image: ImageRef) -> dict:
-    """skopeo copy of a never-pulled multi-layer image, then the same again."""
+    """skopeo copy of a never-pulled multi-layer image, then the same again (from the next
+    replica, when there are several: what one replica fetched, the other serves)."""
     mark = bench.stack.upstream.log_mark()
-    cold = _skopeo_once(bench, system, image, f"cold-{system.key}")
+    cold = _skopeo_once(bench, system, image, f"cold-{system.key}", 0)
     gets = blob_gets(bench, mark, [b.digest for b in image.blobs])
-    warm = _skopeo_once(bench, system, image, f"warm-{system.key}")
+    warm = _skopeo_once(bench, system, image, f"warm-{system.key}", 1)
     return {"cold_s": cold, "warm_s": warm, "gets_per_blob": gets}
 
 
 def concurrent_cold_pulls(bench: Bench, system: System, image: ImageRef) -> dict:
-    """N simultaneous skopeo copies of one never-pulled image."""
+    """N simultaneous skopeo copies of one never-pulled image, spread over the replicas."""
     n = bench.params.concurrent_pulls
     dests = [bench.stack.scratch / f"crowd-{system.key}-{i}" for i in range(n)]
     mark = bench.stack.upstream.log_mark()
     try:
-        with PeakMemory(system.pid()) as mem:
-            seconds, results = skopeo_pulls(bench.stack.skopeo, system.host, image.reference, dests, bench.params.client_timeout)
+        with PeakMemory(system.pids()) as mem:
+            seconds, results = skopeo_pulls(bench.stack.skopeo, system.hosts, image.reference, dests, bench.params.client_timeout)
     finally:
         for d in dests:
             shutil.rmtree(d, ignore_errors=True)
@@ -90,11 +93,12 @@ def concurrent_cold_pulls(bench: Bench, system: System, image: ImageRef) -> dict
 
 
 def blob_throughput(bench: Bench, system: System, clients: int) -> dict:
-    """`clients` curl processes each downloading the whole cached large blob, once."""
+    """`clients` curl processes each downloading the whole cached large blob, once (following
+    a redirect to the object store), spread over the replicas."""
     image = bench.workload.large
     blob = image.largest
-    url = f"{system.url}/v2/{image.repository}/blobs/{blob.digest}"
-    seconds, sizes, errors = curl_downloads(url, clients, bench.params.client_timeout)
+    urls = [f"{system.url(i)}/v2/{image.repository}/blobs/{blob.digest}" for i in range(clients)]
+    seconds, sizes, errors = curl_downloads(urls, bench.params.client_timeout)
     short = sum(1 for s in sizes if s != blob.size)
     return {
         "mib_per_s": sum(sizes) / MiB / seconds, "seconds": seconds, "clients": clients,
@@ -106,14 +110,14 @@ def manifest_load(bench: Bench, system: System, by: str) -> dict:
     """Warm manifest GETs for `manifest_seconds`, by digest or by tag; counts what reached the upstream."""
     image = bench.workload.manifest
     ref = image.digest if by == "digest" else image.tag
-    url = f"{system.url}/v2/{image.repository}/manifests/{ref}"
+    urls = [f"{system.url(i)}/v2/{image.repository}/manifests/{ref}" for i in range(len(system.hosts))]
     headers = {"Accept": MANIFEST_ACCEPT}
     p = bench.params
     # A short unmeasured burst first, so connection set-up and first-hit paths are out of the figure.
-    http_load(p.loadgen, url, headers, min(2.0, max(1.0, p.manifest_seconds / 5)), p.manifest_connections)
+    http_load(p.loadgen, urls, headers, min(2.0, max(1.0, p.manifest_seconds / 5)), p.manifest_connections)
     upstream = bench.stack.upstream
     mark, tokens = upstream.log_mark(), upstream.token_server.request_count
-    result = http_load(p.loadgen, url, headers, p.manifest_seconds, p.manifest_connections)
+    result = http_load(p.loadgen, urls, headers, p.manifest_seconds, p.manifest_connections)
     reached = len(upstream.requests_log(mark)) + upstream.token_server.request_count - tokens
     return {
         "rps": result.rps, "requests": result.requests, "errors": result.errors, "seconds": result.seconds,
@@ -126,11 +130,11 @@ def tag_pulls(bench: Bench, system: System) -> dict:
     image = bench.workload.ttl[system.key]
     upstream = bench.stack.upstream
     session = new_session()
-    python_pull(session, system.url, image)  # the first pull fills the cache and validates the tag
+    python_pull(session, system.url(), image)  # the first pull fills the cache and validates the tag
     mark, tokens = upstream.log_mark(), upstream.token_server.request_count
     start = time.monotonic()
     for _ in range(bench.params.tag_pulls):
-        python_pull(session, system.url, image)
+        python_pull(session, system.url(), image)
     elapsed = time.monotonic() - start
     log = upstream.requests_log(mark)
     token_requests = upstream.token_server.request_count - tokens

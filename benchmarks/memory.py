@@ -28,10 +28,10 @@ def _children_map() -> dict[int, list[int]]:
     return children
 
 
-def tree_pids(root: int) -> list[int]:
-    """root and all its descendants (that are alive right now)."""
+def tree_pids(*roots: int) -> list[int]:
+    """The roots and all their descendants (that are alive right now)."""
     children = _children_map()
-    pids, todo = [], [root]
+    pids, todo = [], list(roots)
     while todo:
         pid = todo.pop()
         pids.append(pid)
@@ -67,17 +67,18 @@ def _name(pid: int) -> str:
         return "?"
 
 
-def tree_memory(root: int) -> tuple[int, int, dict[int, int]]:
-    """(sum of RSS, sum of PSS, RSS by pid) in bytes over the process tree under `root`."""
-    rss = {p: _rss(p) for p in tree_pids(root)}
+def tree_memory(roots: tuple[int, ...]) -> tuple[int, int, dict[int, int]]:
+    """(sum of RSS, sum of PSS, RSS by pid) in bytes over the process trees under `roots`."""
+    rss = {p: _rss(p) for p in tree_pids(*roots)}
     return sum(rss.values()), sum(_pss(p) for p in rss), rss
 
 
 class PeakMemory:
-    """Samples a process tree in a background thread while the `with` block runs."""
+    """Samples process trees (a server's, or each replica's) in a background thread while the
+    `with` block runs; the figures are their sums."""
 
-    def __init__(self, root: int, interval: float = 0.1) -> None:
-        self.root = root
+    def __init__(self, roots: list[int], interval: float = 0.1) -> None:
+        self.roots = tuple(roots)
         self.interval = interval
         self.peak_rss = 0
         self.peak_pss = 0
@@ -87,7 +88,7 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, name="peak-memory", daemon=True)
 
     def _sample(self) -> None:
-        rss, pss, by_pid = tree_memory(self.root)
+        rss, pss, by_pid = tree_memory(self.roots)
         if rss > self.peak_rss:
             self.peak_rss = rss
             self.breakdown = [(_name(p), r) for p, r in by_pid.items()]

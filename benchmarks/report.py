@@ -26,26 +26,34 @@ class Figure:
     decimals: int
 
 
-def figures(params: Params) -> list[Figure]:
-    """Every figure the run reports, in table order (blob client counts come from the params)."""
+def figures(params: Params, setup: str = "single") -> list[Figure]:
+    """Every figure the run reports for a setup, in table order (blob client counts come from
+    the params). The scaled setup leaves out the tag-pull count and memory: one server's figures."""
     n = params.concurrent_pulls
     top = max(params.blob_clients)
     large = f"{params.large_layer_mib:g} MiB"
-    return [
+    scaled = setup == "scaled"
+    across = " across both replicas" if scaled else ""
+    via = ", through the S3 redirect" if scaled else ""
+    out = [
         Figure("cold_pull_s", "Cold pull of the multi-layer image, skopeo", "s", 2),
-        Figure("warm_pull_s", "Warm pull of the same image", "s", 2),
+        Figure("warm_pull_s", "Warm pull of the same image" + (" from the other replica" if scaled else ""), "s", 2),
         Figure("cold_pull_gets_per_blob", "Cold pull: upstream GETs per blob (max)", "", 0),
-        Figure("concurrent_cold_s", f"{n} concurrent cold pulls: time until all finish", "s", 2),
-        Figure("concurrent_cold_gets_per_blob", f"{n} concurrent cold pulls: upstream GETs per blob (max)", "", 0),
+        Figure("concurrent_cold_s", f"{n} concurrent cold pulls{across}: time until all finish", "s", 2),
+        Figure("concurrent_cold_gets_per_blob", f"{n} concurrent cold pulls{across}: upstream GETs per blob (max)", "", 0),
         *[
-            Figure(f"blob_mib_s_{c}", f"Warm {large} blob, {c} client{'s' if c > 1 else ''}", "MiB/s", 0)
+            Figure(f"blob_mib_s_{c}", f"Warm {large} blob, {c} client{'s' if c > 1 else ''}{via}", "MiB/s", 0)
             for c in params.blob_clients
         ],
-        Figure("manifest_rps_digest", "Warm manifest GET by digest", "req/s", 0),
-        Figure("manifest_rps_tag", "Warm manifest GET by tag", "req/s", 0),
-        Figure("tag_pulls_upstream_requests", f"Upstream requests for {params.tag_pulls} warm pulls of a tag (within the TTL)", "", 0),
-        Figure("peak_rss_mib", f"Peak memory (sum RSS), {top} clients on the {large} blob", "MiB", 0),
+        Figure("manifest_rps_digest", f"Warm manifest GET by digest{across}", "req/s", 0),
+        Figure("manifest_rps_tag", f"Warm manifest GET by tag{across}", "req/s", 0),
     ]
+    if not scaled:
+        out += [
+            Figure("tag_pulls_upstream_requests", f"Upstream requests for {params.tag_pulls} warm pulls of a tag (within the TTL)", "", 0),
+            Figure("peak_rss_mib", f"Peak memory (sum RSS), {top} clients on the {large} blob", "MiB", 0),
+        ]
+    return out
 
 
 # --------------------------------------------------------------------------- targets
@@ -66,14 +74,17 @@ def _at_least(key: str, factor: float) -> Callable[[dict, dict], bool | None]:
     return lambda v, _d: None if _ratio(v, key) is None else _ratio(v, key) >= factor
 
 
-def targets(params: Params) -> list[Target]:
-    n = params.concurrent_pulls
+def _one_get_each(_v: dict, d: dict) -> bool | None:
+    cc = d["mirrorsite"].get("concurrent_cold")
+    if not cc:
+        return None
+    return cc["failed_clients"] == 0 and all(g == 1 for g in cc["gets_per_blob"].values())
 
-    def one_get_each(v: dict, d: dict) -> bool | None:
-        cc = d["mirrorsite"].get("concurrent_cold")
-        if not cc:
-            return None
-        return cc["failed_clients"] == 0 and all(g == 1 for g in cc["gets_per_blob"].values())
+
+def targets(params: Params, setup: str = "single") -> list[Target]:
+    n = params.concurrent_pulls
+    if setup == "scaled":
+        return [Target(f"{n} concurrent cold pulls across both replicas: exactly 1 upstream GET per blob", _one_get_each)]
 
     def cold_pull(v: dict, _d: dict) -> bool | None:
         r = _ratio(v, "cold_pull_s")
@@ -90,7 +101,7 @@ def targets(params: Params) -> list[Target]:
         m = v["mirrorsite"].get("peak_rss_mib")
         return None if m is None else m < 300
 
-    out = [Target(f"{n} concurrent cold pulls: exactly 1 upstream GET per blob", one_get_each)]
+    out = [Target(f"{n} concurrent cold pulls: exactly 1 upstream GET per blob", _one_get_each)]
     for c in (8, 32):
         if c in params.blob_clients:
             out.append(Target(f"Warm blob throughput, {c} clients: >= 1.0x Distribution", _at_least(f"blob_mib_s_{c}", 1.0)))
@@ -166,25 +177,37 @@ def _verdict(passed: bool | None) -> str:
     return "n/a" if passed is None else ("PASS" if passed else "FAIL")
 
 
-def rows(report: dict) -> list[list[str]]:
+def rows(section: dict) -> list[list[str]]:
     out = []
-    for f in report["figures"]:
-        v = [report["systems"][s].get(f["key"]) for s in SYSTEMS]
+    for f in section["figures"]:
+        v = [section["systems"][s].get(f["key"]) for s in SYSTEMS]
         label = f"{f['label']} ({f['unit']})" if f["unit"] else f["label"]
-        out.append([label, _fmt(v[0], f["decimals"]), _fmt(v[1], f["decimals"]), _fmt_ratio(report["ratios"].get(f["key"]))])
+        out.append([label, _fmt(v[0], f["decimals"]), _fmt(v[1], f["decimals"]), _fmt_ratio(section["ratios"].get(f["key"]))])
     return out
+
+
+def sections(report: dict) -> list[tuple[str, dict]]:
+    """(setup, its figures) for each setup the run measured, in run order."""
+    return [(setup, report if setup == "single" else report[setup]) for setup in report["setups"]]
+
+
+SCALED_TITLE = "Scaled setup: two replicas of each system, blobs in S3 (served by redirect)"
 
 
 def text_table(report: dict) -> str:
     header = ["Figure", LABELS["distribution"], LABELS["mirrorsite"], "Mirrorsite/Distribution"]
-    body = rows(report)
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(4)]
-    line = lambda r: "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))  # noqa: E731
-    out = [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in body), "", "Targets:"]
-    out += [f"  [{_verdict(t['passed'])}] {t['label']}" for t in report["targets"]]
-    note = memory_note(report)
-    if note:
-        out += ["", note]
+    out: list[str] = []
+    for setup, section in sections(report):
+        body = rows(section)
+        widths = [max(len(r[i]) for r in [header, *body]) for i in range(4)]
+        line = lambda r: "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))  # noqa: E731
+        if setup == "scaled":
+            out += ["", SCALED_TITLE, ""] if out else [SCALED_TITLE, ""]
+        out += [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in body), "", "Targets:"]
+        out += [f"  [{_verdict(t['passed'])}] {t['label']}" for t in section["targets"]]
+        note = memory_note(report) if setup == "single" else None
+        if note:
+            out += ["", note]
     if report["errors"]:
         out += ["", "Errors:", *(f"  {e}" for e in report["errors"])]
     return "\n".join(out)
@@ -233,19 +256,33 @@ def markdown(report: dict, heading: str = "###") -> str:
         f"(medians of {p['rounds']} round{'s' if p['rounds'] > 1 else ''}; manifest load: "
         f"{p['loadgen']}, {p['manifest_connections']} connections, {p['manifest_seconds']:g} s; "
         f"Mirrorsite's tag TTL {report['mirror_tag_ttl']} s).",
-        "",
-        "| Figure | Distribution (proxy) | Mirrorsite | Mirrorsite/Distribution |",
-        "|---|---:|---:|---:|",
-        *(f"| {' | '.join(r)} |" for r in rows(report)),
-        "",
-        *([memory_note(report), ""] if memory_note(report) else []),
-        "| Target | Result |",
-        "|---|---|",
-        *(f"| {t['label']} | {_verdict(t['passed'])} |" for t in report["targets"]),
     ]
+    for setup, section in sections(report):
+        if setup == "scaled":
+            out += ["", f"{heading}# {SCALED_TITLE}", "", SCALED_NOTE]
+        out += [
+            "",
+            "| Figure | Distribution (proxy) | Mirrorsite | Mirrorsite/Distribution |",
+            "|---|---:|---:|---:|",
+            *(f"| {' | '.join(r)} |" for r in rows(section)),
+            "",
+            *([memory_note(report), ""] if setup == "single" and memory_note(report) else []),
+            "| Target | Result |",
+            "|---|---|",
+            *(f"| {t['label']} | {_verdict(t['passed'])} |" for t in section["targets"]),
+        ]
     if report["errors"]:
         out += ["", "Errors:", "", *(f"- `{e}`" for e in report["errors"])]
     return "\n".join(out) + "\n"
+
+
+SCALED_NOTE = (
+    "Both systems' blobs are in buckets of one S3 server, moto's (Python, on the same machine), and "
+    "blob GETs answer with a redirect to it: the blob throughput is mostly that server's speed, for "
+    "both alike, and the ratio shows whether a system adds to it. Distribution reads each manifest "
+    "from its bucket, so its manifest rates here are bound by moto's time per request. Clients take the two replicas of a system in turn; the manifest load "
+    "spreads its connections over both."
+)
 
 
 def load_average() -> float | None:
@@ -256,11 +293,27 @@ def load_average() -> float | None:
         return None
 
 
-def build(params: Params, values: dict, details: dict, errors: list[str], started: str, finished: str,
-          duration: float, mirror_tag_ttl: int | None, load_before: float | None) -> dict:
-    figs = figures(params)
+def _section(params: Params, setup: str, values: dict, details: dict) -> dict:
+    figs = figures(params, setup)
     return {
-        "schema": 1,
+        "figures": [f.__dict__ for f in figs],
+        "systems": {s: {f.key: values[s].get(f.key) for f in figs} for s in SYSTEMS},
+        "ratios": {f.key: _ratio(values, f.key) for f in figs},
+        "targets": [{"label": t.label, "passed": t.check(values, details)} for t in targets(params, setup)],
+        "details": details,
+    }
+
+
+def build(params: Params, measured: dict[str, tuple[Params, dict, dict]], errors: list[str], started: str,
+          finished: str, duration: float, mirror_tag_ttl: int | None, load_before: float | None) -> dict:
+    """`measured`: setup -> (its params, figures by system, details by system), for each setup run.
+
+    The single-node figures sit at the top level (as before there was a scaled setup); the
+    scaled ones under "scaled" with its own params."""
+    empty = (params, {s: {} for s in SYSTEMS}, {s: {} for s in SYSTEMS})
+    single, scaled = measured.get("single", empty), measured.get("scaled")
+    return {
+        "schema": 2,
         "started_at": started,
         "finished_at": finished,
         "duration_s": duration,
@@ -269,11 +322,12 @@ def build(params: Params, values: dict, details: dict, errors: list[str], starte
         "versions": versions(),
         "params": params.as_json(),
         "mirror_tag_ttl": mirror_tag_ttl,
-        "figures": [f.__dict__ for f in figs],
-        "systems": {s: {f.key: values[s].get(f.key) for f in figs} for s in SYSTEMS},
-        "ratios": {f.key: _ratio(values, f.key) for f in figs},
-        "targets": [{"label": t.label, "passed": t.check(values, details)} for t in targets(params)],
-        "details": details,
+        "setups": list(measured),
+        **_section(single[0], "single", single[1], single[2]),
+        "scaled": None if scaled is None else {
+            "params": {"large_layer_mib": scaled[0].large_layer_mib, "blob_clients": scaled[0].blob_clients},
+            **_section(scaled[0], "scaled", scaled[1], scaled[2]),
+        },
         "errors": errors,
     }
 
@@ -298,13 +352,29 @@ throughput, `wrk` for manifest request rates (installed with `apt-get` when miss
 client for the warm tag pulls, and the upstream's own access log plus its token server for what
 reached the upstream. Memory is the summed RSS of the server's whole process tree (for Mirrorsite
 everything `manage.py serve` starts). Figures are medians over the rounds; each run alternates
-which system goes first. A run takes three to four minutes on 2 cores and stops every process it
-started, also on Ctrl-C. Flags change sizes, rounds, client counts and durations
+which system goes first.
+
+Then the same measurements run on the scaled setup (see [Running at scale](#running-at-scale)):
+two Mirrorsite replicas (data directories of their own, one PostgreSQL database, one Redis,
+`MIRROR_STORAGE=s3` with `MIRROR_S3_SERVE=redirect`) against two Distribution proxies sharing
+an S3 bucket (its `s3aws` driver, which redirects blob GETs to S3 too), both systems' buckets
+on one S3 server started for the run (moto's, on loopback). The clients of each measurement
+take the two replicas of a system in turn (the warm pull comes from the other replica than the
+cold one) and the manifest load spreads its connections over both; blobs are downloaded
+following the redirect. Its blob figure uses a smaller layer (50 MiB, 8 clients): every byte
+passes through moto, in Python, for both systems alike. The PostgreSQL server and Redis
+are flags (`--scaled-database-url`, default `postgres://postgres@127.0.0.1:5432/mirrorsite_bench`,
+a fresh database dropped afterwards; `--scaled-redis-url`, default DB 6, the run's keys under a
+prefix of its own, removed afterwards). `--no-scaled` runs the single-node setup only,
+`--only-scaled` the scaled one only.
+
+On 2 cores each setup takes three to five minutes (a busy machine, longer); a run stops every
+process it started, also on Ctrl-C. Flags change sizes, rounds, client counts and durations
 (`make bench BENCH_ARGS="--rounds 1 --large-layer-mib 50"`, `python -m benchmarks.run --help`).
 Results go to `benchmarks/results/latest.json` (with per-round details) and `latest.md`; a full
-run rewrites this section. `make test` runs a smoke version (tiny images, one round) so the
-benchmark cannot rot. Another busy process on the machine skews every figure: the load average
-before the run is printed with the results.
+run rewrites this section. `make test` runs a smoke version of both setups (tiny images, one
+round) so the benchmark cannot rot. Another busy process on the machine skews every figure: the
+load average before the run is printed with the results.
 """
 
 

@@ -1,9 +1,10 @@
 """`make bench`: Mirrorsite against Distribution in proxy mode, side by side.
 
-    python -m benchmarks.run [--rounds N --large-layer-mib M ...]   (see --help)
+    python -m benchmarks.run [--rounds N --large-layer-mib M --only-scaled ...]   (see --help)
 
-Starts a fresh upstream, Distribution proxy and Mirrorsite, measures both the same way,
-prints the table, writes benchmarks/results/latest.{json,md} and refreshes the README section.
+For each setup (single-node, then scaled: two replicas of each system on S3) starts a fresh
+upstream and both systems, measures both the same way, prints the tables, writes
+benchmarks/results/latest.{json,md} and refreshes the README section.
 Exits non-zero when a measurement could not be made (not when a target is missed).
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 if __package__ in (None, ""):  # run as a file: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -22,33 +23,46 @@ from benchmarks import measure, report  # noqa: E402
 from benchmarks.measure import Bench, median  # noqa: E402
 from benchmarks.memory import PeakMemory  # noqa: E402
 from benchmarks.params import MiB, Params, parse_args  # noqa: E402
-from benchmarks.systems import System, check_tools, running_stack  # noqa: E402
+from benchmarks.systems import Stack, System, check_tools, running_scaled_stack, running_stack  # noqa: E402
 from benchmarks.workload import prepare  # noqa: E402
 
 
 class Runner:
-    """Runs the steps in a fixed, bounded order, collecting figures, details and errors."""
+    """Runs one setup's steps in a fixed, bounded order, collecting figures, details and errors.
 
-    def __init__(self, params: Params) -> None:
-        self.params = params
-        self.t0 = time.monotonic()
+    The setups differ in what is started and which figures they report, not in how a figure is measured."""
+
+    def __init__(self, params: Params, setup: str = "single") -> None:
+        self.setup = setup
+        self.params = params.scaled() if setup == "scaled" else params
+        self.wanted = {f.key for f in report.figures(self.params, setup)}
+        self.t0 = time.monotonic()  # the time limit holds for each setup
         self.values: dict[str, dict[str, float]] = {s: {} for s in report.SYSTEMS}
         self.details: dict[str, dict[str, Any]] = {s: {} for s in report.SYSTEMS}
         self.errors: list[str] = []
         self.mirror_tag_ttl: int | None = None
 
     def say(self, msg: str) -> None:
-        print(f"[{time.monotonic() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+        print(f"[{self.setup} {time.monotonic() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    def error(self, msg: str) -> None:
+        self.errors.append(msg if self.setup == "single" else f"{self.setup}: {msg}")
+
+    def stack(self) -> ContextManager[Stack]:
+        p = self.params
+        if self.setup == "scaled":
+            return running_scaled_stack(p.scaled_database_url, p.scaled_redis_url, p.mirror_env, keep=p.keep_workdir)
+        return running_stack(p.mirror_env, keep=p.keep_workdir)
 
     def step(self, name: str, system: System, fn: Callable[[], Any]) -> Any:
         """One measurement; a failure is recorded and the run goes on with the next one."""
         if time.monotonic() - self.t0 > self.params.time_limit:
-            self.errors.append(f"{name} ({system.key}): not run, time limit of {self.params.time_limit:g} s reached")
+            self.error(f"{name} ({system.key}): not run, time limit of {self.params.time_limit:g} s reached")
             return None
         try:
             return fn()
         except Exception as e:  # noqa: BLE001 - reported, never hidden
-            self.errors.append(f"{name} ({system.key}): {type(e).__name__}: {e}")
+            self.error(f"{name} ({system.key}): {type(e).__name__}: {e}")
             self.say(f"{name} on {system.key} failed: {e}")
             if not system.alive():
                 self.say(f"{system.key} is not running any more; its log ends:\n{system.log_tail()}")
@@ -56,13 +70,13 @@ class Runner:
 
     def run(self) -> None:
         p = self.params
-        with running_stack(p.mirror_env, keep=p.keep_workdir) as stack:
+        with self.stack() as stack:
             self.mirror_tag_ttl = stack.mirror_tag_ttl
             if p.keep_workdir:
                 self.say(f"keeping storage and logs in {stack.workdir}")
             systems = stack.systems
-            self.say(f"upstream {stack.upstream.host}, distribution {stack.distribution.host}, "
-                     f"mirrorsite {stack.mirror.host}; pushing images")
+            self.say(f"upstream {stack.upstream.host}, "
+                     + ", ".join(f"{s.key} {' '.join(s.hosts)}" for s in systems) + "; pushing images")
             workload = prepare(stack.upstream, p, [s.key for s in systems])
             bench = Bench(stack, p, workload)
 
@@ -79,7 +93,7 @@ class Runner:
                 self.step("warm-up", s, lambda s=s: measure.warm_up(bench, s, workload.large))
             self.throughput(bench, order)
             self.manifests(bench, order)
-            for s in systems:
+            for s in systems if "tag_pulls_upstream_requests" in self.wanted else ():
                 res = self.step("tag pulls", s, lambda s=s: measure.tag_pulls(bench, s))
                 if res:
                     self.values[s.key]["tag_pulls_upstream_requests"] = res["upstream_requests"]
@@ -111,12 +125,13 @@ class Runner:
             self.values[s.key]["concurrent_cold_gets_per_blob"] = max(gets)
             self.details[s.key]["concurrent_cold"] = res
             if res["failed_clients"]:
-                self.errors.append(f"concurrent cold pulls ({s.key}): {res['failed_clients']} of {res['clients']} clients failed: {res['failures'][:1]}")
+                self.error(f"concurrent cold pulls ({s.key}): {res['failed_clients']} of {res['clients']} clients failed: {res['failures'][:1]}")
             self.say(f"{res['clients']} concurrent cold pulls via {s.key}: {res['seconds']:.2f} s, "
                      f"upstream GETs per blob {sorted(gets)}, {res['failed_clients']} failed")
 
     def throughput(self, bench: Bench, order: Callable[[int], list[System]]) -> None:
-        top = max(self.params.blob_clients)
+        # Memory is sampled while the most clients pull (when the setup reports it).
+        top = max(self.params.blob_clients) if "peak_rss_mib" in self.wanted else None
         for clients in self.params.blob_clients:
             runs: dict[str, list[dict]] = {s: [] for s in report.SYSTEMS}
             for r in range(self.params.rounds):
@@ -124,7 +139,7 @@ class Runner:
                     def one(s: System = s) -> dict:
                         if clients != top:
                             return measure.blob_throughput(bench, s, clients)
-                        with PeakMemory(s.pid()) as mem:  # the memory figure: while the most clients pull
+                        with PeakMemory(s.pids()) as mem:  # the memory figure: while the most clients pull
                             res = measure.blob_throughput(bench, s, clients)
                         res.update(peak_rss_mib=mem.peak_rss / MiB, peak_pss_mib=mem.peak_pss / MiB,
                                    memory_samples=mem.samples,
@@ -135,7 +150,7 @@ class Runner:
                     if not res:
                         continue
                     if res["incomplete"]:
-                        self.errors.append(f"blob throughput x{clients} ({s.key}): {res['incomplete']} incomplete downloads {res['errors'][:1]}")
+                        self.error(f"blob throughput x{clients} ({s.key}): {res['incomplete']} incomplete downloads {res['errors'][:1]}")
                         continue
                     runs[s.key].append(res)
                     self.say(f"{clients} clients on the large blob via {s.key}: {res['mib_per_s']:.0f} MiB/s"
@@ -157,7 +172,7 @@ class Runner:
                 self.values[s.key][f"manifest_rps_{by}"] = res["rps"]
                 self.details[s.key][f"manifest_{by}"] = res
                 if res["errors"]:
-                    self.errors.append(f"manifest by {by} ({s.key}): {res['errors']} of {res['requests']} requests failed")
+                    self.error(f"manifest by {by} ({s.key}): {res['errors']} of {res['requests']} requests failed")
                 self.say(f"manifest by {by} via {s.key}: {res['rps']:.0f} req/s, "
                          f"{res['upstream_requests']} upstream requests meanwhile")
 
@@ -175,19 +190,25 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, terminate)
     check_tools(params.loadgen)
     load_before = report.load_average()
-    runner = Runner(params)
-    started = _now()
+    started, t0 = _now(), time.monotonic()
+    runners: list[Runner] = []
     interrupted = False
-    try:
-        runner.run()
-    except KeyboardInterrupt:
-        interrupted = True
-        runner.errors.append("interrupted")
-    except Exception as e:  # noqa: BLE001 - start-up failures still produce a report
-        runner.errors.append(f"run: {type(e).__name__}: {e}")
-    duration = time.monotonic() - runner.t0
-    result = report.build(params, runner.values, runner.details, runner.errors, started, _now(), duration,
-                          runner.mirror_tag_ttl, load_before)
+    for setup in params.setups:
+        runner = Runner(params, setup)
+        runners.append(runner)
+        try:
+            runner.run()
+        except KeyboardInterrupt:
+            interrupted = True
+            runner.error("interrupted")
+            break
+        except Exception as e:  # noqa: BLE001 - start-up failures still produce a report
+            runner.error(f"run: {type(e).__name__}: {e}")
+    duration = time.monotonic() - t0
+    errors = [e for r in runners for e in r.errors]
+    ttl = next((r.mirror_tag_ttl for r in runners if r.mirror_tag_ttl is not None), None)
+    measured = {r.setup: (r.params, r.values, r.details) for r in runners}
+    result = report.build(params, measured, errors, started, _now(), duration, ttl, load_before)
     js, md = report.write(result, params.out)
     print(report.text_table(result))
     print(f"\nMachine: {report.machine_line(result)}")
@@ -197,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"updated: {params.readme}")
     if interrupted:
         return 130
-    return 1 if runner.errors else 0
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

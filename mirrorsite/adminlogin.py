@@ -36,7 +36,11 @@ class LoginAttempts:
         return cls(username, str(address) if address is not None else "unknown")
 
     def failures(self) -> int:
-        return int(self.cache.get(self.key, 0))
+        try:
+            return int(self.cache.get(self.key, 0))
+        except Exception as error:  # Redis down: logins go on, uncounted, rather than all refused
+            logger.warning("cannot read failed admin logins (%s): not limiting them", type(error).__name__)
+            return 0
 
     def locked(self) -> bool:
         limit = settings.MIRROR_ADMIN_LOGIN_ATTEMPTS
@@ -44,10 +48,16 @@ class LoginAttempts:
 
     def failed(self) -> None:
         # The lockout runs from the last failure: each one sets the count's lifetime anew.
-        self.cache.set(self.key, self.failures() + 1, timeout=settings.MIRROR_ADMIN_LOGIN_LOCKOUT)
+        self._write(lambda: self.cache.set(self.key, self.failures() + 1, timeout=settings.MIRROR_ADMIN_LOGIN_LOCKOUT))
 
     def succeeded(self) -> None:
-        self.cache.delete(self.key)
+        self._write(lambda: self.cache.delete(self.key))
+
+    def _write(self, change) -> None:
+        try:
+            change()
+        except Exception as error:
+            logger.warning("cannot record an admin login (%s)", type(error).__name__)
 
 
 def lockout_message() -> str:

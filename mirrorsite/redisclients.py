@@ -1,6 +1,5 @@
 """Redis clients of a process, one per URL, with short timeouts: a Redis that stops answering
-costs a caller a couple of seconds at most, never a hang. (The single-flight locks keep their
-own client: they poll, and a lock call may wait.)"""
+costs a caller (a readiness check, a token lookup) a couple of seconds at most, never a hang."""
 from __future__ import annotations
 
 import threading

@@ -9,8 +9,9 @@ from . import health
 from .adminlogin import RateLimitedLoginForm
 
 # Repository names contain slashes, so they are matched loosely here and validated
-# against the OCI grammar in the views (a bad name is NAME_INVALID, not a 404).
-NAME = r"(?P<name>.+?)"
+# against the OCI grammar in the views (a bad name is NAME_INVALID, not a 404). `[\s\S]`, not
+# `.`: a newline in a path is matched too, so it gets the registry's JSON error, not Django's page.
+NAME = r"(?P<name>[\s\S]+?)"
 
 admin.site.login_form = RateLimitedLoginForm  # failed logins lock a username out per address
 # An exception no view caught: registry JSON on /v2/, a plain page elsewhere; never a traceback.
@@ -25,7 +26,7 @@ urlpatterns = [
     re_path(rf"^v2/{NAME}/blobs/(?P<digest>[^/]+)$", registry_views.blob),
     re_path(rf"^v2/{NAME}/tags/list$", registry_views.tags_list),
     re_path(rf"^v2/{NAME}/referrers/(?P<digest>[^/]+)$", registry_views.referrers),
-    re_path(r"^v2/(?s:.*)$", registry_views.unknown_endpoint),  # (?s): a %0A in the path is still ours
+    re_path(r"^v2/[\s\S]*$", registry_views.unknown_endpoint),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
     # The dashboard is the admin's landing page: matched before the admin's own index.

@@ -1,6 +1,7 @@
-"""`make bench` in miniature: the same code with tiny images and one round, so the benchmark
-cannot rot. Asserts that the run completes and reports every figure for both systems; speeds
-are not asserted (they mean nothing at this size)."""
+"""`make bench` in miniature: the same code with tiny images and one round, both setups
+(single-node, and two replicas of each system on S3), so the benchmark cannot rot. Asserts that
+the run completes and reports every figure of each setup for both systems; speeds are not
+asserted (they mean nothing at this size)."""
 from __future__ import annotations
 
 import json
@@ -15,11 +16,12 @@ import pytest
 from benchmarks import report
 from benchmarks.clients import parse_wrk
 from benchmarks.params import parse_args
+from tests.support.databases import is_postgres, session_database_url
 from tests.support.mirror import PROJECT_ROOT
 from tests.support.upstream_registry import REGISTRY_BIN
 
 SMOKE_ARGS = [
-    "--large-layer-mib", "2", "--layers-mib", "0.25,0.5", "--small-layer-kib", "10", "--rounds", "1",
+    "--large-layer-mib", "2", "--scaled-large-layer-mib", "2", "--layers-mib", "0.25,0.5", "--small-layer-kib", "10", "--rounds", "1",
     "--manifest-seconds", "1", "--manifest-connections", "4", "--tag-pulls", "20",
     # make test does not install wrk; the Python load is the same code path for both systems.
     "--loadgen", "python", "--time-limit", "120", "--no-readme",
@@ -32,27 +34,45 @@ def test_bench_smoke_run_reports_every_figure_for_both_systems(tmp_path: Path) -
     assert not missing, f"missing tools (make test installs them): {missing}"
 
     out = tmp_path / "results"
+    # The replicas share this pass's database server (PostgreSQL pass) or one SQLite file.
+    database = session_database_url() if is_postgres(session_database_url()) else ""
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", *SMOKE_ARGS, "--out", str(out)],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180,
+        [sys.executable, "-m", "benchmarks.run", *SMOKE_ARGS, "--out", str(out), "--scaled-database-url", database],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, f"benchmark run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
 
     result = json.loads((out / "latest.json").read_text())
     assert result["errors"] == []
-    keys = [f.key for f in report.figures(parse_args(SMOKE_ARGS))]
-    assert [f["key"] for f in result["figures"]] == keys
-    for system in report.SYSTEMS:
-        for key in keys:
-            value = result["systems"][system][key]
-            assert isinstance(value, (int, float)), f"{system} has no {key}: {value!r}"
-    assert set(result["ratios"]) == set(keys)
-    assert all(t["passed"] in (True, False) for t in result["targets"]), result["targets"]
+    assert result["setups"] == ["single", "scaled"]
+    params = parse_args(SMOKE_ARGS)
+    for setup, section in (("single", result), ("scaled", result["scaled"])):
+        keys = [f.key for f in report.figures(params.scaled() if setup == "scaled" else params, setup)]
+        assert [f["key"] for f in section["figures"]] == keys
+        for system in report.SYSTEMS:
+            for key in keys:
+                value = section["systems"][system][key]
+                assert isinstance(value, (int, float)), f"{setup}: {system} has no {key}: {value!r}"
+        assert set(section["ratios"]) == set(keys)
+        assert all(t["passed"] in (True, False) for t in section["targets"]), section["targets"]
+    # The concurrent cold pulls spread over the replicas all succeeded.
+    assert all(result["scaled"]["details"][s]["concurrent_cold"]["failed_clients"] == 0 for s in report.SYSTEMS)
     assert result["machine"]["cores"] and result["machine"]["cpu"]
     md = (out / "latest.md").read_text()
-    assert "Mirrorsite/Distribution" in md and "| Target | Result |" in md
-    # The table printed at the end names both systems and every target.
-    assert "Distribution (proxy)" in proc.stdout and proc.stdout.count("[PASS]") + proc.stdout.count("[FAIL]") == len(result["targets"])
+    assert "Mirrorsite/Distribution" in md and md.count("| Target | Result |") == 2 and report.SCALED_TITLE in md
+    # The tables printed at the end name both systems and every target.
+    targets = result["targets"] + result["scaled"]["targets"]
+    assert "Distribution (proxy)" in proc.stdout and proc.stdout.count("[PASS]") + proc.stdout.count("[FAIL]") == len(targets)
+
+
+def test_the_setups_to_run_are_chosen_on_the_command_line() -> None:
+    assert parse_args([]).setups == ("single", "scaled")
+    assert parse_args(["--only-scaled"]).setups == ("scaled",)
+    assert parse_args(["--no-scaled"]).setups == ("single",)
+    with pytest.raises(SystemExit):
+        parse_args(["--only-scaled", "--no-scaled"])
+    scaled = parse_args(["--scaled-large-layer-mib", "3", "--scaled-blob-clients", "2,4"]).scaled()
+    assert (scaled.large_layer_mib, scaled.blob_clients) == (3.0, (2, 4))
 
 
 def test_wrk_output_is_read() -> None:

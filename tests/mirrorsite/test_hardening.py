@@ -264,3 +264,49 @@ def test_upstream_secrets_are_never_logged(client, settings, tmp_path, upstream,
     assert "rejected account" in caplog.text, "the wrong password was tried (and its failure logged)"
     for secret in (upstream.password, "wrong-password-never-logged"):
         assert secret not in caplog.text
+
+
+# --- file paths from client input ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "algorithm,encoded",
+    [("sha256", "../../../etc/passwd"), ("sha256", "a" * 63 + "/"), ("../sha256", "a" * 64), ("sha256", "A" * 64),
+     ("md5", "a" * 32), ("sha256", "a" * 64 + "\n")],
+)
+def test_a_digest_that_could_name_another_file_cannot_exist(algorithm, encoded, tmp_path):
+    from registry import oci
+    from registry.blobstore import FilesystemStore
+
+    with pytest.raises(oci.DigestInvalid):
+        FilesystemStore(tmp_path).path(oci.Digest(algorithm, encoded))
+
+
+def test_blob_paths_stay_under_the_store(tmp_path):
+    from registry import oci
+    from registry.blobstore import FilesystemStore
+
+    digest = oci.parse_digest("sha512:" + "f" * 128)
+    path = FilesystemStore(tmp_path).path(digest)
+    assert path.resolve().is_relative_to((tmp_path / "blobs").resolve())
+    assert FilesystemStore.relative_path(digest) == f"sha512/ff/{'f' * 128}"
+
+
+@pytest.mark.parametrize("header", ["bytes=\u0663-", "bytes=0-\u0669", "bytes=0-1\nx", "bytes=0-1,2-3", "items=0-1"])
+def test_ranges_take_ascii_digits_and_one_range_only(header):
+    from registry import oci
+    from registry.responses import parse_range
+
+    with pytest.raises(oci.RangeNotSatisfiable):
+        parse_range(header, 100)
+
+
+@pytest.mark.django_db
+def test_logins_go_on_when_the_attempt_counter_is_down(settings, caplog):
+    settings.CACHES = {
+        **settings.CACHES,
+        "login-attempts": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:9/8"},
+    }
+    User.objects.create_superuser("root", "root@example.org", "right-password-1")
+    with caplog.at_level(logging.WARNING, logger="mirrorsite.adminlogin"):
+        assert log_in("wrong").status_code == 200
+        assert log_in("right-password-1").status_code == 302
+    assert "not limiting them" in caplog.text

@@ -214,9 +214,10 @@ def test_fill_outlives_a_client_that_goes_away(hub, images, store):
     found = cache.fetch_blob(hub, "library/big", digest, store)
     next(found.chunks)
     found.chunks.close()  # what the WSGI server does when the client disconnects
+    # Done: the blob recorded, then its fill's files removed (the sidecar goes last).
     wait_for(lambda: Blob.objects.filter(digest=layer.digest).exists())
+    wait_for(lambda: [p for p in store.tmp_dir.iterdir() if p.is_file()] == [])
     assert store.path(digest).read_bytes() == layer.data
-    assert [p for p in store.tmp_dir.iterdir() if p.is_file()] == []
 
 
 @pytest.mark.django_db(transaction=True)

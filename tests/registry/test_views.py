@@ -51,6 +51,10 @@ def test_base_endpoint(client):
         ("/v2/alpine/blobs/sha256:" + "a" * 64 + "%0A", 400, "DIGEST_INVALID"),
         ("/v2/alpine/tags/list?n=%C2%B2", 400, "PAGINATION_NUMBER_INVALID"),  # "²".isdigit(), int("²") fails
         ("/v2//manifests/%0A", 404, "NAME_UNKNOWN"),  # `.` stops at a newline: was Django's HTML 404
+        # A newline in the path matched no route: Django's HTML 404 page answered.
+        ("/v2/a%0Ab/manifests/latest", 400, "NAME_INVALID"),
+        ("/v2/a%0Ab/tags/list", 400, "NAME_INVALID"),
+        ("/v2/x%0A", 404, "NAME_UNKNOWN"),
     ],
 )
 def test_bad_input_gets_registry_errors_and_touches_nothing(client, tmp_path, path, status, code):
