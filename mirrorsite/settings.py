@@ -167,6 +167,9 @@ MIRROR_TAG_MAX_STALENESS = env.int("MIRROR_TAG_MAX_STALENESS", default=30 * 24 *
 MIRROR_MANIFEST_MEMORY_BYTES = env.int("MIRROR_MANIFEST_MEMORY_BYTES", default=64 * 1024 * 1024)
 # Longest a blob fill may take; it goes on this long after its client disconnects.
 MIRROR_FILL_TIMEOUT = env.int("MIRROR_FILL_TIMEOUT", default=3600)
+# A Redis lock (single-flight of a fill or a tag revalidation) outlives an owner that died by
+# at most this many seconds; a live owner renews it every quarter of this.
+MIRROR_LOCK_TTL = env.float("MIRROR_LOCK_TTL", default=120.0)
 # Last-pulled times are buffered in each process and written at most this often (seconds).
 MIRROR_PULL_TIME_FLUSH_INTERVAL = env.int("MIRROR_PULL_TIME_FLUSH_INTERVAL", default=60)
 

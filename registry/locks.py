@@ -18,8 +18,6 @@ from typing import Protocol
 from django.conf import settings
 
 POLL_INTERVAL = 0.02
-# A Redis lock outlives its owner by at most this long; owners renew it while they work.
-REDIS_LOCK_TTL = 120.0
 
 
 class Lock(Protocol):
@@ -76,9 +74,11 @@ class RedisLock:
     The token lives in the object, not in the acquiring thread: a fill's lock is taken by the
     request's thread and renewed and released by the fill's thread."""
 
-    def __init__(self, client, name: str, key_prefix: str = ""):
+    def __init__(self, client, name: str, key_prefix: str, ttl: float):
+        # It outlives an owner that died by at most `ttl` seconds (MIRROR_LOCK_TTL).
+        self._ttl = ttl
         self._lock = client.lock(
-            f"{key_prefix}mirrorsite:lock:{name}", timeout=REDIS_LOCK_TTL, blocking=False, thread_local=False
+            f"{key_prefix}mirrorsite:lock:{name}", timeout=ttl, blocking=False, thread_local=False
         )
         self._renewed = 0.0
 
@@ -94,7 +94,7 @@ class RedisLock:
             pass
 
     def keep_alive(self) -> None:
-        if time.monotonic() - self._renewed > REDIS_LOCK_TTL / 4:
+        if time.monotonic() - self._renewed > self._ttl / 4:
             self._lock.reacquire()
             self._renewed = time.monotonic()
 
@@ -143,7 +143,7 @@ def _redis():
 def named_lock(name: str) -> Lock:
     """The lock for `name` on the configured backend."""
     if settings.REDIS_URL:
-        return RedisLock(_redis(), name, settings.MIRROR_REDIS_KEY_PREFIX)
+        return RedisLock(_redis(), name, settings.MIRROR_REDIS_KEY_PREFIX, settings.MIRROR_LOCK_TTL)
     directory = Path(settings.MIRROR_DATA_DIR) / "tmp" / "locks"
     directory.mkdir(parents=True, exist_ok=True)
     return FileLock(directory, name)

@@ -74,7 +74,7 @@ def test_a_lock_taken_in_one_thread_is_renewed_and_released_by_another(backend, 
     outcome = []
 
     def fill_thread():
-        monkeypatch.setattr(locks, "REDIS_LOCK_TTL", 0.0)  # renew at once, as a long fill does
+        monkeypatch.setattr(lock, "_renewed", float("-inf"), raising=False)  # renewal due, as in a long fill
         try:
             lock.keep_alive()
             lock.release()
@@ -116,3 +116,14 @@ def test_abandoned_lock_files_are_removed_but_held_ones_kept(settings, tmp_path)
     assert [p.name for p in directory.glob("*.lock")] == [held.path.name]
     assert not locks.named_lock("held").try_acquire(), "the holder still holds it"
     held.release()
+
+
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)  # a file lock lives as long as its process
+def test_a_redis_lock_lives_for_the_configured_ttl(backend, settings):
+    settings.MIRROR_LOCK_TTL = 7.0
+    name = unique("fill:ttl")
+    lock = locks.named_lock(name)
+    assert lock.try_acquire()
+    ttl_ms = locks._redis().pttl(f"{settings.MIRROR_REDIS_KEY_PREFIX}mirrorsite:lock:{name}")
+    lock.release()
+    assert 0 < ttl_ms <= 7000

@@ -20,12 +20,12 @@ REDIS_URL = "redis://127.0.0.1:6379/14"  # this suite's own database on the mach
 
 
 @pytest.fixture
-def redis_locks(settings, monkeypatch):
+def redis_locks(settings):
     import redis
 
     redis.Redis.from_url(REDIS_URL).flushdb()
     settings.REDIS_URL = REDIS_URL
-    monkeypatch.setattr(locks, "REDIS_LOCK_TTL", 1.0)  # a dead owner's lock expires quickly
+    settings.MIRROR_LOCK_TTL = 1.0  # a dead owner's lock expires quickly
     locks._redis_client = None
     yield
     locks._redis_client = None

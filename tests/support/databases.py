@@ -45,6 +45,18 @@ def _connect(url: str, **options):
     return psycopg.connect(url, connect_timeout=5, **options)
 
 
+# The PostgreSQL server of tests that need one on either pass (a scaled deployment's database).
+LOCAL_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/mirrorsite"
+
+
+def postgres_session_url(name: str) -> str:
+    """A session URL whose databases are named `name`_…: on the session's server on the
+    PostgreSQL pass, else on MIRROR_TEST_POSTGRES_URL's server (`make test`), else the local one."""
+    candidates = (session_database_url(), os.environ.get("MIRROR_TEST_POSTGRES_URL", ""))
+    server = next((url for url in candidates if is_postgres(url)), LOCAL_POSTGRES_URL)
+    return with_database_name(server, name)
+
+
 def check_server(url: str) -> str | None:
     """Why the PostgreSQL server of `url` cannot be used, or None when it answers."""
     import psycopg
@@ -60,8 +72,9 @@ def check_server(url: str) -> str | None:
 class ProcessDatabase:
     """One database for the mirror processes of a data directory (or of several)."""
 
-    def __init__(self, data_dir: Path):
-        self.session_url = session_database_url()
+    def __init__(self, data_dir: Path, session_url: str | None = None):
+        """`session_url`: whose server and name prefix to use (default: this pass's DATABASE_URL)."""
+        self.session_url = session_database_url() if session_url is None else session_url
         self.postgres = is_postgres(self.session_url)
         if self.postgres:
             base = urlsplit(self.session_url).path.lstrip("/") or "mirrorsite"
