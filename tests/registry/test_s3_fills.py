@@ -12,6 +12,7 @@ from registry import cache, locks, oci
 from registry.blobstore import Redirect
 from registry.models import Upstream
 from registry.s3store import S3Config, S3Store
+from tests.support.dashboard import wait_for
 from tests.support.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.django_db(transaction=True)  # fills record from their own thread
@@ -87,5 +88,6 @@ def test_replica_takes_over_a_fill_whose_owner_died(redis_locks, settings, s3_se
     found = cache.fetch_blob(hub, "library/big", digest, store)
     assert isinstance(found, cache.FillingBlob), "this replica fills once the lock expired"
     assert b"".join(found.chunks) == layer.data
-    assert store.size(digest) == layer.size
+    # The client may have it all before the upload completes.
+    assert wait_for(lambda: store.size(digest), lambda size: size == layer.size) == layer.size
     assert upstream.blob_gets(layer.digest, since=mark) == 1
