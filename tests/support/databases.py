@@ -60,8 +60,8 @@ def check_server(url: str) -> str | None:
 class ProcessDatabase:
     """One database for the mirror processes of a data directory (or of several)."""
 
-    def __init__(self, data_dir: Path):
-        self.session_url = session_database_url()
+    def __init__(self, data_dir: Path, session_url: str | None = None):
+        self.session_url = session_database_url() if session_url is None else session_url
         self.postgres = is_postgres(self.session_url)
         if self.postgres:
             base = urlsplit(self.session_url).path.lstrip("/") or "mirrorsite"
