@@ -132,12 +132,14 @@ class S3Fill(BlobFill):
         self._uploads: list[Future] = []  # one per part, in part-number order
         self._uploader: ThreadPoolExecutor | None = None
         self._reader: int | None = None  # the uploaders' own descriptor of the temporary file
+        self._upload_error: BaseException | None = None  # the first part that failed
         self._queued = 0  # bytes of the temporary file already handed to the uploaders
         # Larger parts for a blob that would otherwise need more than S3's 10,000.
         self.part_size = max(store.config.part_size, -(-(expected_size or 0) // MAX_PARTS))
 
     def _written(self) -> None:
-        self._raise_upload_error()  # a failed part fails the fill now, not at the end
+        if self._upload_error is not None:
+            raise self._upload_error  # a failed part fails the fill now, not at the end
         while self.size - self._queued >= self.part_size:
             self._queue_part(self.part_size)
 
@@ -148,7 +150,9 @@ class S3Fill(BlobFill):
             self._reader = os.open(self.temp_path, os.O_RDONLY)
             self._uploader = ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix=f"part-{self.digest.encoded[:12]}")
         number = len(self._uploads) + 1
-        self._uploads.append(self._uploader.submit(self._send_part, number, self._queued, length))
+        upload = self._uploader.submit(self._send_part, number, self._queued, length)
+        upload.add_done_callback(self._note_failure)
+        self._uploads.append(upload)
         self._queued += length
 
     def _send_part(self, number: int, offset: int, length: int) -> dict:
@@ -159,10 +163,9 @@ class S3Fill(BlobFill):
         )
         return {"PartNumber": number, "ETag": answer["ETag"]}
 
-    def _raise_upload_error(self) -> None:
-        for upload in self._uploads:
-            if upload.done() and upload.exception() is not None:
-                raise upload.exception()
+    def _note_failure(self, upload: Future) -> None:
+        if not upload.cancelled() and upload.exception() is not None and self._upload_error is None:
+            self._upload_error = upload.exception()
 
     def _stop_uploader(self) -> None:
         """Wait for the parts in flight (none is sent after this) and let go of the file."""
