@@ -191,6 +191,7 @@ def test_interrupted_fill_stays_invisible_and_gc_aborts_only_abandoned_uploads(s
     # the live one is also too young. Either way its lock keeps it.)
     assert store.key(dead.digest) in [upload.key for upload in plan.uploads]
     assert {upload.size for upload in plan.uploads} == {PART_SIZE}
+    live.write(live_content[PART_SIZE:PART_SIZE + 1])  # still writing, however long planning took
     freed = gc.apply(plan, store)
     # The dead fill's local temporary file goes too; the live one's stays.
     assert freed.temp_files == 2 and freed.temp_bytes == (PART_SIZE + MB // 2) + PART_SIZE
