@@ -199,7 +199,7 @@ def test_interrupted_fill_stays_invisible_and_gc_aborts_only_abandoned_uploads(s
     assert s3_server.uploads(bucket) == [store.key(live.digest)]
     assert s3_server.keys(bucket) == {}
 
-    write_in_chunks(live, live_content[PART_SIZE:])
+    write_in_chunks(live, live_content[PART_SIZE + 1:])
     live.commit()  # the live fill was left alone and completes
     live_lock.release()
     assert store.size(live.digest) == len(live_content)
