@@ -106,8 +106,15 @@ class BlobFill(ABC):
             raise DigestMismatch(f"{self.digest}: more than the expected {self.expected_size} bytes")
         self._written()
 
-    def commit(self):
-        """Verify and publish the blob; on any mismatch or failure nothing becomes visible."""
+    # Whether the temporary file stays in place, complete, while a verified blob is published
+    # (so followers may read its end before the commit finishes): worth it for a slow commit.
+    releases_before_commit = False
+
+    def commit(self, on_verified: Callable[[], None] | None = None):
+        """Verify and publish the blob; on any mismatch or failure nothing becomes visible.
+
+        `on_verified` is called once size and digest match, before a store that
+        `releases_before_commit` publishes (the temporary file then stays until it is done)."""
         try:
             if self.expected_size is not None and self.size != self.expected_size:
                 raise DigestMismatch(f"{self.digest}: got {self.size} bytes, expected {self.expected_size}")
@@ -115,6 +122,8 @@ class BlobFill(ABC):
             if actual != self.digest.encoded:
                 raise DigestMismatch(f"{self.digest}: content hashes to {self.digest.algorithm}:{actual}")
             self._file.flush()
+            if self.releases_before_commit and on_verified is not None:
+                on_verified()
             return self._publish()
         except BaseException:
             self.abort()

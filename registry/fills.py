@@ -6,9 +6,12 @@ goes on (up to MIRROR_FILL_TIMEOUT) when the client disconnects. A sidecar file 
 temporary file says where the bytes are being written and how many to expect. Every client,
 the first one included, follows the growing temporary file and is sent bytes as they land.
 
-The last HOLD_BACK bytes are only sent once the blob is committed (size and digest
-verified), so no client ever receives a complete wrong blob: on a mismatch the response is
-cut short, or, for a blob that fits in the held-back part, fails before it starts.
+The last HOLD_BACK bytes are only sent once size and digest are verified, so no client ever
+receives a complete wrong blob: on a mismatch the response is cut short, or, for a blob that
+fits in the held-back part, fails before it starts. On the filesystem that moment is the commit
+(a rename); a store whose commit takes longer (object storage: the last part, then completing
+the upload) marks the fill "verified" first, and local followers send the end from the
+temporary file while the commit runs. The blob is only recorded (`on_commit`) once committed.
 
 A fill whose owner died (killed process, expired Redis lock) is taken over by a follower;
 a fill that failed (upstream error, digest mismatch) leaves a failure record, and its
@@ -54,6 +57,7 @@ class FillState:
     temp: str  # file name in the store's tmp directory
     size: int | None
     failed: str | None = None  # "digest" or "upstream" when the fill gave up
+    verified: bool = False  # size and digest matched; the temporary file is complete
 
 
 class Sidecar:
@@ -151,13 +155,20 @@ class BlobFills:
         on_commit: OnCommit,
     ) -> None:
         deadline = time.monotonic() + self.timeout
+        verified = False
+
+        def release() -> None:
+            nonlocal verified
+            verified = True
+            sidecar.write(FillState(state.temp, fill.size, verified=True))
+
         try:
             for chunk in download.chunks():
                 fill.write(chunk)
                 lock.keep_alive()
                 if time.monotonic() > deadline:
                     raise UpstreamUnavailable("blob fill timed out")
-            fill.commit()
+            fill.commit(on_verified=release)
             on_commit(fill.size)
             sidecar.delete()
         except DigestMismatch as error:
@@ -165,7 +176,10 @@ class BlobFills:
             fill.abort()
             sidecar.write(FillState(state.temp, state.size, failed="digest"))
         except Exception as error:
-            logger.warning("fill of %s failed: %s", digest, getattr(error, "message", error))
+            if verified:  # followers may have the whole blob; the store does not
+                logger.error("verified blob %s could not be stored: %s", digest, getattr(error, "message", error))
+            else:
+                logger.warning("fill of %s failed: %s", digest, getattr(error, "message", error))
             fill.abort()
             sidecar.write(FillState(state.temp, state.size, failed="upstream"))
         finally:
@@ -210,7 +224,13 @@ class Follower:
                     fd = _reopen(fd, store.tmp_dir / self.state.temp)
                     source = self.state.temp if fd is not None else None
                 available = os.fstat(fd).st_size if fd is not None else 0
-                limit = available - HOLD_BACK
+                if self.state.verified and fd is not None:
+                    # Verified and still in place: the whole file, held-back end included.
+                    if offset >= self.state.size:
+                        return
+                    limit = min(available, self.state.size)
+                else:
+                    limit = available - HOLD_BACK
                 if offset < limit:
                     data = os.pread(fd, min(READ_SIZE, limit - offset), offset)
                     offset += len(data)
@@ -221,6 +241,9 @@ class Follower:
                 state = self.sidecar.read()
                 if state is not None and state.temp != self.state.temp and state.failed is None:
                     self.state = state  # a newer fill of the same digest: same bytes, new file
+                    continue
+                if state is not None and state == FillState(self.state.temp, state.size, verified=True) and not self.state.verified:
+                    self.state = state  # our fill's bytes are verified: the end may go
                     continue
                 if state is not None and state.failed:
                     # Any failure recorded after we joined is of our fill or of its successor.

@@ -2,9 +2,12 @@
 `<MIRROR_S3_PREFIX>/blobs/<algorithm>/<first two hex>/<hex>`, as on the filesystem.
 
 A fill uploads while it streams: each MIRROR_S3_PART_SIZE bytes that land in the local
-temporary file become a part of a multipart upload. Parts are invisible; only after the size
+temporary file become a part of a multipart upload, sent by uploader threads (UPLOAD_THREADS
+per fill) while the fill thread keeps downloading. Parts are invisible; only after the size
 and digest are verified does CompleteMultipartUpload (or, for a blob smaller than one part,
-a single PutObject) make the object appear. A mismatch or failure aborts the upload; a fill
+a single PutObject) make the object appear. Once verified, and while that last step runs, the
+fill's local followers may send the end of the blob from the temporary file, which stays in
+place until the object is there. A mismatch or failure aborts the upload; a fill
 whose process died leaves an incomplete upload, which garbage collection aborts once it is
 older than any fill may take.
 
@@ -14,6 +17,7 @@ mirror with the requested range (MIRROR_S3_SERVE=stream).
 """
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,6 +53,9 @@ MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest part (all but the last)
 MAX_PARTS = 10_000  # S3's most parts in one upload
 CONTENT_TYPE = "application/octet-stream"
 MISSING = {"404", "NoSuchKey", "NotFound"}
+# Parts of one fill in flight at once: the download keeps going while they travel, and at most
+# this many parts are read into memory.
+UPLOAD_THREADS = 2
 # Server threads share the client: enough pooled connections that they rarely wait.
 MAX_POOL_CONNECTIONS = 64
 
@@ -112,51 +119,86 @@ def _bucket_errors() -> Iterator[None]:
 
 
 class S3Fill(BlobFill):
-    """A fill that sends each full part to a multipart upload as soon as it is written."""
+    """A fill that hands each full part to uploader threads as soon as it is written, so the
+    download goes on while parts travel; the threads read their part from the temporary file."""
+
+    releases_before_commit = True  # followers may read the verified end while the upload completes
 
     def __init__(self, store: "S3Store", digest: Digest, expected_size: int | None):
         super().__init__(store.tmp_dir, digest, expected_size)
         self.store = store
         self.key = store.key(digest)
         self.upload_id: str | None = None
-        self._parts: list[dict] = []
-        self._uploaded = 0  # bytes of the temporary file already sent as parts
+        self._uploads: list[Future] = []  # one per part, in part-number order
+        self._uploader: ThreadPoolExecutor | None = None
+        self._reader: int | None = None  # the uploaders' own descriptor of the temporary file
+        self._upload_error: BaseException | None = None  # the first part that failed
+        self._queued = 0  # bytes of the temporary file already handed to the uploaders
         # Larger parts for a blob that would otherwise need more than S3's 10,000.
         self.part_size = max(store.config.part_size, -(-(expected_size or 0) // MAX_PARTS))
 
     def _written(self) -> None:
-        while self.size - self._uploaded >= self.part_size:
-            self._send_part(self.part_size)
+        if self._upload_error is not None:
+            raise self._upload_error  # a failed part fails the fill now, not at the end
+        while self.size - self._queued >= self.part_size:
+            self._queue_part(self.part_size)
 
-    def _send_part(self, length: int) -> None:
-        client, bucket = self.store.client, self.store.config.bucket
+    def _queue_part(self, length: int) -> None:
         if self.upload_id is None:
+            client, bucket = self.store.client, self.store.config.bucket
             self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.key, ContentType=CONTENT_TYPE)["UploadId"]
-        number = len(self._parts) + 1
-        # Read back from the temporary file (the page cache), not buffered while it accumulates.
-        body = os.pread(self._file.fileno(), length, self._uploaded)
-        answer = client.upload_part(Bucket=bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body)
-        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-        self._uploaded += length
+            self._reader = os.open(self.temp_path, os.O_RDONLY)
+            self._uploader = ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix=f"part-{self.digest.encoded[:12]}")
+        number = len(self._uploads) + 1
+        upload = self._uploader.submit(self._send_part, number, self._queued, length)
+        upload.add_done_callback(self._note_failure)
+        self._uploads.append(upload)
+        self._queued += length
+
+    def _send_part(self, number: int, offset: int, length: int) -> dict:
+        # Read back from the temporary file (the page cache): at most one part per thread in memory.
+        body = os.pread(self._reader, length, offset)
+        answer = self.store.client.upload_part(
+            Bucket=self.store.config.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body
+        )
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    def _note_failure(self, upload: Future) -> None:
+        if not upload.cancelled() and upload.exception() is not None and self._upload_error is None:
+            self._upload_error = upload.exception()
+
+    def _stop_uploader(self) -> None:
+        """Wait for the parts in flight (none is sent after this) and let go of the file."""
+        if self._uploader is not None:
+            self._uploader.shutdown(wait=True, cancel_futures=True)
+            self._uploader = None
+        if self._reader is not None:
+            os.close(self._reader)
+            self._reader = None
 
     def _publish(self) -> None:
         """Verified: send what is left and let the object appear."""
         client, bucket = self.store.client, self.store.config.bucket
-        if self.upload_id is None:  # smaller than one part: a single upload is cheaper
-            body = os.pread(self._file.fileno(), self.size, 0)
-            client.put_object(Bucket=bucket, Key=self.key, Body=body, ContentType=CONTENT_TYPE)
-        else:
-            if self.size > self._uploaded:
-                self._send_part(self.size - self._uploaded)
-            client.complete_multipart_upload(
-                Bucket=bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self._parts}
-            )
-            self.upload_id = None
+        try:
+            if self.upload_id is None:  # smaller than one part: a single upload is cheaper
+                body = os.pread(self._file.fileno(), self.size, 0)
+                client.put_object(Bucket=bucket, Key=self.key, Body=body, ContentType=CONTENT_TYPE)
+            else:
+                if self.size > self._queued:
+                    self._queue_part(self.size - self._queued)
+                parts = [upload.result() for upload in self._uploads]  # the first failure raises
+                client.complete_multipart_upload(
+                    Bucket=bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts}
+                )
+                self.upload_id = None
+        finally:
+            self._stop_uploader()
         # Followers that opened the temporary file keep reading it; later ones read the object.
         self._file.close()
         self.temp_path.unlink(missing_ok=True)
 
     def _discard(self) -> None:
+        self._stop_uploader()  # no part may land after the abort
         if self.upload_id is None:
             return
         try:

@@ -19,6 +19,7 @@ import requests
 from tests.e2e.test_pull import copy, dir_blobs
 from tests.e2e.test_single_flight import assert_pulled_correctly, concurrent_skopeo_pulls
 from tests.support.accesslog import AccessLog
+from tests.support.dashboard import wait_for
 from tests.support.fault_proxy import FaultProxy
 from tests.support.images import PushedImage, push_image
 from tests.support.mirror import PROJECT_ROOT, MirrorProcess
@@ -171,7 +172,8 @@ def test_fill_cut_midway_leaves_no_visible_object(redirecting, proxy, upstream, 
     assert key not in s3_server.uploads(bucket), "the failed fill aborted its upload"
     again = requests.get(blob_url(redirecting, image, layer.digest), timeout=60)
     assert again.status_code == 200 and again.content == layer.data
-    assert s3_server.keys(bucket)[key] == layer.size
+    # The client may have it all before the upload completes.
+    assert wait_for(lambda: s3_server.keys(bucket).get(key), lambda size: size == layer.size) == layer.size
 
 
 def test_killed_fill_leaves_no_visible_object_and_gc_aborts_its_upload(

@@ -1,18 +1,25 @@
 """Single-flight fills with blobs in object storage, where replicas share the bucket and Redis
 but not their temporary files: a replica waits for another's commit, and takes a fill over
-when its owner died (its Redis lock expired)."""
+when its owner died (its Redis lock expired). On the filling replica, followers get the end of
+a verified blob from the temporary file while the upload completes; the blob is recorded only
+once it is in the bucket."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+import threading
 from typing import Iterator
 
+from botocore.exceptions import EndpointConnectionError
 import pytest
 
-from registry import cache, locks, oci
+from registry import cache, fills, locks, oci
 from registry.blobstore import Redirect
-from registry.models import Upstream
+from registry.models import Blob, Upstream
 from registry.s3store import S3Config, S3Store
+from tests.support.dashboard import wait_for
+from tests.support.fake_upstream import FakeUpstream
 from tests.support.fault_proxy import FaultProxy
+from tests.support.s3_server import PART_SIZE
 
 pytestmark = pytest.mark.django_db(transaction=True)  # fills record from their own thread
 
@@ -87,5 +94,103 @@ def test_replica_takes_over_a_fill_whose_owner_died(redis_locks, settings, s3_se
     found = cache.fetch_blob(hub, "library/big", digest, store)
     assert isinstance(found, cache.FillingBlob), "this replica fills once the lock expired"
     assert b"".join(found.chunks) == layer.data
-    assert store.size(digest) == layer.size
+    # The client may have it all before the upload completes.
+    assert wait_for(lambda: store.size(digest), lambda size: size == layer.size) == layer.size
     assert upstream.blob_gets(layer.digest, since=mark) == 1
+
+
+@pytest.fixture
+def local_store(settings, s3_server, tmp_path) -> S3Store:
+    """One replica, its fills' locks in local files."""
+    settings.REDIS_URL = ""
+    locks._redis_client = None
+    return replica_store(settings, s3_server, s3_server.create_bucket("fills"), tmp_path / "a")
+
+
+class HeldCompletion:
+    """The store's CompleteMultipartUpload, held until released, then done (or failed)."""
+
+    def __init__(self, monkeypatch, store: S3Store, fail: bool):
+        self.called, self.released = threading.Event(), threading.Event()
+        complete = store.client.complete_multipart_upload
+
+        def held(**request):
+            self.called.set()
+            assert self.released.wait(60)
+            if fail:
+                raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+            return complete(**request)
+
+        monkeypatch.setattr(store.client, "complete_multipart_upload", held)
+
+
+@pytest.mark.parametrize("completes", [True, False], ids=["upload-completes", "upload-fails"])
+def test_followers_get_the_verified_blob_before_the_upload_completes(
+    local_store, monkeypatch, s3_server, hub, images, caplog, completes
+):
+    layer = images.big.layers[1]  # two parts
+    digest = oci.parse_digest(layer.digest)
+    completion = HeldCompletion(monkeypatch, local_store, fail=not completes)
+    found = cache.fetch_blob(hub, "library/big", digest, local_store)
+    assert isinstance(found, cache.FillingBlob)
+    assert b"".join(found.chunks) == layer.data
+    assert completion.called.wait(30)
+    # The client has every verified byte; the bucket has no object yet, nor the database a row.
+    assert local_store.size(digest) is None
+    assert s3_server.keys(local_store.config.bucket) == {}
+    assert not Blob.objects.filter(digest=layer.digest).exists()
+    # A client that comes now follows the same fill, and reads the same verified file.
+    again = cache.fetch_blob(hub, "library/big", digest, local_store)
+    assert isinstance(again, cache.FillingBlob) and b"".join(again.chunks) == layer.data
+    completion.released.set()
+    if completes:
+        assert wait_for(lambda: Blob.objects.filter(digest=layer.digest).exists(), bool)
+        assert local_store.size(digest) == layer.size
+    else:
+        sidecar = fills.Sidecar(local_store, digest)
+        assert wait_for(sidecar.read, lambda state: state is not None and state.failed == "upstream")
+        assert local_store.size(digest) is None
+        assert s3_server.uploads(local_store.config.bucket) == [], "the upload was aborted"
+        assert not Blob.objects.filter(digest=layer.digest).exists()
+        assert f"verified blob {digest} could not be stored" in caplog.text
+    assert [p for p in local_store.tmp_dir.iterdir() if p.suffix == ".partial"] == []
+
+
+def test_failed_part_upload_ends_followers_cleanly(local_store, monkeypatch, s3_server, hub, proxy, images):
+    layer = images.big.layers[4]  # two full parts and a last one
+    digest = oci.parse_digest(layer.digest)
+    proxy.bytes_per_second = 8 * 1024 * 1024  # the first part fails while most bytes are still to come
+    upload_part = local_store.client.upload_part
+
+    def failing_part(**request):
+        if request["PartNumber"] == 1:
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+        return upload_part(**request)
+
+    monkeypatch.setattr(local_store.client, "upload_part", failing_part)
+    found = cache.fetch_blob(hub, "library/big", digest, local_store)
+    received = b""
+    with pytest.raises(fills.FillFailed):
+        for chunk in found.chunks:
+            received += chunk
+    assert len(received) < layer.size and layer.data.startswith(received)
+    assert s3_server.keys(local_store.config.bucket) == {}
+    assert s3_server.uploads(local_store.config.bucket) == []
+    assert not Blob.objects.filter(digest=layer.digest).exists()
+    assert [p for p in local_store.tmp_dir.iterdir() if p.suffix == ".partial"] == []
+
+
+def test_wrong_bytes_never_release_the_end(local_store, settings, s3_server):
+    settings.REGISTRY_PROXY_USERNAME = settings.REGISTRY_PROXY_PASSWORD = ""
+    with FakeUpstream(layer_size=2 * PART_SIZE + 1000) as fake:
+        liar = Upstream.objects.create(name="liar", url=fake.url, library_prefix=True)
+        digest = oci.parse_digest(fake.bad_layer_digest)
+        found = cache.fetch_blob(liar, "library/bad", digest, local_store)
+        received = b""
+        with pytest.raises(fills.UpstreamDigestMismatch):
+            for chunk in found.chunks:
+                received += chunk
+        assert len(received) <= fake.layer.size - fills.HOLD_BACK, "the held-back end was never sent"
+        assert s3_server.keys(local_store.config.bucket) == {}
+        assert s3_server.uploads(local_store.config.bucket) == []
+        assert not Blob.objects.exists()

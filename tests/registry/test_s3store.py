@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 
+from botocore.exceptions import EndpointConnectionError
 from django.core.exceptions import ImproperlyConfigured
 import pytest
 import requests
@@ -16,6 +18,7 @@ from registry.blobstore import DigestMismatch, Redirect, StorageUnavailable, Str
 from registry.models import Upstream
 from registry.s3store import S3Config, S3Store
 from tests.registry.cachestate import blob_digests, cache_image
+from tests.support.dashboard import wait_for
 from tests.support.s3_server import PART_SIZE, S3Server
 from tests.support.upstream_registry import free_port
 
@@ -81,6 +84,54 @@ def test_multipart_fill_is_visible_only_after_commit(store, s3_server, bucket):
     assert store.stored_sizes() == {str(digest): len(content)}
 
 
+def test_parts_upload_while_the_fill_goes_on(store, s3_server, bucket, monkeypatch):
+    content = os.urandom(3 * PART_SIZE + MB)
+    digest = digest_of(content)
+    key = f"mirror/blobs/sha256/{digest.encoded[:2]}/{digest.encoded}"
+    sending = threading.Event()
+    upload_part = store.client.upload_part
+
+    def held_part(**request):
+        assert sending.wait(60)
+        return upload_part(**request)
+
+    monkeypatch.setattr(store.client, "upload_part", held_part)
+    fill = store.begin_fill(digest, len(content))
+    # Three parts' worth written while no part could go up: writing never waits for uploads.
+    write_in_chunks(fill, content[:3 * PART_SIZE])
+    assert s3_server.parts(bucket, key) == []
+    sending.set()
+    # The parts go up while the fill is still open, before its last bytes arrive.
+    assert wait_for(lambda: s3_server.parts(bucket, key), lambda numbers: numbers == [1, 2, 3]) == [1, 2, 3]
+    assert store.size(digest) is None
+    write_in_chunks(fill, content[3 * PART_SIZE:])
+    fill.commit()
+    assert s3_server.keys(bucket) == {key: len(content)}
+    assert b"".join(store.read(digest)) == content
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_failed_part_fails_the_fill_and_aborts_the_upload(store, s3_server, bucket, monkeypatch):
+    content = os.urandom(3 * PART_SIZE + MB)
+    digest = digest_of(content)
+    upload_part = store.client.upload_part
+
+    def failing_part(**request):
+        if request["PartNumber"] == 2:
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+        return upload_part(**request)
+
+    monkeypatch.setattr(store.client, "upload_part", failing_part)
+    fill = store.begin_fill(digest, len(content))
+    with pytest.raises(EndpointConnectionError):  # while writing, or at the latest on commit
+        write_in_chunks(fill, content)
+        fill.commit()
+    fill.abort()  # what the fill thread does with any error
+    assert s3_server.keys(bucket) == {}
+    assert s3_server.uploads(bucket) == []
+    assert list(store.tmp_dir.iterdir()) == []
+
+
 def test_small_blob_is_one_upload_after_verification(store, s3_server, bucket):
     content = b"a config blob"
     digest = digest_of(content)
@@ -141,6 +192,7 @@ def test_interrupted_fill_stays_invisible_and_gc_aborts_only_abandoned_uploads(s
     # the live one is also too young. Either way its lock keeps it.)
     assert store.key(dead.digest) in [upload.key for upload in plan.uploads]
     assert {upload.size for upload in plan.uploads} == {PART_SIZE}
+    live.write(live_content[PART_SIZE:PART_SIZE + 1])  # still writing, however long planning took
     freed = gc.apply(plan, store)
     # The dead fill's local temporary file goes too; the live one's stays.
     assert freed.temp_files == 2 and freed.temp_bytes == (PART_SIZE + MB // 2) + PART_SIZE
@@ -148,7 +200,7 @@ def test_interrupted_fill_stays_invisible_and_gc_aborts_only_abandoned_uploads(s
     assert s3_server.uploads(bucket) == [store.key(live.digest)]
     assert s3_server.keys(bucket) == {}
 
-    write_in_chunks(live, live_content[PART_SIZE:])
+    write_in_chunks(live, live_content[PART_SIZE + 1:])
     live.commit()  # the live fill was left alone and completes
     live_lock.release()
     assert store.size(live.digest) == len(live_content)

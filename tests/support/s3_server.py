@@ -89,6 +89,16 @@ class S3Server:
         """Keys of the multipart uploads begun and neither completed nor aborted."""
         return [upload["Key"] for upload in self.client().list_multipart_uploads(Bucket=bucket).get("Uploads", ())]
 
+    def parts(self, bucket: str, key: str) -> list[int]:
+        """Numbers of the parts uploaded so far to the open multipart upload of `key`."""
+        client = self.client()
+        uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", ())
+        return sorted(
+            part["PartNumber"]
+            for upload in uploads
+            for part in client.list_parts(Bucket=bucket, Key=key, UploadId=upload["UploadId"]).get("Parts", ())
+        )
+
     def mirror_env(self, bucket: str, **extra: str) -> dict[str, str]:
         """The mirror's settings for a store in `bucket` of this server."""
         return {
