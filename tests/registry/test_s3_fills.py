@@ -32,7 +32,7 @@ def redis_locks(settings):
 
     redis.Redis.from_url(REDIS_URL).flushdb()
     settings.REDIS_URL = REDIS_URL
-    settings.MIRROR_LOCK_TTL = 1.0  # a dead owner's lock expires quickly
+    settings.MIRROR_LOCK_TTL = 3.0  # a dead owner's lock expires quickly; a live one renews well within it
     locks._redis_client = None
     yield
     locks._redis_client = None
