@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.databases import check_server, drop_created_databases, is_postgres, session_database_url
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.fault_proxy import FaultProxy
 from tests.support.s3_server import S3Server
 from tests.support.skopeo import Skopeo
 from tests.support.images import PushedImage, PushedIndex, push_image, push_index, retag
@@ -110,6 +111,14 @@ def upstream(token_server: TokenServer) -> Iterator[UpstreamRegistry]:
     ).start()
     yield registry
     registry.cleanup()
+
+
+@pytest.fixture(scope="module")
+def proxy(upstream: UpstreamRegistry) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the upstream, the module's own (tests throttle or cut it)."""
+    fault_proxy = FaultProxy(upstream.url).start()
+    yield fault_proxy
+    fault_proxy.stop()
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,6 @@ from tests.e2e.test_pull import copy, dir_blobs
 from tests.e2e.test_single_flight import assert_pulled_correctly, concurrent_skopeo_pulls
 from tests.support.accesslog import AccessLog
 from tests.support.dashboard import wait_for
-from tests.support.fault_proxy import FaultProxy
 from tests.support.images import PushedImage, push_image
 from tests.support.mirror import PROJECT_ROOT, MirrorProcess
 from tests.support.s3_server import S3Server
@@ -30,13 +29,6 @@ MB = 1024 * 1024
 REDIS_URL = "redis://127.0.0.1:6379/14"
 
 _seeds = itertools.count(8100)
-
-
-@pytest.fixture(scope="module")
-def proxy(upstream) -> Iterator[FaultProxy]:
-    fault_proxy = FaultProxy(upstream.url).start()
-    yield fault_proxy
-    fault_proxy.stop()
 
 
 @pytest.fixture(scope="module")

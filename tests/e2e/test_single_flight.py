@@ -14,7 +14,6 @@ from typing import Iterator
 import pytest
 import requests
 
-from tests.support.fault_proxy import FaultProxy
 from tests.support.images import PushedImage, push_image
 from tests.support.mirror import MirrorProcess
 
@@ -24,13 +23,6 @@ CLIENTS = 16
 REDIS_URL = "redis://127.0.0.1:6379/13"
 
 _seeds = itertools.count(5000)
-
-
-@pytest.fixture(scope="module")
-def proxy(upstream) -> Iterator[FaultProxy]:
-    fault_proxy = FaultProxy(upstream.url).start()
-    yield fault_proxy
-    fault_proxy.stop()
 
 
 @pytest.fixture(scope="module")
