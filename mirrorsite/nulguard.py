@@ -16,10 +16,6 @@ from registry.responses import API_VERSION_HEADER, error_response
 MESSAGE = "the query string contains a NUL character"
 
 
-class QueryInvalid(oci.RegistryError):
-    code, status = "UNSUPPORTED", 400
-
-
 class RejectNulMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
         self.get_response = get_response
@@ -27,7 +23,8 @@ class RejectNulMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if any("\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists()):
             if request.path.startswith("/v2/"):
-                response = error_response(QueryInvalid(MESSAGE), request.method)
+                # `last` and `ns`, the query's strings on /v2/, are names: none has a NUL.
+                response = error_response(oci.NameInvalid(MESSAGE), request.method)
                 response[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
                 return response
             return JsonResponse({"detail": MESSAGE}, status=400)

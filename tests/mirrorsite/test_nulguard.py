@@ -13,7 +13,9 @@ def test_registry_answers_in_its_error_format(client, path):
     response = client.get(path)
     assert response.status_code == 400
     assert response["Docker-Distribution-API-Version"] == "registry/2.0"
-    assert json.loads(response.content)["errors"][0]["message"] == "the query string contains a NUL character"
+    assert json.loads(response.content)["errors"] == [
+        {"code": "NAME_INVALID", "message": "the query string contains a NUL character"}
+    ]
 
 
 @pytest.mark.django_db
