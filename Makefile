@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install test-tools migrate clean
+.PHONY: run test test-fast install test-tools migrate clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,11 +36,17 @@ test-tools:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# The suite runs twice: on SQLite (the default), then on PostgreSQL, the database of a scaled
-# deployment. The second pass needs a PostgreSQL server: MIRROR_TEST_POSTGRES_URL (the database
-# name is a prefix; each run makes and drops databases of its own on the server). It is checked
-# before anything runs, and a server that does not answer fails `make test`. Without one, opt
-# out with MIRROR_TEST_POSTGRES_URL= (empty): SQLite only, said loudly; never under CI=true.
+# Tests that need no server (the `unit` tier, see tests/conftest.py): a quick check while working.
+test-fast: $(STAMP)
+	env -u DATABASE_URL $(PY) -m pytest -m unit -q $(PYTEST_ARGS)
+
+# The suite runs on SQLite (the default), then, on PostgreSQL (the database of a scaled
+# deployment), what can behave differently there: the `database` tier without the `clients` tier
+# (real client daemons, the browser and `make run` run once). The second pass needs a PostgreSQL
+# server: MIRROR_TEST_POSTGRES_URL (the database name is a prefix; each run makes and drops
+# databases of its own on the server). It is checked before anything runs, and a server that
+# does not answer fails `make test`. Without one, opt out with MIRROR_TEST_POSTGRES_URL= (empty):
+# SQLite only, said loudly; never under CI=true.
 MIRROR_TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/mirrorsite
 # A PostgreSQL DATABASE_URL makes the settings a deployment, which wants a secret key.
 TEST_SECRET_KEY := make-test-only-secret-key-never-used-in-production-0123456789
@@ -60,7 +66,7 @@ test: $(STAMP) test-tools
 	@if [ -n "$(MIRROR_TEST_POSTGRES_URL)" ]; then \
 		echo "==== make test: PostgreSQL pass ($(MIRROR_TEST_POSTGRES_URL)) ===="; \
 		DATABASE_URL="$(MIRROR_TEST_POSTGRES_URL)" DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-$(TEST_SECRET_KEY)}" \
-			$(PY) -m pytest $(PYTEST_ARGS); \
+			$(PY) -m pytest -m "database and not clients" $(PYTEST_ARGS); \
 	else \
 		echo "#### make test: PostgreSQL pass SKIPPED (MIRROR_TEST_POSTGRES_URL is empty): SQLite only ####" >&2; \
 	fi

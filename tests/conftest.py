@@ -58,6 +58,40 @@ class SessionImages:
         return self.moving_history[-1]
 
 
+# --- Tiers ----------------------------------------------------------------------------------
+# Each test gets its tier from where it lives and the fixtures it needs, so a new test is placed
+# without anyone remembering a marker: `unit` needs no server (`make test-fast`), `upstream` needs
+# a real upstream registry, token server or S3 server in this process, `e2e` runs real mirror
+# processes (tests/e2e). `clients` are the tests whose point is a real client daemon, a browser,
+# `make run` or the benchmark: they run once, on the SQLite pass. `database` is everything that
+# can behave differently on PostgreSQL: it touches the database, in this process or a mirror's.
+SERVER_FIXTURES = frozenset({"upstream", "token_server", "images", "fake_upstream", "s3_server", "proxy", "hub"})
+DATABASE_FIXTURES = frozenset({"db", "transactional_db", "django_db_blocker_unblocked", "admin_client", "admin_user"})
+CLIENT_MODULES = frozenset({
+    "tests/e2e/test_podman.py", "tests/e2e/test_containerd.py", "tests/e2e/test_skopeo_clients.py",
+    "tests/e2e/test_dashboard_browser.py", "tests/e2e/test_make_run.py", "tests/e2e/test_nginx_front.py",
+    "tests/e2e/test_tls.py", "tests/e2e/test_conformance.py", "tests/benchmarks/test_bench_smoke.py",
+})
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = os.path.relpath(str(item.path), ROOT).replace(os.sep, "/")
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if module.startswith("tests/e2e/"):
+            tier = "e2e"
+        elif fixtures & SERVER_FIXTURES or module in CLIENT_MODULES:
+            tier = "upstream"
+        else:
+            tier = "unit"
+        item.add_marker(tier)
+        if module in CLIENT_MODULES:
+            item.add_marker("clients")
+        if tier == "e2e" or fixtures & DATABASE_FIXTURES or item.get_closest_marker("django_db"):
+            item.add_marker("database")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """The PostgreSQL pass needs its server: say so at once, not in every test."""
     url = session_database_url()
