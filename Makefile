@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast install test-tools migrate clean
+.PHONY: run test test-fast docs install test-tools migrate clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test-tools:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# The manual (docs/, MkDocs): built into site/; --strict makes a broken link or page an error.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 # Tests that need no server (the `unit` tier, see tests/conftest.py): a quick check while working.
 test-fast: $(STAMP)
 	env -u DATABASE_URL $(PY) -m pytest -m unit -q $(PYTEST_ARGS)
@@ -51,7 +55,7 @@ MIRROR_TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/mirrorsite
 # A PostgreSQL DATABASE_URL makes the settings a deployment, which wants a secret key.
 TEST_SECRET_KEY := make-test-only-secret-key-never-used-in-production-0123456789
 
-test: $(STAMP) test-tools
+test: $(STAMP) test-tools docs
 	@if [ -z "$(MIRROR_TEST_POSTGRES_URL)" ]; then \
 		if [ "$$CI" = true ]; then echo "make test: CI=true needs the PostgreSQL pass; MIRROR_TEST_POSTGRES_URL is empty" >&2; exit 1; fi; \
 		echo "#### make test: PostgreSQL pass SKIPPED (MIRROR_TEST_POSTGRES_URL is empty): SQLite only ####" >&2; \
@@ -72,7 +76,7 @@ test: $(STAMP) test-tools
 	fi
 
 clean:
-	rm -rf $(VENV) data .pytest_cache test-artifacts
+	rm -rf $(VENV) data site .pytest_cache test-artifacts
 
 # Mirrorsite against Distribution in proxy mode, side by side (README: Benchmarks).
 # Not part of `make test` (tests/benchmarks runs a smoke version). Pass flags with BENCH_ARGS="--rounds 1".

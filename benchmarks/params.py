@@ -12,7 +12,6 @@ MiB = 1024 * 1024
 SETUPS = ("single", "scaled")  # the single-node setup, then two replicas each on S3
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH_DIR / "results"
-README = BENCH_DIR.parent / "README.md"
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,6 @@ class Params:
     time_limit: float = 480.0  # steps not started by then are reported as errors (the run must stay under 10 min)
     mirror_env: dict[str, str] = field(default_factory=dict)  # extra settings for Mirrorsite
     out: Path = DEFAULT_OUT
-    readme: Path | None = README  # the README section to refresh (None: leave it alone)
     keep_workdir: bool = False  # keep the servers' storage and logs under /tmp for a post-mortem
     setups: tuple[str, ...] = SETUPS  # which setups run (--only-scaled, --no-scaled)
     # The scaled setup: the other sizes and counts above apply to it too, except these two
@@ -48,7 +46,6 @@ class Params:
     def as_json(self) -> dict:
         d = asdict(self)
         d["out"] = str(self.out)
-        d["readme"] = str(self.readme) if self.readme else None
         return d
 
 
@@ -79,7 +76,6 @@ def parse_args(argv: list[str] | None = None) -> Params:
     p.add_argument("--mirror-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for Mirrorsite, e.g. MIRROR_WEB_WORKERS=4 (repeatable)")
     p.add_argument("--out", type=Path, default=d.out, help="directory for latest.json and latest.md")
-    p.add_argument("--no-readme", action="store_true", help="do not refresh the README's benchmark section")
     p.add_argument("--keep-workdir", action="store_true", help="keep the servers' storage and logs (printed path)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--only-scaled", action="store_true", help="run only the scaled setup (two replicas each, S3)")
@@ -105,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> Params:
         rounds=a.rounds, concurrent_pulls=a.concurrent_pulls, blob_clients=a.blob_clients,
         manifest_seconds=a.manifest_seconds, manifest_connections=a.manifest_connections, tag_pulls=a.tag_pulls,
         loadgen=a.loadgen, client_timeout=a.client_timeout, time_limit=a.time_limit, mirror_env=mirror_env,
-        out=a.out, readme=None if a.no_readme else README, keep_workdir=a.keep_workdir,
+        out=a.out, keep_workdir=a.keep_workdir,
         setups=("scaled",) if a.only_scaled else ("single",) if a.no_scaled else SETUPS,
         scaled_large_layer_mib=a.scaled_large_layer_mib, scaled_blob_clients=a.scaled_blob_clients,
         scaled_database_url=a.scaled_database_url, scaled_redis_url=a.scaled_redis_url,

@@ -1,5 +1,4 @@
-"""Figures, targets and the report: a text table on stdout, JSON and Markdown under results/,
-and the README's benchmark section."""
+"""Figures, targets and the report: a text table on stdout, JSON and Markdown under results/."""
 from __future__ import annotations
 
 import json
@@ -15,7 +14,6 @@ from benchmarks.params import Params
 
 SYSTEMS = ("distribution", "mirrorsite")
 LABELS = {"distribution": "Distribution (proxy)", "mirrorsite": "Mirrorsite"}
-README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 @dataclass(frozen=True)
@@ -338,56 +336,3 @@ def write(report: dict, out: Path) -> tuple[Path, Path]:
     js.write_text(json.dumps(report, indent=2, default=str) + "\n")
     md.write_text("# Mirrorsite vs Distribution\n\n" + markdown(report, "##"))
     return js, md
-
-
-README_INTRO = """## Benchmarks
-
-`make bench` measures Mirrorsite against Distribution in proxy mode (what `registry:2` does as a
-pull-through cache; here Debian's `docker-registry` 2.8), both started fresh on 127.0.0.1 and
-pulling with the same account from the same local upstream: a third Distribution with
-Docker-Hub-style token auth, holding synthetic images (one with a ~200 MiB layer, and multi-layer
-images of 10 + 20 + 30 + 40 MiB, a fresh one for every cold measurement of each system). Both
-systems are measured by the same clients: `skopeo copy` for pulls, `curl` processes for blob
-throughput, `wrk` for manifest request rates (installed with `apt-get` when missing), a Python
-client for the warm tag pulls, and the upstream's own access log plus its token server for what
-reached the upstream. Memory is the summed RSS of the server's whole process tree (for Mirrorsite
-everything `manage.py serve` starts). Figures are medians over the rounds; each run alternates
-which system goes first.
-
-Then the same measurements run on the scaled setup (see [Running at scale](#running-at-scale)):
-two Mirrorsite replicas (data directories of their own, one PostgreSQL database, one Redis,
-`MIRROR_STORAGE=s3` with `MIRROR_S3_SERVE=redirect`) against two Distribution proxies sharing
-an S3 bucket (its `s3aws` driver, which redirects blob GETs to S3 too), both systems' buckets
-on one S3 server started for the run (moto's, on loopback). The clients of each measurement
-take the two replicas of a system in turn (the warm pull comes from the other replica than the
-cold one) and the manifest load spreads its connections over both; blobs are downloaded
-following the redirect. Its blob figure uses a smaller layer (50 MiB, 8 clients): every byte
-passes through moto, in Python, for both systems alike. The PostgreSQL server and Redis
-are flags (`--scaled-database-url`, default `postgres://postgres@127.0.0.1:5432/mirrorsite_bench`,
-a fresh database dropped afterwards; `--scaled-redis-url`, default DB 6, the run's keys under a
-prefix of its own, removed afterwards). `--no-scaled` runs the single-node setup only,
-`--only-scaled` the scaled one only.
-
-On 2 cores each setup takes three to five minutes (a busy machine, longer); a run stops every
-process it started, also on Ctrl-C. Flags change sizes, rounds, client counts and durations
-(`make bench BENCH_ARGS="--rounds 1 --large-layer-mib 50"`, `python -m benchmarks.run --help`).
-Results go to `benchmarks/results/latest.json` (with per-round details) and `latest.md`; a full
-run rewrites this section. `make test` runs a smoke version of both setups (tiny images, one
-round) so the benchmark cannot rot. Another busy process on the machine skews every figure: the
-load average before the run is printed with the results.
-"""
-
-
-def update_readme(readme: Path, report: dict) -> None:
-    """Replace the text between the bench markers (or add the section before ## Development)."""
-    block = f"{README_START}\n{README_INTRO}\n{markdown(report)}{README_END}"
-    text = readme.read_text()
-    if README_START in text and README_END in text:
-        start, end = text.index(README_START), text.index(README_END) + len(README_END)
-        text = text[:start] + block + text[end:]
-    elif "\n## Development" in text:
-        i = text.index("\n## Development") + 1
-        text = text[:i] + block + "\n\n" + text[i:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    readme.write_text(text)

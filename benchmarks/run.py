@@ -4,7 +4,7 @@
 
 For each setup (single-node, then scaled: two replicas of each system on S3) starts a fresh
 upstream and both systems, measures both the same way, prints the tables, writes
-benchmarks/results/latest.{json,md} and refreshes the README section.
+benchmarks/results/latest.{json,md} (the only home of dated figures).
 Exits non-zero when a measurement could not be made (not when a target is missed).
 """
 from __future__ import annotations
@@ -213,9 +213,6 @@ def main(argv: list[str] | None = None) -> int:
     print(report.text_table(result))
     print(f"\nMachine: {report.machine_line(result)}")
     print(f"\nwritten: {js}, {md} ({duration:.0f} s)")
-    if params.readme and not interrupted:
-        report.update_readme(params.readme, result)
-        print(f"updated: {params.readme}")
     if interrupted:
         return 130
     return 1 if errors else 0

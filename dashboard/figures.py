@@ -1,6 +1,6 @@
 """The figures the dashboard and the API show, read from the statistics tables and the cache.
 
-Definitions (the README repeats them):
+Definitions (docs/dashboard.md repeats them):
 - hit rate by requests: (hits + stale serves) / (hits + stale serves + misses); errors are
   counted apart;
 - hit rate by bytes: bytes served from cache / bytes served;

@@ -2,7 +2,7 @@
 
 The embedded default (no environment at all) is a complete mirror of Docker Hub that keeps
 everything (SQLite database, blobs, temporary files, generated secret key) under
-MIRROR_DATA_DIR. The README lists every variable.
+MIRROR_DATA_DIR. docs/configuration.md lists every variable.
 """
 import os
 from pathlib import Path

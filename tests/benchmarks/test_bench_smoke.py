@@ -24,7 +24,7 @@ SMOKE_ARGS = [
     "--large-layer-mib", "2", "--scaled-large-layer-mib", "2", "--layers-mib", "0.25,0.5", "--small-layer-kib", "10", "--rounds", "1",
     "--manifest-seconds", "1", "--manifest-connections", "4", "--tag-pulls", "20",
     # make test does not install wrk; the Python load is the same code path for both systems.
-    "--loadgen", "python", "--time-limit", "120", "--no-readme",
+    "--loadgen", "python", "--time-limit", "120",
 ]
 
 

@@ -16,7 +16,7 @@ from tests.support.egress import EgressTrap
 from tests.support.images import MANIFEST_ACCEPT, sha256_digest
 from tests.support.mirror import MirrorProcess
 from tests.support.nginx import NginxFront
-from tests.support.readme import client_config
+from tests.support.manual import client_config
 from tests.support.skopeo import Skopeo
 from tests.support.source_address import request_from
 from tests.support.tls import ServerCertificate, make_server_certificate

@@ -1,4 +1,4 @@
-"""containerd pulls through the mirror (`ctr images pull`), configured as the README says:
+"""containerd pulls through the mirror (`ctr images pull`), configured as the manual says:
 `certs.d/docker.io/hosts.toml` naming the mirror, read with `--hosts-dir`. containerd then
 adds `?ns=docker.io` to every request it sends the mirror. Also pulls naming the mirror.
 
@@ -18,7 +18,7 @@ from tests.support.clients import ClientImages, Watch, blob_digests, push_client
 from tests.support.containerd import Containerd, write_hosts_dir
 from tests.support.egress import EgressTrap
 from tests.support.images import sha256_digest
-from tests.support.readme import client_config
+from tests.support.manual import client_config
 from tests.support.upstream_registry import free_port
 
 AGENT = "containerd/"
@@ -133,7 +133,7 @@ def test_pull_naming_the_mirror(mirror, upstream, trap, containerd, ctr_images, 
 
 
 def test_mirror_down_or_without_the_image_falls_back_to_the_server(mirror, upstream, trap, containerd, namespace, tmp_path):
-    """What the README promises: containerd tries the next host, Docker Hub, when the mirror
+    """What the manual promises: containerd tries the next host, Docker Hub, when the mirror
     fails, with or without `server`. Here that attempt lands in the trap and the pull fails."""
     dead = f"127.0.0.1:{free_port()}"
     readme = hosts_dir(tmp_path / "readme", dead)

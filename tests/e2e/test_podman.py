@@ -1,4 +1,4 @@
-"""podman pulls through the mirror, configured as the README says (`registries.conf` with a
+"""podman pulls through the mirror, configured as the manual says (`registries.conf` with a
 mirror for docker.io), and by naming the mirror directly.
 
 The upstream Distribution stands in for Docker Hub: the mirror maps `docker.io/...` to it.
@@ -15,7 +15,7 @@ import pytest
 from tests.support.clients import ClientImages, Watch, blob_digests, push_client_images
 from tests.support.egress import EgressTrap
 from tests.support.podman import Podman
-from tests.support.readme import client_config
+from tests.support.manual import client_config
 from tests.support.upstream_registry import free_port
 
 AGENT = "containers/"  # podman's User-Agent (containers/image)
@@ -126,7 +126,7 @@ def test_pull_naming_the_mirror(mirror, upstream, trap, pm_images, new_podman):
 
 
 def test_mirror_down_or_without_the_image_falls_back_to_docker_io(mirror, upstream, trap, new_podman):
-    """What the README promises: podman tries `location` (Docker Hub) when the mirror fails.
+    """What the manual promises: podman tries `location` (Docker Hub) when the mirror fails.
     Here that attempt lands in the trap, so the pull fails instead of going around the mirror."""
     unreachable = new_podman(client_config("registries.conf", f"127.0.0.1:{free_port()}"))
     trap.clear()

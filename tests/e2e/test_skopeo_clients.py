@@ -1,5 +1,5 @@
 """skopeo as a client of the mirror beyond `skopeo copy` (tests/e2e/test_pull.py):
-`inspect --raw`, `inspect`, `list-tags`, naming the mirror or through the README's
+`inspect --raw`, `inspect`, `list-tags`, naming the mirror or through the manual's
 `registries.conf`, and what skopeo does when the mirror fails or is not used at all.
 
 Docker Hub is never reached: skopeo's non-loopback requests go to the egress trap."""
@@ -13,7 +13,7 @@ import pytest
 from tests.support.clients import ClientImages, Watch, blob_digests, push_client_images
 from tests.support.egress import EgressTrap
 from tests.support.images import sha256_digest, tag_existing
-from tests.support.readme import client_config
+from tests.support.manual import client_config
 from tests.support.skopeo import Skopeo
 from tests.support.upstream_registry import free_port
 
@@ -109,7 +109,7 @@ def test_copy_and_inspect_through_registries_conf(mirror, upstream, trap, sk_ima
 
 
 def test_mirror_failures_and_commands_that_ignore_mirrors_go_to_docker_io(mirror, upstream, trap, sk_images, skopeo_via, tmp_path):
-    """What the README says: with the mirror down (or without the image) skopeo tries Docker Hub;
+    """What the manual says: with the mirror down (or without the image) skopeo tries Docker Hub;
     `list-tags` and a plain `inspect` (which lists tags) go to Docker Hub whatever the mirrors.
     Those attempts land in the trap, so they fail here."""
     attempts = {

@@ -4,7 +4,7 @@ The session's Distribution is the default upstream (standing in for Docker Hub);
 Distribution, with the same token server, stands in for ghcr.io: the MIRROR_UPSTREAMS file
 gives it the host name `ghcr.io`, the alias `ghcr`, and two accounts, the first with a wrong
 password. Both hold `library/same:1`, different images. Clients are configured with the
-README's snippets for several registries; their non-loopback traffic goes to the egress trap.
+the manual's snippets for several registries; their non-loopback traffic goes to the egress trap.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from tests.support.containerd import Containerd, write_hosts_dir
 from tests.support.egress import EgressTrap
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image, sha256_digest
 from tests.support.mirror import MirrorProcess
-from tests.support.readme import client_config
+from tests.support.manual import client_config
 from tests.support.skopeo import Skopeo
 from tests.support.upstream_registry import UpstreamRegistry
 

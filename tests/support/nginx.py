@@ -1,4 +1,4 @@
-"""nginx in front of the mirror, configured from the deploy/ example the README points at."""
+"""nginx in front of the mirror, configured from the deploy/ example the manual points at."""
 from __future__ import annotations
 
 from pathlib import Path

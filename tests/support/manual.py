@@ -1,24 +1,24 @@
-"""The client configuration snippets of README.md, as the tests use them.
+"""The client configuration snippets of the manual (docs/clients.md), as the tests use them.
 
-Each configuration file the README tells users to write is preceded there by a marker
+Each configuration file the manual tells users to write is preceded there by a marker
 `<!-- client-config: NAME -->`; the tests configure the real clients with exactly that
-text, the mirror's address put in place of `mirror.example:5000`. A README snippet that
+text, the mirror's address put in place of `mirror.example:5000`. A snippet of the manual that
 stops working fails a test.
 """
 from __future__ import annotations
 
 from tests.support.mirror import PROJECT_ROOT
 
-README = PROJECT_ROOT / "README.md"
+CLIENTS_PAGE = PROJECT_ROOT / "docs" / "clients.md"
 PLACEHOLDER = "mirror.example:5000"
 
 
 def client_config(name: str, mirror_host: str) -> str:
-    text = README.read_text()
+    text = CLIENTS_PAGE.read_text()
     marker = f"<!-- client-config: {name} -->"
     start = text.find(marker)
     if start < 0:
-        raise AssertionError(f"README.md has no {marker!r} before a code block")
+        raise AssertionError(f"docs/clients.md has no {marker!r} before a code block")
     lines = text[start + len(marker):].splitlines()
     body: list[str] = []
     fence: str | None = None
