@@ -30,6 +30,9 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError
 
 PUBLIC = "public"
+DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "index.docker.io", "docker.io", "registry.hub.docker.com"})
+# Docker Hub's token service is not on its registry's host.
+DOCKER_HUB_REALM_HOSTS = ("auth.docker.io",)
 # What a URL an upstream sends may look like: printable ASCII, no spaces, bounded.
 _URL_TEXT = re.compile(r"^[\x21-\x7e]{1,2048}\Z")
 
@@ -52,6 +55,12 @@ def address_class(address: str) -> str:
         if test:
             return kind
     return PUBLIC if ip.is_global else "private"
+
+
+def default_realm_hosts(url: str) -> list[str]:
+    """The hosts besides its own whose token realm an upstream's credentials go to, unless
+    told otherwise: Docker Hub's auth.docker.io for Docker Hub, none for others."""
+    return list(DOCKER_HUB_REALM_HOSTS) if (urlsplit(url).hostname or "") in DOCKER_HUB_HOSTS else []
 
 
 def resolve(host: str, port: int | None = None) -> list[str]:

@@ -15,15 +15,14 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 from django.utils.text import slugify
 
-DOCKER_HUB_HOSTS = {"registry-1.docker.io", "index.docker.io", "docker.io", "registry.hub.docker.com"}
+from .destinations import DOCKER_HUB_HOSTS, default_realm_hosts
+
 # One component of a repository name (the OCI grammar): what a path alias may be.
 ALIAS_RE = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*\Z")
 # A registry host as clients name it: DNS name or IPv4 address, optional port.
 HOST_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::\d{1,5})?\Z")
 # A host name or IPv4 address, no port: a token realm host (ports do not matter there).
 REALM_HOST_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\Z")
-# Docker Hub's token service is not on its registry's host.
-DOCKER_HUB_REALM_HOSTS = ("auth.docker.io",)
 
 
 def is_docker_hub(url: str) -> bool:
@@ -37,12 +36,6 @@ def default_hosts(url: str) -> list[str]:
     if is_docker_hub(url):
         return ["docker.io"] + sorted(DOCKER_HUB_HOSTS - {"docker.io"})
     return [own] if own else []
-
-
-def default_realm_hosts(url: str) -> list[str]:
-    """The hosts besides its own whose token realm an upstream's credentials go to, unless
-    told otherwise: Docker Hub's auth.docker.io for Docker Hub, none for others."""
-    return list(DOCKER_HUB_REALM_HOSTS) if is_docker_hub(url) else []
 
 
 def split_list(text: str) -> list[str]:

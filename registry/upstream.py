@@ -30,7 +30,7 @@ from urllib3.util.retry import Retry
 from dashboard import stats as dashboard_stats
 
 from . import oci
-from .destinations import DestinationRefused, Destinations, GuardedAdapter
+from .destinations import DestinationRefused, Destinations, GuardedAdapter, default_realm_hosts
 
 if TYPE_CHECKING:
     from .tokencache import SharedTokens
@@ -165,10 +165,13 @@ class UpstreamClient:
         on_ratelimit: Callable[[RateLimit], None] | None = None,
         session: requests.Session | None = None,
         shared_tokens: "SharedTokens | None" = None,
-        realm_hosts: tuple[str, ...] | list[str] = (),
+        realm_hosts: tuple[str, ...] | list[str] | None = None,
     ):
         self.url = url.rstrip("/")
         # Where this upstream may send the mirror (token realms, redirects): destinations.py.
+        # Not given: the default for the URL (Docker Hub's auth.docker.io), not an upstream's own list.
+        if realm_hosts is None:
+            realm_hosts = default_realm_hosts(self.url)
         self.destinations = Destinations.of(self.url, realm_hosts)
         self.username = username
         self._credentials = (username, password) if username else None
