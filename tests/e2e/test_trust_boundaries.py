@@ -288,3 +288,27 @@ def test_a_realm_on_a_listed_host_over_https_gets_the_credentials(mirror, world)
     pulled = get(mirror, "/v2/listed/app/manifests/1")
     assert pulled.status_code == 200 and pulled.content == SHIPPED.manifest
     assert all(seen.headers.get("Authorization") == BASIC for seen in world.realm.seen("/token"))
+
+
+def test_blob_hits_sent_by_nginx_are_sandboxed_too(world, tmp_path):
+    """Behind nginx (deploy/nginx-mirror.conf), a hit is sent by nginx itself (X-Accel-Redirect),
+    which keeps few of the mirror's headers: the example adds these."""
+    from tests.support.nginx import NginxFront
+
+    image = build_image("library/front", "1", layer_sizes=[8 * KB], seed=9704)
+    world.plain.serve("library/front", image)
+    layer = image.layers[0]
+    mirror = MirrorProcess(tmp_path / "data", world.plain.url, MIRROR_X_ACCEL_REDIRECT="/_mirror_blobs/").start()
+    try:
+        nginx = NginxFront(tmp_path / "nginx", mirror.host, tmp_path / "data" / "blobs").start()
+        try:
+            miss = requests.get(f"{nginx.url}/v2/front/blobs/{layer.digest}", timeout=30)
+            hit = requests.get(f"{nginx.url}/v2/front/blobs/{layer.digest}", timeout=30)
+            assert miss.content == hit.content == layer.data
+            assert requests.get(f"{mirror.url}/v2/front/blobs/{layer.digest}", timeout=30).headers["X-Accel-Redirect"]
+            for response in (miss, hit):
+                assert {name: response.headers.get(name) for name in SECURITY} == SECURITY
+        finally:
+            nginx.stop()
+    finally:
+        mirror.stop()
