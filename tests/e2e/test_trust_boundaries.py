@@ -274,7 +274,7 @@ def verification(mirror: MirrorProcess, upstream: str) -> tuple[str, str]:
 def test_a_realm_on_another_host_gets_no_credentials_not_even_at_start_up(mirror, world):
     status, message = verification(mirror, "foreign")
     assert status == "refused"
-    assert f"localhost" in message and "no credentials sent" in message
+    assert "localhost" in message and "no credentials sent" in message
     ready = requests.get(f"{mirror.url}/readyz", timeout=30).json()
     assert ready["upstreams"]["foreign"]["accounts"][USER]["verification"] == "refused"
     assert "no credentials sent" in ready["upstreams"]["foreign"]["message"]

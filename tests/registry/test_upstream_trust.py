@@ -220,3 +220,23 @@ def test_realm_hosts_are_edited_in_the_admin(admin_client, db):
     assert upstream.token_realm_hosts() == ["gitlab.example", "auth.gitlab.example"]
     form["realm_hosts"] = "https://gitlab.example"
     assert b"not a host name" in admin_client.post(f"/admin/registry/upstream/{upstream.pk}/change/", form).content
+
+
+def test_upgrading_forgets_manifests_cached_with_another_media_type(db):
+    """The migration that brings realm hosts drops manifests an older mirror stored as markup."""
+    import importlib
+
+    from django.apps import apps
+    from django.utils import timezone
+
+    from registry.models import Manifest, Repository, Tag, Upstream
+
+    migration = importlib.import_module("registry.migrations.0004_upstream_realm_hosts")
+    repository = Repository.objects.create(upstream=Upstream.objects.create(name="old", url="https://old.example"), name="x")
+    kept = Manifest.objects.create(repository=repository, digest="sha256:" + "a" * 64, media_type=oci.OCI_INDEX, content=b"{}", size=2)
+    for n, media_type in enumerate(("text/html", "image/svg+xml", "application/json\r\nX: 1")):
+        html = Manifest.objects.create(repository=repository, digest=f"sha256:{n}" + "b" * 63, media_type=media_type,
+                                       content=b"<script>", size=8)
+        Tag.objects.create(repository=repository, name=f"t{n}", manifest=html, validated_at=timezone.now())
+    migration.forget_manifests_served_as_something_else(apps, None)
+    assert list(Manifest.objects.all()) == [kept] and not Tag.objects.exists()
