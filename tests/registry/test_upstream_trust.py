@@ -240,3 +240,15 @@ def test_upgrading_forgets_manifests_cached_with_another_media_type(db):
         Tag.objects.create(repository=repository, name=f"t{n}", manifest=html, validated_at=timezone.now())
     migration.forget_manifests_served_as_something_else(apps, None)
     assert list(Manifest.objects.all()) == [kept] and not Tag.objects.exists()
+
+
+def test_changed_realm_hosts_take_effect_on_the_next_request(db_upstream):
+    from registry import accounts, failover
+
+    upstream, _, _ = db_upstream
+    before = failover.client_for(upstream)
+    assert before.session.adapters["https://"].destinations.realm_hosts == frozenset()
+    upstream.realm_hosts = "localhost"
+    after = failover.client_for(upstream)
+    assert after is not before and after.session.adapters["https://"].destinations.realm_hosts == {"localhost"}
+    assert after._client(accounts.in_order(upstream)[0]).destinations.trusts("localhost")
