@@ -49,6 +49,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "registry.responses.RegistryHeadersMiddleware",  # nosniff and a sandboxing CSP on every /v2/ answer
     "django.middleware.security.SecurityMiddleware",
     "access.middleware.AllowedNetworksMiddleware",  # before anything else answers
     "mirrorsite.nulguard.RejectNulMiddleware",  # PostgreSQL cannot compare such strings

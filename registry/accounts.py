@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 import logging
+import re
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
@@ -23,7 +24,7 @@ from django.utils import timezone
 
 from .memory import AnswerMemory
 from .models import AccountSwitch, Managed, Upstream, UpstreamAccount
-from .upstream import RateLimit
+from .upstream import RETRY_AFTER_MAX, RateLimit
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +211,9 @@ def clear_rejection(state: AccountState) -> None:
 
 
 def mark_rate_limited(state: AccountState, retry_after: str | None) -> None:
-    seconds = int(retry_after) if retry_after and retry_after.isdigit() else settings.MIRROR_ACCOUNT_COOLDOWN
+    # The upstream's number, as upstream.retry_after checked it: ASCII digits, at most a day.
+    digits = retry_after is not None and re.fullmatch(r"[0-9]{1,9}", retry_after)
+    seconds = min(int(retry_after), RETRY_AFTER_MAX) if digits else settings.MIRROR_ACCOUNT_COOLDOWN
     state.cooldown_until = timezone.now() + timedelta(seconds=max(seconds, 1))
     _save(state.pk, cooldown_until=state.cooldown_until)
 

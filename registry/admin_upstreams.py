@@ -75,7 +75,9 @@ class UpstreamAdmin(admin.ModelAdmin):
     fieldsets = (
         ("Routing", {"fields": ("name", "url", "hosts", "alias", "library_prefix")}),
         ("Cache", {"fields": ("tag_ttl", "stale_policy", "max_staleness", "allow_repositories", "deny_repositories")}),
-        ("Connection", {"fields": ("tls_verify", "ca_certificates", "connect_timeout", "read_timeout", "max_connections")}),
+        ("Connection", {"fields": (
+            "tls_verify", "ca_certificates", "connect_timeout", "read_timeout", "max_connections", "realm_hosts",
+        )}),
         ("Status", {"fields": UPSTREAM_STATUS}),
     )
     inlines = [AccountInline, SwitchInline]

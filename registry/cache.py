@@ -270,9 +270,10 @@ def _repository(upstream: Upstream, repo_name: str) -> Repository:
 
 
 def _store_manifest(upstream: Upstream, repo_name: str, digest: str, response) -> Manifest:
-    """Keep a verified manifest, what it references, and the repository's claim to its blobs."""
-    repository = _repository(upstream, repo_name)
+    """Keep a verified manifest, what it references, and the repository's claim to its blobs.
+    Anything but a registry manifest is refused (MANIFEST_INVALID) before anything is stored."""
     media_type = oci.manifest_media_type(response.content, response.headers.get("Content-Type"))
+    repository = _repository(upstream, repo_name)
     blobs, children = oci.manifest_references(response.content)
     try:
         with transaction.atomic():

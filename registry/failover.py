@@ -6,7 +6,8 @@ the same request is made with the next account, and the switch is recorded. Each
 counted for the account that made it (accountusage.py), 404s for tags and repositories are
 remembered for a short while (negative.py), and whether the upstream answers is noted
 (reachability.py). The upstream's own settings apply: TLS (CA bundle or insecure), timeouts,
-and a limit on open connections shared by all its accounts.
+a limit on open connections shared by all its accounts, and the token realm hosts its
+credentials may go to (destinations.py).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from django.utils import timezone
 from . import accounts, accountusage, negative, oci, reachability, tokencache
 from .accounts import AccountState
 from .models import Upstream
+from .destinations import Destinations
 from .secrets import SecretUnreadable, decrypt
 from .upstream import BlobDownload, CredentialsRejected, UpstreamClient, UpstreamResponse, UpstreamUnavailable, make_session
 
@@ -63,8 +65,13 @@ def account_client(upstream: Upstream, state: AccountState, session=None, on_rat
     return UpstreamClient(
         upstream.url, state.username, password, connect_timeout=connect, read_timeout=read,
         verify=verify_option(upstream), on_ratelimit=on_ratelimit, session=session,
-        shared_tokens=tokencache.shared_tokens(),
+        shared_tokens=tokencache.shared_tokens(), realm_hosts=upstream.token_realm_hosts(),
     )
+
+
+def destinations_of(upstream: Upstream) -> Destinations:
+    """Where the upstream may send the mirror: its own host, its realm hosts, public addresses."""
+    return Destinations.of(upstream.url, upstream.token_realm_hosts())
 
 
 class FailoverClient:
@@ -72,7 +79,7 @@ class FailoverClient:
 
     def __init__(self, upstream: Upstream):
         self.upstream = upstream
-        self.session = make_session(upstream.connection_limit())
+        self.session = make_session(upstream.connection_limit(), destinations_of(upstream))
         self._clients: dict[tuple, UpstreamClient] = {}
         self._lock = threading.Lock()
 
@@ -186,7 +193,7 @@ def _fingerprint(upstream: Upstream) -> tuple:
     """What the client is built from: a change makes a new client (new connections, tokens)."""
     return (
         upstream.url, upstream.tls_verify, upstream.ca_certificates, upstream.timeouts(), upstream.connection_limit(),
-        settings.MIRROR_DATA_DIR,
+        tuple(upstream.token_realm_hosts()), settings.MIRROR_DATA_DIR,
     )
 
 

@@ -15,11 +15,14 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 from django.utils.text import slugify
 
-DOCKER_HUB_HOSTS = {"registry-1.docker.io", "index.docker.io", "docker.io", "registry.hub.docker.com"}
+from .destinations import DOCKER_HUB_HOSTS, default_realm_hosts
+
 # One component of a repository name (the OCI grammar): what a path alias may be.
 ALIAS_RE = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*\Z")
 # A registry host as clients name it: DNS name or IPv4 address, optional port.
 HOST_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::\d{1,5})?\Z")
+# A host name or IPv4 address, no port: a token realm host (ports do not matter there).
+REALM_HOST_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\Z")
 
 
 def is_docker_hub(url: str) -> bool:
@@ -139,6 +142,11 @@ class Upstream(models.Model):
         blank=True, help_text="Patterns (library/*, myorg/*), one per line: only matching repositories; empty allows all"
     )
     deny_repositories = models.TextField(blank=True, help_text="Patterns, one per line: never these repositories (wins over allow)")
+    realm_hosts = models.CharField(
+        max_length=500, blank=True,
+        help_text="Other hosts whose token realm may receive this upstream's account credentials (over HTTPS only), "
+        "comma-separated; empty: auth.docker.io for Docker Hub, none otherwise. The upstream's own host always may.",
+    )
     tls_verify = models.BooleanField(default=True, help_text="Verify the upstream's certificate (off: insecure)")
     ca_certificates = models.TextField(blank=True, help_text="PEM certificates to trust for this upstream (instead of the system's)")
     connect_timeout = models.FloatField(null=True, blank=True, help_text="Seconds; empty: MIRROR_UPSTREAM_CONNECT_TIMEOUT")
@@ -176,6 +184,11 @@ class Upstream(models.Model):
         if bad:
             errors["hosts"] = f"not a registry host name: {', '.join(bad)}"
         self.hosts = ", ".join(hosts)
+        realm_hosts = [host.lower().rstrip(".") for host in split_list(self.realm_hosts)]
+        bad = [host for host in realm_hosts if not REALM_HOST_RE.match(host)]
+        if bad:
+            errors["realm_hosts"] = f"not a host name (no scheme, port or path): {', '.join(bad)}"
+        self.realm_hosts = ", ".join(realm_hosts)
         if errors:
             raise ValidationError(errors)
 
@@ -188,6 +201,10 @@ class Upstream(models.Model):
     # --- its settings, falling back to the mirror's -------------------------------------------
     def host_names(self) -> list[str]:
         return [host.lower() for host in split_list(self.hosts)]
+
+    def token_realm_hosts(self) -> list[str]:
+        """The hosts besides its own whose token realm gets its accounts' credentials."""
+        return [host.lower() for host in split_list(self.realm_hosts)] or default_realm_hosts(self.url)
 
     def tag_ttl_seconds(self) -> int:
         return settings.MIRROR_TAG_TTL if self.tag_ttl is None else self.tag_ttl
@@ -227,6 +244,9 @@ class UpstreamAccount(models.Model):
         OK = "ok"
         REJECTED = "rejected", "credentials rejected"
         UNREACHABLE = "unreachable", "upstream unreachable"
+        # The upstream asked for what the mirror does not do: a token realm on a host it does
+        # not trust, a redirect (the message says which); nothing was sent.
+        REFUSED = "refused", "refused (untrusted realm or redirect)"
         ERROR = "error"
 
     upstream = models.ForeignKey(Upstream, on_delete=models.CASCADE, related_name="accounts")

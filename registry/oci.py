@@ -207,16 +207,33 @@ def manifest_references(content: bytes) -> tuple[list[str], list[str]]:
 
 
 def manifest_media_type(content: bytes, declared: str | None) -> str:
-    """The media type to serve a manifest with: the upstream's header, else the document's own."""
-    if declared and declared.split(";")[0].strip() in MANIFEST_MEDIA_TYPES:
-        return declared.split(";")[0].strip()
+    """The media type to store and serve an upstream manifest with; ManifestInvalid when the
+    upstream sent something else.
+
+    Only the four registry manifest types are ever served (the type goes out as the answer's
+    Content-Type, so a `text/html` would make the mirror's origin run an upstream's script).
+    The upstream's header decides when it names one of them; a bare `application/json`, or no
+    header, lets the document decide (its `mediaType`, else its shape). A document must be a
+    JSON object, and a `mediaType` it declares must be a manifest type too.
+    """
     try:
         document = json.loads(content)
     except ValueError:
-        document = {}
-    media_type = document.get("mediaType") if isinstance(document, dict) else None
-    if isinstance(media_type, str) and media_type:
+        document = None
+    if not isinstance(document, dict):
+        raise ManifestInvalid("upstream manifest is not a JSON object")
+    media_type = document.get("mediaType")
+    if media_type is not None and media_type not in MANIFEST_MEDIA_TYPES:
+        raise ManifestInvalid("upstream manifest declares a media type that is not a manifest's",
+                              {"mediaType": str(media_type)[:100]})
+    header = (declared or "").split(";")[0].strip().lower()
+    if header in MANIFEST_MEDIA_TYPES:
+        return header
+    if header not in ("", "application/json"):
+        raise ManifestInvalid("upstream manifest sent with a media type that is not a manifest's",
+                              {"contentType": header[:100]})
+    if media_type is not None:
         return media_type
-    if isinstance(document, dict) and "manifests" in document:
+    if "manifests" in document:
         return OCI_INDEX
     return OCI_MANIFEST

@@ -20,6 +20,12 @@ from .blobstore import BlobLocation, Redirect, Streamed
 logger = logging.getLogger(__name__)
 
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
+# On every /v2/ answer: its bytes come from upstreams, so a browser must never sniff them into
+# a page, nor run anything in one (a manifest or blob opened from the admin's origin).
+REGISTRY_SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Content-Security-Policy", "default-src 'none'; sandbox"),
+)
 READ_METHODS = ("GET", "HEAD")
 _RANGE_RE = re.compile(r"^bytes=([0-9]*)-([0-9]*)\Z")
 
@@ -31,14 +37,38 @@ def error_response(error: oci.RegistryError, method: str = "GET") -> HttpRespons
     for name, value in getattr(error, "headers", {}).items():  # e.g. an authentication challenge
         response[name] = value
     retry_after = error.detail.get("retry_after") if isinstance(error.detail, dict) else None
-    if isinstance(error, oci.TooManyRequests) and str(retry_after or "").isdigit():
+    if isinstance(error, oci.TooManyRequests) and re.fullmatch(r"[0-9]{1,9}", str(retry_after or "")):
         response["Retry-After"] = str(retry_after)  # the upstream's, or when an account may be tried again
     return response
 
 
+def is_registry_path(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def secure_registry_response(response: HttpResponse) -> HttpResponse:
+    for name, value in REGISTRY_SECURITY_HEADERS:
+        response[name] = value
+    return response
+
+
+class RegistryHeadersMiddleware:
+    """Outermost: every /v2/ answer carries REGISTRY_SECURITY_HEADERS, whoever made it (a
+    view, an error, the network allow-list, client authentication, a redirect to add a slash)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if is_registry_path(request.path):
+            secure_registry_response(response)
+        return response
+
+
 def registry_endpoint(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     """Read-only registry endpoint: writes are UNSUPPORTED, RegistryError becomes its JSON,
-    and every answer carries the API version header."""
+    and every answer carries the API version header and REGISTRY_SECURITY_HEADERS."""
 
     @csrf_exempt
     @functools.wraps(view)
@@ -53,6 +83,7 @@ def registry_endpoint(view: Callable[..., HttpResponse]) -> Callable[..., HttpRe
             logger.exception("unexpected error serving %s %s", request.method, request.path)
             response = error_response(oci.RegistryError("internal error"), request.method)
         response[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
+        secure_registry_response(response)
         namespace = getattr(request, "oci_namespace", None)
         if namespace:  # containerd's ?ns= chose the upstream (routing.route)
             response["OCI-Namespace"] = namespace
@@ -177,5 +208,5 @@ def server_error(request: HttpRequest) -> HttpResponse:
     if request.path.startswith("/v2/"):
         response = error_response(oci.RegistryError("internal error"), request.method)
         response[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
-        return response
+        return secure_registry_response(response)
     return HttpResponse("Server error\n", status=500, content_type="text/plain")

@@ -3,9 +3,13 @@
 Auth works the way Docker Hub does it: a request answered 401 with a Bearer challenge gets a
 token from the challenge's realm (HTTP Basic with the account's username and access token,
 or anonymously), cached per scope until it expires; a Basic challenge gets the account's
-credentials directly. Redirects (Docker Hub sends blobs to a CDN) are followed by hand so
-the Authorization header never leaves for another host. Every call has timeouts, and every
-failure is turned into the registry error a client should see.
+credentials directly. A realm is asked only where destinations.py allows (the upstream's own
+host, or its listed realm hosts, over HTTPS). Redirects are followed for blobs only (Docker
+Hub sends them to a CDN), by hand, so the Authorization header never leaves for another host,
+and only to where destinations.py allows; a redirect of a manifest, tag list, token or
+`/v2/` request is refused (502). What the upstream's headers say is checked before it is used
+(digests, sizes, rate limits, Retry-After). Every call has timeouts, and every failure is
+turned into the registry error a client should see.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import re
 import threading
 import time
 from typing import TYPE_CHECKING, Callable, Iterator
-from urllib.parse import urljoin
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -26,6 +30,7 @@ from urllib3.util.retry import Retry
 from dashboard import stats as dashboard_stats
 
 from . import oci
+from .destinations import DestinationRefused, Destinations, GuardedAdapter, default_realm_hosts
 
 if TYPE_CHECKING:
     from .tokencache import SharedTokens
@@ -33,15 +38,35 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+TOKEN_MAX_BYTES = 1024 * 1024
+# What an upstream's Retry-After may hold the mirror back for (a day); more is a broken upstream.
+RETRY_AFTER_MAX = 86400
 TOKEN_EXPIRY_MARGIN = 10.0  # seconds: refresh a token a little before the upstream would
 DEFAULT_TOKEN_LIFETIME = 60.0  # the token spec's default when expires_in is absent
+TOKEN_LIFETIME_MAX = 86400.0
 CHUNK_SIZE = 1024 * 1024
 
 _CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
+# A challenge's service and scope go back to the realm as query parameters: plain text, bounded.
+_CHALLENGE_VALUE = re.compile(r"^[\x20-\x7e]{0,1000}\Z")
+_NUMBER = re.compile(r"^[0-9]{1,9}\Z")  # ASCII digits only (int() takes "١٢", "+1", "1_0")
 
 
 class UpstreamUnavailable(oci.Unavailable):
     """The upstream could not be reached, timed out, or failed with a 5xx."""
+
+
+class UpstreamRefused(UpstreamUnavailable):
+    """The upstream asked the mirror to go where it does not go (a redirect of a manifest, tag
+    list or token request; a redirect to an internal address or from HTTPS to HTTP; a token
+    realm it may not ask): nothing was sent there, and the client gets a 502."""
+
+    status = 502
+
+
+class RealmRefused(UpstreamRefused):
+    """The upstream's token realm is not one the mirror sends credentials (or anything) to."""
 
 
 class CredentialsRejected(oci.Unauthorized):
@@ -49,16 +74,18 @@ class CredentialsRejected(oci.Unauthorized):
     access to one repository: another account may do better."""
 
 
-def make_session(max_connections: int = 64) -> requests.Session:
+def make_session(max_connections: int = 64, destinations: Destinations | None = None) -> requests.Session:
     """A connection pool of at most `max_connections` per host; a caller beyond that waits
-    for a connection rather than opening another."""
+    for a connection rather than opening another. Given an upstream's `destinations`, every
+    connection to a host other than its own is made to an address those rules allow."""
     session = requests.Session()
     # Retry only what never reached the upstream; a HEAD is never turned into a GET.
     retry = Retry(
         total=2, connect=2, read=0, status=0, other=0, backoff_factor=0.2, allowed_methods=None,
         respect_retry_after_header=False,  # a 429 or 503 is the caller's to handle (stale serve, backoff)
     )
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_connections, pool_block=True, max_retries=retry)
+    options = dict(pool_connections=4, pool_maxsize=max_connections, pool_block=True, max_retries=retry)
+    adapter = GuardedAdapter(destinations, **options) if destinations is not None else HTTPAdapter(**options)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
@@ -79,12 +106,21 @@ class UpstreamResponse:
 
     @property
     def digest(self) -> str | None:
-        return self.headers.get("Docker-Content-Digest")
+        """The upstream's Docker-Content-Digest when it is a digest the mirror can verify;
+        anything else is as good as none (the mirror computes the digest itself)."""
+        value = self.headers.get("Docker-Content-Digest")
+        if not value:
+            return None
+        try:
+            return str(oci.parse_digest(value.strip()))
+        except oci.DigestInvalid:
+            logger.warning("upstream sent an unusable Docker-Content-Digest; ignored")
+            return None
 
     @property
     def content_length(self) -> int | None:
-        value = self.headers.get("Content-Length")
-        return int(value) if value and value.isdigit() else None
+        value = (self.headers.get("Content-Length") or "").strip()
+        return int(value) if re.fullmatch(r"[0-9]{1,19}", value) else None
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -98,14 +134,14 @@ def parse_ratelimit(headers: requests.structures.CaseInsensitiveDict) -> RateLim
     """Docker Hub's `ratelimit-limit: 100;w=21600` and `ratelimit-remaining: 76;w=21600`."""
 
     def split(value: str | None) -> tuple[int | None, int | None]:
+        # Plain ASCII numbers that fit the database's integers; anything else is not said.
         if not value:
             return None, None
         number, _, params = value.partition(";")
-        window = re.search(r"w=(\d+)", params)
-        try:
-            return int(number.strip()), int(window.group(1)) if window else None
-        except ValueError:
+        window = re.search(r"(?:^|[\s;,])w=([0-9]{1,9})(?:\Z|[\s;,])", params)
+        if not _NUMBER.match(number.strip()):
             return None, None
+        return int(number.strip()), int(window.group(1)) if window else None
 
     limit, window = split(headers.get("ratelimit-limit"))
     remaining, remaining_window = split(headers.get("ratelimit-remaining"))
@@ -129,8 +165,14 @@ class UpstreamClient:
         on_ratelimit: Callable[[RateLimit], None] | None = None,
         session: requests.Session | None = None,
         shared_tokens: "SharedTokens | None" = None,
+        realm_hosts: tuple[str, ...] | list[str] | None = None,
     ):
         self.url = url.rstrip("/")
+        # Where this upstream may send the mirror (token realms, redirects): destinations.py.
+        # Not given: the default for the URL (Docker Hub's auth.docker.io), not an upstream's own list.
+        if realm_hosts is None:
+            realm_hosts = default_realm_hosts(self.url)
+        self.destinations = Destinations.of(self.url, realm_hosts)
         self.username = username
         self._credentials = (username, password) if username else None
         self.timeout = (connect_timeout, read_timeout)
@@ -143,7 +185,7 @@ class UpstreamClient:
         self._use_basic = False
         self._lock = threading.Lock()
         # The accounts of one upstream share its session: its connection limit is theirs.
-        self.session = session or make_session()
+        self.session = session or make_session(destinations=self.destinations)
 
     # --- the calls the cache makes -------------------------------------------------------------
     def head_manifest(self, name: str, reference: str) -> UpstreamResponse:
@@ -161,14 +203,15 @@ class UpstreamClient:
             content = self._read_limited(response, oci.MANIFEST_MAX_BYTES)
             return UpstreamResponse(response.status_code, response.headers, content)
 
+    # Blobs, GET and HEAD alike, may be redirected (Distribution redirects both to its storage).
     def head_blob(self, name: str, digest: str) -> UpstreamResponse:
-        response = self._send("HEAD", name, f"blobs/{digest}", {})
+        response = self._send("HEAD", name, f"blobs/{digest}", {}, follow_redirects=True)
         with response:
             self._raise_for_status(response, oci.BlobUnknown, "blob unknown to upstream")
             return UpstreamResponse(response.status_code, response.headers)
 
     def open_blob(self, name: str, digest: str) -> "BlobDownload":
-        response = self._send("GET", name, f"blobs/{digest}", {}, stream=True)
+        response = self._send("GET", name, f"blobs/{digest}", {}, stream=True, follow_redirects=True)
         try:
             self._raise_for_status(response, oci.BlobUnknown, "blob unknown to upstream")
         except BaseException:
@@ -199,6 +242,7 @@ class UpstreamClient:
         if scheme == "bearer" and params.get("realm"):
             self._fetch_token(params, None)
             return "token issued" + ("" if self._credentials else " (anonymous)")
+        # Basic auth goes to the upstream's own URL: no realm to check.
         if scheme == "basic" and self._credentials:
             headers = {"Authorization": requests.auth._basic_auth_str(*self._credentials)}
             with self._request("GET", url, headers, stream=False) as response:
@@ -213,12 +257,18 @@ class UpstreamClient:
 
     # --- transport -----------------------------------------------------------------------------
     def _send(
-        self, method: str, name: str, path: str, headers: dict[str, str], *, stream: bool = False, params=None
+        self, method: str, name: str, path: str, headers: dict[str, str], *, stream: bool = False, params=None,
+        follow_redirects: bool = False,
     ) -> requests.Response:
         url = f"{self.url}/v2/{name}/{path}"
         scope = f"repository:{name}:pull"
         sent = self._auth_headers(scope, headers)
-        response = self._request(method, url, sent, stream, params)
+        follow = follow_redirects
+
+        def request(auth_headers: dict[str, str]) -> requests.Response:
+            return self._request(method, url, auth_headers, stream, params, follow_redirects=follow)
+
+        response = request(sent)
         if response.status_code == 401:
             challenge = response.headers.get("WWW-Authenticate", "")
             response.close()
@@ -226,7 +276,7 @@ class UpstreamClient:
             if scheme == "bearer" and challenge_params.get("realm"):
                 self._bearer = True
                 if self._take_shared_token(scope, refused=sent.get("Authorization")):
-                    response = self._request(method, url, self._auth_headers(scope, headers), stream, params)
+                    response = request(self._auth_headers(scope, headers))
                     if response.status_code != 401:
                         return response
                     response.close()  # refused (revoked, or expired early): get one of our own
@@ -235,7 +285,7 @@ class UpstreamClient:
                 self._use_basic = True
             else:
                 raise CredentialsRejected("upstream requires authentication")
-            response = self._request(method, url, self._auth_headers(scope, headers), stream, params)
+            response = request(self._auth_headers(scope, headers))
             if response.status_code == 401 and scheme == "basic":
                 response.close()  # Basic credentials are all or nothing: the account is refused
                 raise CredentialsRejected("upstream rejected the credentials")
@@ -266,8 +316,12 @@ class UpstreamClient:
             self._tokens[scope] = (found[0], time.monotonic() + found[1])
         return True
 
-    def _request(self, method: str, url: str, headers: dict[str, str], stream: bool, params=None) -> requests.Response:
-        """One call, following redirects by hand without Authorization after the first hop."""
+    def _request(
+        self, method: str, url: str, headers: dict[str, str], stream: bool, params=None, *, follow_redirects: bool = False,
+    ) -> requests.Response:
+        """One call. Redirects are followed (by hand, without Authorization after the first
+        hop) only when `follow_redirects` (blobs), and only where destinations.py allows;
+        otherwise a redirect is UpstreamRefused and its Location is never asked."""
         for _ in range(MAX_REDIRECTS + 1):
             started = time.monotonic()
             try:
@@ -275,6 +329,9 @@ class UpstreamClient:
                     method, url, headers=headers, params=params, stream=stream,
                     allow_redirects=False, timeout=self.timeout, verify=self.verify,
                 )
+            except DestinationRefused as refusal:
+                logger.warning("upstream %s %s refused: %s", method, _redact(url), refusal)
+                raise UpstreamRefused(str(refusal)) from None
             except requests.RequestException as error:
                 logger.warning("upstream %s %s failed: %s", method, _redact(url), type(error).__name__)
                 dashboard_stats.upstream_call(
@@ -284,37 +341,70 @@ class UpstreamClient:
             elapsed = response.elapsed.total_seconds()
             dashboard_stats.upstream_call(self.url, self.username, method, url, response.status_code, elapsed)
             self._note_ratelimit(response)
-            if response.status_code in (301, 302, 303, 307, 308) and "Location" in response.headers:
-                url = urljoin(url, response.headers["Location"])
-                response.close()
-                headers = {key: value for key, value in headers.items() if key.lower() != "authorization"}
-                params = None  # the Location carries its own query
-                continue
-            return response
+            if response.status_code not in REDIRECT_STATUSES:
+                return response
+            location = response.headers.get("Location")
+            response.close()
+            if not follow_redirects:
+                what = _request_kind(url)
+                logger.warning("upstream redirected %s %s (%s): refused", method, _redact(url), response.status_code)
+                raise UpstreamRefused(
+                    f"upstream redirected the {what} request ({response.status_code}); "
+                    "the mirror follows redirects for blobs only",
+                    {"status": response.status_code},
+                )
+            try:
+                url = self.destinations.redirect_target(url, location)
+            except DestinationRefused as refusal:
+                logger.warning("upstream redirect of %s %s refused: %s", method, _redact(url), refusal)
+                raise UpstreamRefused(str(refusal)) from None
+            headers = {key: value for key, value in headers.items() if key.lower() != "authorization"}
+            params = None  # the Location carries its own query
         raise UpstreamUnavailable("upstream redirected too many times")
 
     def _fetch_token(self, challenge: dict[str, str], scope: str | None) -> None:
+        """A token from the challenge's realm, if destinations.py lets the mirror ask it at all
+        (with credentials or without: RealmRefused otherwise, and the realm gets nothing)."""
+        realm = challenge.get("realm", "")
+        refusal = self.destinations.realm_refusal(realm)
+        if refusal:
+            logger.warning("upstream %s: %s", _redact(self.url), refusal)
+            raise RealmRefused(refusal)
+        service = challenge.get("service", "")
+        if not _CHALLENGE_VALUE.match(service):
+            raise UpstreamRefused("upstream's challenge names an unusable service; no token requested")
         params = {"scope": scope} if scope else {}
-        if challenge.get("service"):
-            params["service"] = challenge["service"]
+        if service:
+            params["service"] = service
         try:
             response = self.session.get(
-                challenge["realm"], params=params, auth=self._credentials,
-                timeout=self.timeout, verify=self.verify,
+                realm, params=params, auth=self._credentials, stream=True,
+                timeout=self.timeout, verify=self.verify, allow_redirects=False,
             )
+        except DestinationRefused as refused:
+            raise RealmRefused(str(refused)) from None
         except requests.RequestException as error:
             raise UpstreamUnavailable("upstream token service unreachable", {"error": type(error).__name__}) from None
         with response:
+            if response.status_code in REDIRECT_STATUSES:
+                raise UpstreamRefused(
+                    f"upstream token service redirected ({response.status_code}); the mirror follows redirects for blobs only",
+                    {"status": response.status_code},
+                )
             if response.status_code in (401, 403):
                 raise CredentialsRejected("upstream rejected the mirror's credentials")
             if response.status_code >= 400:
                 raise UpstreamUnavailable(f"upstream token service answered {response.status_code}")
             try:
-                body = response.json()
+                body = json.loads(self._read_limited(response, TOKEN_MAX_BYTES))
                 token = body.get("token") or body.get("access_token")
                 lifetime = float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
-            except (ValueError, AttributeError, TypeError):
+                # NaN or negative is not a lifetime; past a day, ask again anyway.
+                lifetime = min(lifetime, TOKEN_LIFETIME_MAX) if lifetime > 0 else DEFAULT_TOKEN_LIFETIME
+            except (ValueError, AttributeError, TypeError, oci.ManifestInvalid):
                 token = None
+            if not isinstance(token, str) or not re.fullmatch(r"[\x21-\x7e]{1,16384}", token):
+                token = None  # it goes into an Authorization header: printable, bounded
             if not token:
                 raise UpstreamUnavailable("upstream token service answered without a token")
         good_for = max(lifetime - TOKEN_EXPIRY_MARGIN, 1.0)
@@ -348,7 +438,7 @@ class UpstreamClient:
         if status == 403:
             raise oci.Denied("upstream denied access")
         if status == 429:
-            raise oci.TooManyRequests("upstream rate limit reached", {"retry_after": response.headers.get("Retry-After")})
+            raise oci.TooManyRequests("upstream rate limit reached", {"retry_after": retry_after(response.headers)})
         if status == 400:
             raise oci.NameInvalid("upstream rejected the request")
         raise UpstreamUnavailable(f"upstream answered {status}")
@@ -382,6 +472,24 @@ class BlobDownload:
 
     def close(self) -> None:
         self.response.close()
+
+
+def retry_after(headers) -> str | None:
+    """The upstream's Retry-After in seconds (at most RETRY_AFTER_MAX), when it says one."""
+    value = (headers.get("Retry-After") or "").strip()
+    return str(min(int(value), RETRY_AFTER_MAX)) if _NUMBER.match(value) else None
+
+
+def _request_kind(url: str) -> str:
+    """What a request to the upstream asks for, for messages."""
+    path = urlsplit(url).path
+    if "/manifests/" in path:
+        return "manifest"
+    if path.endswith("/tags/list"):
+        return "tag list"
+    if "/blobs/" in path:
+        return "blob"
+    return "/v2/"
 
 
 def _error_code(response: requests.Response) -> str | None:

@@ -10,6 +10,8 @@
         max_staleness: 86400       # seconds; default MIRROR_TAG_MAX_STALENESS
         allow: ["myorg/*"]         # repository patterns (as the upstream names them)
         deny: []
+        realm_hosts: []            # other hosts whose token realm gets the credentials (HTTPS);
+                                   # default: auth.docker.io for Docker Hub, none otherwise
         tls_verify: true
         ca_bundle: /etc/mirror/ghcr-ca.pem
         connect_timeout: 5
@@ -42,12 +44,12 @@ from django.db import transaction
 from django.utils.text import slugify
 
 from . import accounts, routing, secrets
-from .models import HOST_RE, Managed, Upstream, UpstreamAccount, default_hosts, is_docker_hub
+from .models import HOST_RE, REALM_HOST_RE, Managed, Upstream, UpstreamAccount, default_hosts, is_docker_hub
 
 logger = logging.getLogger(__name__)
 
 UPSTREAM_KEYS = {
-    "url", "name", "hosts", "alias", "tag_ttl", "stale_policy", "max_staleness", "allow", "deny", "tls_verify",
+    "url", "name", "hosts", "alias", "tag_ttl", "stale_policy", "max_staleness", "allow", "deny", "realm_hosts", "tls_verify",
     "ca_bundle", "ca_certificates", "connect_timeout", "read_timeout", "max_connections", "library_prefix", "accounts",
 }
 ACCOUNT_KEYS = {"username", "anonymous", "password", "password_env", "password_file", "enabled"}
@@ -103,6 +105,10 @@ def _upstream(entry: object, where: str) -> UpstreamSpec:
     bad = [host for host in hosts if not HOST_RE.match(host)]
     if bad:
         raise ConfigError(f"{where}: hosts: not a registry host name: {', '.join(bad)}")
+    realm_hosts = [host.lower().rstrip(".") for host in _list(entry, "realm_hosts", where)]
+    bad = [host for host in realm_hosts if not REALM_HOST_RE.match(host)]
+    if bad:
+        raise ConfigError(f"{where}: realm_hosts: not a host name (no scheme, port or path): {', '.join(bad)}")
     library = entry.get("library_prefix", "auto")
     fields: dict[str, Any] = {
         "url": url,
@@ -115,6 +121,7 @@ def _upstream(entry: object, where: str) -> UpstreamSpec:
         "max_staleness": _typed(entry, "max_staleness", int, where),
         "allow_repositories": "\n".join(_list(entry, "allow", where)),
         "deny_repositories": "\n".join(_list(entry, "deny", where)),
+        "realm_hosts": ", ".join(realm_hosts),
         "tls_verify": _typed(entry, "tls_verify", bool, where, default=True),
         "ca_certificates": _ca(entry, where),
         "connect_timeout": _number(entry, "connect_timeout", where),

@@ -1,7 +1,8 @@
 """Each account is verified at start-up and periodically: can it get a token?
 
 The result and its time are kept on the account (and whether the upstream answered, on the
-upstream), so admins see a wrong password or an unreachable upstream before a client does.
+upstream), so admins see a wrong password, an unreachable upstream, or a token realm the
+mirror refuses to send credentials to, before a client does.
 An account found rejected is left aside until it verifies again; if it was the one in use,
 the next account takes over at once. Verifying downloads nothing and is never a pull.
 """
@@ -15,7 +16,7 @@ from . import accounts, reachability
 from .failover import account_client
 from .models import Upstream, UpstreamAccount
 from .secrets import SecretUnreadable
-from .upstream import CredentialsRejected, UpstreamUnavailable
+from .upstream import CredentialsRejected, UpstreamRefused, UpstreamUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,11 @@ def verify(account: UpstreamAccount) -> str:
     except CredentialsRejected as error:
         status, message, rejected_at = Verification.REJECTED, error.message, rejected_at or timezone.now()
         reachability.note(upstream, True)
+    except UpstreamRefused as error:
+        # The upstream answered, but asked for what the mirror refuses (a token realm on a host
+        # it does not trust, a redirect): nothing was sent; the upstream's status says why too.
+        status, message = Verification.REFUSED, error.message
+        reachability.note(upstream, False, error.message)
     except UpstreamUnavailable as error:
         status, message = Verification.UNREACHABLE, error.message
         reachability.note(upstream, False, error.message)

@@ -37,3 +37,29 @@ def test_file_slice_reads_only_its_window(tmp_path):
     assert window.read() == bytes([13, 14])
     assert window.read() == b""
     window.close()
+
+
+SECURITY = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox"}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "method, path",
+    [("GET", "/v2/"), ("HEAD", "/v2/"), ("GET", "/v2"), ("GET", "/v2/x/unknown"), ("PUT", "/v2/x/manifests/1"),
+     ("GET", "/v2/INVALID/manifests/1"), ("GET", "/v2/x/blobs/sha256:nothex"), ("GET", "/v2/token")],
+)
+def test_every_v2_answer_is_never_sniffed_nor_run(client, method, path):
+    response = client.generic(method, path)
+    assert {name: response.get(name) for name in SECURITY} == SECURITY, (response.status_code, path)
+
+
+@pytest.mark.django_db
+def test_the_sandbox_is_for_v2_only(client):
+    assert "Content-Security-Policy" not in client.get("/admin/login/")
+
+
+def test_the_last_resort_error_is_sandboxed_too(rf):
+    from registry.responses import server_error
+
+    response = server_error(rf.get("/v2/x/manifests/1"))
+    assert response.status_code == 500 and response["Content-Security-Policy"] == SECURITY["Content-Security-Policy"]

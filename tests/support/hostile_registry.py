@@ -4,18 +4,21 @@ Routes are set per method and path (`script`), or a whole image is served honest
 and then single answers are replaced. Every request is logged with its headers, so a test can
 assert what the mirror sent (credentials, Accept) and what it never asked. `Listener` is a
 loopback port that must receive nothing: a stand-in for an internal service or a foreign token
-realm; it logs every connection and request it gets.
+realm; it logs every connection and request it gets. Either serves HTTPS when given a
+certificate (tests/support/tls.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import json
+import ssl
 import threading
 from typing import Callable, Union
 from urllib.parse import parse_qs, urlsplit
 
 from tests.support.images import PushedImage, PushedIndex
+from tests.support.tls import ServerCertificate
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,14 @@ def error(status: int, code: str, message: str = "scripted error", **headers: st
 class _Server:
     """A threaded HTTP server on 127.0.0.1 and an ephemeral port, stopped by `stop`."""
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler]):
+    def __init__(self, handler: type[BaseHTTPRequestHandler], tls: ServerCertificate | None = None):
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
+        self.scheme = "https" if tls else "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls.cert, tls.key)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     @property
@@ -66,7 +74,7 @@ class _Server:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self):
         self._thread.start()
@@ -87,11 +95,11 @@ class _Server:
 class HostileRegistry(_Server):
     """Answers scripted routes; anything unscripted is a 404 in the registry's error format."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ServerCertificate | None = None) -> None:
         self.requests: list[Seen] = []
         self._routes: dict[tuple[str, str], Script] = {}
         self._lock = threading.Lock()
-        super().__init__(_handler(self._respond))
+        super().__init__(_handler(self._respond), tls)
 
     def script(self, method: str, path: str, script: Script) -> None:
         """Answer `method path` (query ignored) with `script`; HEAD defaults to GET's answer, bodiless."""
