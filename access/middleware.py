@@ -28,8 +28,14 @@ class AllowedNetworksMiddleware:
         request.registry_user = None
         if request.path in OPEN_PATHS or admitted(request):
             return self.get_response(request)
-        if request.path.startswith("/v2/") or request.path == "/v2":
-            response = error_response(oci.Denied("this mirror does not serve your network"), request.method)
-            response[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
-            return response
-        return HttpResponse("this mirror does not serve your network\n", status=403, content_type="text/plain")
+        return refusal_response(request.path, request.method)
+
+
+def refusal_response(path: str, method: str) -> HttpResponse:
+    """The 403 of a client outside the allow-list (also written by the server's event loop,
+    mirrorsite.gunicorn_worker, to clients it refuses by their connection's address)."""
+    if path.startswith("/v2/") or path == "/v2":
+        response = error_response(oci.Denied("this mirror does not serve your network"), method)
+        response[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
+        return response
+    return HttpResponse("this mirror does not serve your network\n", status=403, content_type="text/plain")

@@ -123,6 +123,12 @@ WHITENOISE_USE_FINDERS = True
 REGISTRY_HTTP_ADDR = env.str("REGISTRY_HTTP_ADDR", default="0.0.0.0:5000")
 MIRROR_WEB_WORKERS = env.int("MIRROR_WEB_WORKERS", default=2)
 MIRROR_WEB_THREADS = env.int("MIRROR_WEB_THREADS", default=32)
+# Seconds a client has to send a request's line and headers; then the connection is closed
+# (read by the server's event loop, so a slow client never holds a thread).
+MIRROR_CLIENT_HEADER_TIMEOUT = env.float("MIRROR_CLIENT_HEADER_TIMEOUT", default=5.0)
+# Connections one client address may hold open to a server process (0: no cap); trusted
+# proxies are not capped (they carry many clients).
+MIRROR_CONNECTIONS_PER_ADDRESS = env.int("MIRROR_CONNECTIONS_PER_ADDRESS", default=64)
 # Behind nginx: the internal location that maps to MIRROR_DATA_DIR/blobs/, e.g. "/_blobs/".
 # Cache hits are then answered with X-Accel-Redirect and nginx sends the file.
 MIRROR_X_ACCEL_REDIRECT = env.str("MIRROR_X_ACCEL_REDIRECT", default="")

@@ -217,8 +217,11 @@ class Follower:
         try:
             while True:
                 if self._committed():
-                    # The rest (at least the held-back part) from the store, verified.
-                    yield from store.read(self.digest, offset)
+                    # The rest (at least the held-back part) from the store, verified; a
+                    # follower that read the verified file to its end has nothing left to ask
+                    # for (S3 answers a range from the object's size with InvalidRange).
+                    if offset < self.size:
+                        yield from store.read(self.digest, offset)
                     return
                 if source != self.state.temp:
                     fd = _reopen(fd, store.tmp_dir / self.state.temp)

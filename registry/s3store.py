@@ -258,7 +258,7 @@ class S3Store(BlobStore):
                 raise
 
     def read(self, digest: Digest, start: int = 0) -> Iterator[bytes]:
-        # Followers ask for what is left, which is never nothing (they hold back the end).
+        # Followers ask for what is left, never nothing (fills.Follower checks).
         body = self._get(digest, f"bytes={start}-" if start else None)
 
         def chunks() -> Iterator[bytes]:

@@ -26,6 +26,7 @@ from tests.e2e.test_pull import copy, dir_blobs
 from tests.e2e.test_s3 import blob_key
 from tests.e2e.test_single_flight import assert_pulled_correctly, concurrent_skopeo_pulls
 from tests.support.accesslog import AccessLog
+from tests.support.celery_worker import forget_keys
 from tests.support.dashboard import DashboardApi, create_staff, wait_for
 from tests.support.databases import ProcessDatabase, check_server, postgres_session_url
 from tests.support.fault_proxy import FaultProxy
@@ -68,13 +69,16 @@ def shared_database(tmp_path_factory) -> Iterator[ProcessDatabase]:
 
 @pytest.fixture(scope="module")
 def deployment(upstream, s3_server: S3Server, shared_database, tmp_path_factory) -> Iterator[Deployment]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()  # the suite needs the machine's Redis: no answer is a failure
+    # Keys of this run's own: another run of this module on the machine shares the database
+    # (a flush, or their counters in our figures, would be theirs to suffer).
+    key_prefix = f"scale-{uuid.uuid4().hex[:12]}:"
+    redis.Redis.from_url(REDIS_URL).ping()  # the suite needs the machine's Redis: no answer is a failure
     proxy = FaultProxy(upstream.url).start()
     bucket = s3_server.create_bucket("scale")
     root = tmp_path_factory.mktemp("scale")
     shared = {
         "REDIS_URL": REDIS_URL,
+        "MIRROR_REDIS_KEY_PREFIX": key_prefix,
         "DJANGO_SECRET_KEY": f"scale-test-{uuid.uuid4().hex}",  # every replica signs alike
         "MIRROR_LOCK_TTL": str(LOCK_TTL),
         "MIRROR_STATS_FLUSH_INTERVAL": "1",  # each process sends its figures to Redis every second
@@ -98,7 +102,7 @@ def deployment(upstream, s3_server: S3Server, shared_database, tmp_path_factory)
         for replica in replicas:
             replica.stop()
         proxy.stop()
-        client.flushdb()
+        forget_keys(REDIS_URL, key_prefix)
 
 
 def fresh_image(upstream, layer_sizes: list[int]) -> PushedImage:

@@ -194,3 +194,26 @@ def test_wrong_bytes_never_release_the_end(local_store, settings, s3_server):
         assert s3_server.keys(local_store.config.bucket) == {}
         assert s3_server.uploads(local_store.config.bucket) == []
         assert not Blob.objects.exists()
+
+
+def test_a_follower_that_read_the_verified_file_to_its_end_ends_cleanly_after_the_commit(
+    local_store, monkeypatch, s3_server, hub, images
+):
+    """Its last bytes came from the verified temporary file; the upload then completes before
+    the follower looks again: it has nothing left to ask the bucket for (a range from the
+    object's size would be InvalidRange) and ends as a whole answer, not an error."""
+    layer = images.big.layers[2]  # a multipart upload, whose completion is held
+    digest = oci.parse_digest(layer.digest)
+    completion = HeldCompletion(monkeypatch, local_store, fail=False)
+    found = cache.fetch_blob(hub, "library/big", digest, local_store)
+    assert isinstance(found, cache.FillingBlob)
+    chunks = iter(found.chunks)
+    received = b""
+    while len(received) < layer.size:
+        received += next(chunks)
+    assert received == layer.data
+    completion.released.set()
+    assert wait_for(lambda: local_store.size(digest), lambda size: size == layer.size)
+    assert completion.called.is_set()
+    assert wait_for(lambda: fills.Sidecar(local_store, digest).read() is None, bool), "the fill has finished"
+    assert list(chunks) == []
