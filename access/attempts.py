@@ -179,13 +179,13 @@ class DatabaseStore:
     def reserve(self, active: list[Counter], window: int) -> int:
         from .models import PasswordAttempts
 
-        now = timezone.now()
         keys = [counter.key for counter in active]
         with transaction.atomic():
             PasswordAttempts.objects.bulk_create(
-                [PasswordAttempts(key=key, count=0, window_ends=now) for key in keys], ignore_conflicts=True
+                [PasswordAttempts(key=key, count=0, window_ends=timezone.now()) for key in keys], ignore_conflicts=True
             )
             rows = {row.key: row for row in PasswordAttempts.objects.select_for_update().filter(key__in=keys).order_by("key")}
+            now = timezone.now()  # once the rows are locked: no later reservation can be earlier
             wait = 0
             for counter in active:
                 row = rows[counter.key]
