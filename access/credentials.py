@@ -5,8 +5,9 @@ Checking a password is deliberately slow (PBKDF2), and a pull sends dozens of re
 a successful Basic check is remembered for a minute in the process (by a hash of the pair,
 never the password itself). Every other check first reserves an attempt with the
 password-guessing limiter (access/attempts.py), which refuses it (429) without hashing
-anything once the user name or the client address has failed too often. Users are re-read every few seconds, so deactivating one or
-changing its groups takes effect at once, whatever tokens it holds.
+anything once the user name or the client address has failed too often. Users are re-read
+every few seconds, so deactivating one or changing its groups takes effect at once, whatever
+tokens it holds.
 """
 from __future__ import annotations
 
