@@ -3,8 +3,9 @@
 Counters are the lifetime totals written at each statistics flush (so they lag the traffic by
 at most a flush interval, and survive restarts); gauges are read when scraped. They name
 upstreams and their accounts, so they are served only to clients in MIRROR_MONITORING_NETWORKS
-(by default the allow-list's, or without one loopback and the private ranges); with MIRROR_METRICS_TOKEN set, only to a client
-presenting `Authorization: Bearer <token>`, from wherever it is.
+(by default the allow-list's, or without one loopback and the private ranges); with
+MIRROR_METRICS_TOKEN set, only to a client presenting `Authorization: Bearer <token>`, from
+wherever it is.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """Liveness and readiness for load balancers and orchestrators.
 
 /healthz is open to anyone. /readyz names the upstreams and how their accounts fare, so it is
-answered only to clients in MIRROR_MONITORING_NETWORKS (by default the allow-list's, or
-without one loopback and the private ranges: where load balancers, orchestrators and scrapers
-live) or presenting the MIRROR_METRICS_TOKEN; others get 403. It never names an account (an account is its id).
+answered only to clients in MIRROR_MONITORING_NETWORKS (by default the allow-list's, or without
+one loopback and the private ranges: where load balancers, orchestrators and scrapers live) or
+presenting the MIRROR_METRICS_TOKEN; others get 403. It never names an account (an account is
+its id).
 """
 from urllib.parse import urlsplit
 
