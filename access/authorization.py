@@ -17,6 +17,7 @@ from registry.routing import Route
 
 from . import rules, visibility
 from .challenge import AuthenticationRequired, challenge
+from .clientaddress import client_address
 from .credentials import ANONYMOUS, BadCredentials, Requester, identify
 
 
@@ -48,12 +49,15 @@ def authorize(request: HttpRequest, route: Route | None) -> None:
 
 def requester_of(request: HttpRequest) -> Requester:
     """Who sent the request (and `request.registry_user` set to it); anonymous when client
-    authentication is off, whatever the request carries."""
+    authentication is off, whatever the request carries. Too many failed passwords for the
+    user name or from the address: 429 TOOMANYREQUESTS with Retry-After (access/attempts.py)."""
     request.registry_user = None
     if not settings.MIRROR_AUTH:
         return ANONYMOUS
     try:
-        who = identify(request.headers.get("Authorization", ""), basic=settings.MIRROR_AUTH_BASIC)
+        who = identify(
+            request.headers.get("Authorization", ""), basic=settings.MIRROR_AUTH_BASIC, address=client_address(request)
+        )
     except BadCredentials as error:
         raise AuthenticationRequired(str(error), challenge(request, None, error="invalid_token")) from None
     request.registry_user = who.user

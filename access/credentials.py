@@ -3,8 +3,11 @@ password or one of its API tokens (the REST API's, given as the password).
 
 Checking a password is deliberately slow (PBKDF2), and a pull sends dozens of requests, so
 a successful Basic check is remembered for a minute in the process (by a hash of the pair,
-never the password itself). Users are re-read every few seconds, so deactivating one or
-changing its groups takes effect at once, whatever tokens it holds.
+never the password itself). Every other check first reserves an attempt with the
+password-guessing limiter (access/attempts.py), which refuses it (429) without hashing
+anything once the user name or the client address has failed too often. Users are re-read
+every few seconds, so deactivating one or changing its groups takes effect at once, whatever
+tokens it holds.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from rest_framework.authtoken.models import Token
 
 from registry.memory import AnswerMemory
 
-from . import tokens
+from . import attempts, tokens
 
 BASIC_MEMORY_SECONDS = 60.0
 USER_MEMORY_SECONDS = 5.0
@@ -44,9 +47,10 @@ class Requester:
 ANONYMOUS = Requester(None)
 
 
-def identify(authorization: str, *, basic: bool) -> Requester:
+def identify(authorization: str, *, basic: bool, address: object = None) -> Requester:
     """The requester an Authorization header names; ANONYMOUS without one, or with a token
-    issued to an anonymous client. BadCredentials for anything presented that does not hold."""
+    issued to an anonymous client. BadCredentials for anything presented that does not hold;
+    attempts.TooManyAttempts when a password may not be checked now (`address`: the client's)."""
     if not authorization:
         return ANONYMOUS
     scheme, _, value = authorization.strip().partition(" ")
@@ -58,7 +62,7 @@ def identify(authorization: str, *, basic: bool) -> Requester:
         return requester(subject) if subject else ANONYMOUS
     if scheme.lower() == "basic" and basic:
         username, password = parse_basic(value)
-        return requester(check_password(username, password))
+        return requester(check_password(username, password, address))
     raise BadCredentials("unsupported authorization scheme")
 
 
@@ -72,17 +76,20 @@ def parse_basic(value: str) -> tuple[str, str]:
     return username, password
 
 
-def check_password(username: str, password: str) -> str:
-    """The username, when `password` is the user's password or one of its API tokens."""
+def check_password(username: str, password: str, address: object = None) -> str:
+    """The username, when `password` is the user's password or one of its API tokens.
+    attempts.TooManyAttempts, before anything is hashed, when the limiter refuses the check."""
     key = hashlib.sha256(f"{username}\0{password}".encode()).hexdigest()
     if _basic_checked.get(key) == username:
         return username
+    attempt = attempts.begin(username, address)
     user = authenticate(username=username, password=password)
     if user is None:
         token = Token.objects.select_related("user").filter(key=password).first()
         user = token.user if token is not None and token.user.get_username() == username else None
     if user is None or not user.is_active:
-        raise BadCredentials("incorrect username or password")
+        raise BadCredentials("incorrect username or password")  # the attempt stays counted
+    attempt.succeeded()
     _basic_checked.put(key, username, 256, ttl=BASIC_MEMORY_SECONDS)
     return username
 

@@ -59,3 +59,15 @@ class RepositoryVisibility(models.Model):
 
     def __str__(self) -> str:
         return f"{self.repository}: {'public' if self.public else 'private'}"
+
+
+class PasswordAttempts(models.Model):
+    """Password checks counted against one user name or one client address (access.attempts),
+    when no Redis is configured or it does not answer. `key` is a hash, never the raw input."""
+
+    key = models.CharField(max_length=80, unique=True)
+    count = models.PositiveIntegerField(default=0)
+    window_ends = models.DateTimeField(help_text="The count starts again from zero after this")
+
+    class Meta:
+        verbose_name_plural = "password attempts"

@@ -18,6 +18,9 @@ from django.conf import settings
 
 ISSUER = "mirrorsite"
 ALGORITHM = "HS256"
+# Replicas' clocks differ a little: a token issued (iat/nbf) or expiring (exp) this many
+# seconds off this process's clock still holds.
+LEEWAY_SECONDS = 30
 _KEY_PURPOSE = b"mirrorsite registry bearer tokens"
 
 
@@ -54,7 +57,7 @@ def verify(token: str) -> dict:
     try:
         return jwt.decode(
             token, signing_key(), algorithms=[ALGORITHM], audience=settings.MIRROR_AUTH_SERVICE, issuer=ISSUER,
-            options={"require": ["iss", "aud", "sub", "iat", "exp"]},
+            leeway=LEEWAY_SECONDS, options={"require": ["iss", "aud", "sub", "iat", "exp"]},
         )
     except jwt.PyJWTError as error:
         raise InvalidToken(str(error)) from None

@@ -3,8 +3,11 @@
 GET with HTTP Basic (or nothing, for an anonymous token) is what docker, skopeo, podman
 and containerd send after a Bearer challenge; POST is the OAuth2 password grant some
 clients (containerd) try first. Each repository scope is granted `pull` when the rules let
-the requester pull it; the token itself names the requester, and every /v2/ request is
-judged again by the rules, so a token outlives no change of rules, groups or accounts.
+the requester pull it, judged on what is recorded: issuing a token never asks an upstream
+anything (whether an upstream serves a repository to anyone is asked when it is pulled). The
+token itself names the requester, and every /v2/ request is judged again by the rules, so a
+token outlives no change of rules, groups or accounts. A request names at most
+MIRROR_AUTH_MAX_SCOPES scopes, so one request cannot make the mirror judge hundreds.
 """
 from __future__ import annotations
 
@@ -43,19 +46,28 @@ def parse_scopes(values: Iterable[str]) -> list[Scope]:
     return found
 
 
-def requester_from_basic(authorization: str) -> Requester:
+def requester_from_basic(authorization: str, address: object = None) -> Requester:
     """The requester of a token request: anonymous without Authorization, else Basic
     credentials (or a token of ours) that must hold (BadCredentials otherwise)."""
-    return identify(authorization, basic=True)
+    return identify(authorization, basic=True, address=address)
 
 
-def requester_from_password(username: str, password: str) -> Requester:
-    return requester(check_password(username, password))
+def requester_from_password(username: str, password: str, address: object = None) -> Requester:
+    return requester(check_password(username, password, address))
+
+
+def check_scope_count(scopes: list[Scope]) -> None:
+    """TokenRequestInvalid past MIRROR_AUTH_MAX_SCOPES (checked before any password)."""
+    if len(scopes) > settings.MIRROR_AUTH_MAX_SCOPES:
+        raise TokenRequestInvalid(
+            f"too many scopes: {len(scopes)} in one request, at most {settings.MIRROR_AUTH_MAX_SCOPES}"
+        )
 
 
 def grant(who: Requester, service: str | None, scopes: list[Scope]) -> tokens.IssuedToken:
     if service and service != settings.MIRROR_AUTH_SERVICE:
         raise TokenRequestInvalid(f"unknown service {service[:100]!r}")
+    check_scope_count(scopes)
     access = []
     for scope in scopes:
         if scope.type == "repository" and "pull" in scope.actions and _may_pull(who, scope.name):
@@ -70,7 +82,9 @@ def _may_pull(who: Requester, name: str) -> bool:
         repository = cache.repository_name(route.upstream, route.name or "")
         verdict = rules.decide(
             rules.current_rules(), route.upstream.pk, repository, who,
-            lambda: visibility.is_private(route.upstream, repository),
+            # What is recorded only: a repository never judged is not listed for an anonymous
+            # client, and /v2/ asks the upstream when it is pulled.
+            lambda: visibility.is_private(route.upstream, repository, ask=False),
         )
     except oci.RegistryError:  # no such registry, name or repository: nothing to grant
         return False

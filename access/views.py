@@ -10,6 +10,7 @@ from registry import oci
 from registry.responses import error_response
 
 from . import tokenservice
+from .clientaddress import client_address
 from .credentials import BadCredentials
 
 
@@ -21,15 +22,20 @@ def token(request: HttpRequest) -> HttpResponse:
         return error_response(oci.NameUnknown("client authentication is off on this mirror"), request.method)
     oauth = request.method == "POST"
     data = request.POST if oauth else request.GET
+    address = client_address(request)
     try:
         if oauth and data.get("grant_type") != "password":
             raise tokenservice.TokenRequestInvalid("only the password grant is supported")
+        scopes = tokenservice.parse_scopes(data.getlist("scope"))
+        tokenservice.check_scope_count(scopes)  # before any password is checked
         if oauth:
-            who = tokenservice.requester_from_password(data.get("username", ""), data.get("password", ""))
+            who = tokenservice.requester_from_password(data.get("username", ""), data.get("password", ""), address)
         else:
-            who = tokenservice.requester_from_basic(request.headers.get("Authorization", ""))
+            who = tokenservice.requester_from_basic(request.headers.get("Authorization", ""), address)
         request.registry_user = who.user
-        issued = tokenservice.grant(who, data.get("service"), tokenservice.parse_scopes(data.getlist("scope")))
+        issued = tokenservice.grant(who, data.get("service"), scopes)
+    except oci.TooManyRequests as refused:  # too many failed passwords: 429 with Retry-After
+        return error_response(refused, request.method)
     except BadCredentials:
         response = error_response(oci.Unauthorized("incorrect username or password"), request.method)
         response["WWW-Authenticate"] = f'Basic realm="{settings.MIRROR_AUTH_SERVICE}"'

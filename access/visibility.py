@@ -6,7 +6,9 @@ ask it (a tag list of one entry, with an anonymous token: no manifest, so nothin
 counts as a pull), and the answer is recorded per repository and asked again after
 MIRROR_VISIBILITY_TTL. An upstream whose accounts are all anonymous needs no asking: what the
 mirror can read, anyone can. While the upstream cannot be asked, the last recorded answer
-holds, however old; with none, nothing is served to anonymous clients.
+holds, however old; with none, nothing is served to anonymous clients, and the client gets
+the upstream's failure (503, or its 429 with Retry-After). A failure is never remembered as
+an answer: the next request asks again, so the first one after the upstream recovers goes through.
 """
 from __future__ import annotations
 
@@ -26,10 +28,12 @@ from .models import RepositoryVisibility
 
 logger = logging.getLogger(__name__)
 
-UNANSWERED_SECONDS = 30.0  # an upstream that gave no answer (or said "no such repository") is not asked again sooner
+ABSENT_SECONDS = 30.0  # an upstream that said "no such repository" is not asked again sooner
+STALE_SECONDS = 5.0  # an old record served while the upstream gives no answer is trusted this long
+RETRY_AFTER_SECONDS = 30  # told to a client when the upstream's 429 named no Retry-After
 ABSENT = "absent"
-# (upstream pk, repository) → public (bool), ABSENT, or the failure of the last attempt to ask.
-_known: AnswerMemory[bool | str | oci.RegistryError] = AnswerMemory(4 * 1024 * 1024)
+# (upstream pk, repository) → public (bool) or ABSENT: answers only, never a failure to ask.
+_known: AnswerMemory[bool | str] = AnswerMemory(4 * 1024 * 1024)
 _clients: dict[int, tuple[tuple, UpstreamClient]] = {}
 _clients_lock = threading.Lock()
 # What an anonymous client that may not pull is told (Docker Hub says 401 even for a
@@ -56,8 +60,6 @@ def is_private(upstream: Upstream, repository: str, *, ask: bool = True) -> bool
     public = _known.get(key)
     if public == ABSENT:
         raise _absent()
-    if isinstance(public, oci.RegistryError):
-        raise public
     if public is not None:
         return not public
     record = RepositoryVisibility.objects.filter(upstream=upstream, repository=repository).first()
@@ -72,13 +74,13 @@ def is_private(upstream: Upstream, repository: str, *, ask: bool = True) -> bool
     try:
         public = anonymous_pull_granted(upstream, repository)
     except oci.NameUnknown:
-        _known.put(key, ABSENT, 256, ttl=UNANSWERED_SECONDS)
+        _known.put(key, ABSENT, 256, ttl=ABSENT_SECONDS)
         raise _absent() from None
     except oci.RegistryError as error:  # no answer: keep the last one, or pass the upstream's failure on
         logger.warning("could not ask %s whether %s is public: %s", upstream.name, repository, error.message)
-        _known.put(key, record.public if record is not None else error, 256, ttl=UNANSWERED_SECONDS)
         if record is None:
-            raise
+            raise _with_retry_after(error) from None
+        _known.put(key, record.public, 256, ttl=STALE_SECONDS)
         return not record.public
     record_visibility(upstream, repository, public)
     _known.put(key, public, 256, ttl=min(ttl, 60.0))
@@ -93,6 +95,15 @@ def anonymous_pull_granted(upstream: Upstream, repository: str) -> bool:
     except REFUSED:
         return False
     return True
+
+
+def _with_retry_after(error: oci.RegistryError) -> oci.RegistryError:
+    """The upstream's 429 as the client's 429, always with a Retry-After."""
+    if isinstance(error, oci.TooManyRequests):
+        detail = error.detail if isinstance(error.detail, dict) else {}
+        if not str(detail.get("retry_after") or "").isdigit():
+            return oci.TooManyRequests(error.message, {**detail, "retry_after": RETRY_AFTER_SECONDS})
+    return error
 
 
 def _absent() -> oci.NameUnknown:

@@ -1,8 +1,11 @@
 """`GET /metrics`: Prometheus text metrics, read from the statistics tables and the cache.
 
 Counters are the lifetime totals written at each statistics flush (so they lag the traffic by
-at most a flush interval, and survive restarts); gauges are read when scraped. Open like
-/healthz unless MIRROR_METRICS_TOKEN is set, then `Authorization: Bearer <token>` is required.
+at most a flush interval, and survive restarts); gauges are read when scraped. They name
+upstreams and their accounts, so they are served only to clients in MIRROR_MONITORING_NETWORKS
+(by default the allow-list's, or without one loopback and the private ranges); with
+MIRROR_METRICS_TOKEN set, only to a client presenting `Authorization: Bearer <token>`, from
+wherever it is.
 """
 from __future__ import annotations
 
@@ -13,10 +16,10 @@ from typing import Iterator
 from django.conf import settings
 from django.db.models import Count, Sum
 from django.http import HttpRequest, HttpResponse
-from django.utils.crypto import constant_time_compare
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from access.networks import monitoring_admitted, presents_metrics_token
 from registry.blobstore import default_store
 from registry.models import Blob, GcRun, Manifest, Repository, Upstream, UpstreamAccount
 
@@ -38,11 +41,12 @@ REQUEST_COUNTERS = {
 
 
 def metrics(request: HttpRequest) -> HttpResponse:
-    token = settings.MIRROR_METRICS_TOKEN
-    if token and not constant_time_compare(request.headers.get("Authorization", ""), f"Bearer {token}"):
+    if settings.MIRROR_METRICS_TOKEN and not presents_metrics_token(request):
         response = HttpResponse("metrics need a bearer token\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
+    if not settings.MIRROR_METRICS_TOKEN and not monitoring_admitted(request):
+        return HttpResponse("metrics are not served to your address\n", status=403, content_type="text/plain")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(MirrorCollector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

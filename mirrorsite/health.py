@@ -1,11 +1,19 @@
-"""Liveness and readiness for load balancers and orchestrators."""
+"""Liveness and readiness for load balancers and orchestrators.
+
+/healthz is open to anyone. /readyz names the upstreams and how their accounts fare, so it is
+answered only to clients in MIRROR_MONITORING_NETWORKS (by default the allow-list's, or without
+one loopback and the private ranges: where load balancers, orchestrators and scrapers live) or
+presenting the MIRROR_METRICS_TOKEN; others get 403. It never names an account (an account is
+its id).
+"""
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import DatabaseError, connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 import redis
 
+from access.networks import monitoring_admitted
 from registry.blobstore import StorageUnavailable, default_store
 from registry.models import Upstream
 
@@ -20,11 +28,13 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-def readyz(request: HttpRequest) -> JsonResponse:
+def readyz(request: HttpRequest) -> HttpResponse:
     """The process can serve its cache: database reachable, blob store writable, its Redis
     answering when one is configured; 503 names what is `failing`, so a load balancer sends
     pulls elsewhere. How each upstream and account fared when last asked is reported beside,
     without failing readiness."""
+    if not monitoring_admitted(request):
+        return HttpResponse("readiness is not reported to your address\n", status=403, content_type="text/plain")
     checks = {}
     try:
         with connection.cursor() as cursor:
@@ -74,7 +84,8 @@ def _redis_checks() -> dict[str, str]:
 
 
 def _upstreams() -> dict[str, dict]:
-    """Per upstream: whether it answered when last asked, and its accounts' verification."""
+    """Per upstream: whether it answered when last asked, and its accounts' verification,
+    each account by its id (as in the admin), never by its name."""
     report = {}
     try:
         for upstream in Upstream.objects.select_related("active_account").order_by("name"):
@@ -85,9 +96,9 @@ def _upstreams() -> dict[str, dict]:
                 "status": status,
                 "checked_at": upstream.checked_at.isoformat() if upstream.checked_at else None,
                 "message": upstream.check_message,
-                "account_in_use": active.label if active is not None else None,
+                "account_in_use": active.pk if active is not None else None,
                 "accounts": {
-                    account.label: {
+                    str(account.pk): {
                         "enabled": account.enabled,
                         "verification": account.verification or "not yet",
                         "verified_at": account.verified_at.isoformat() if account.verified_at else None,

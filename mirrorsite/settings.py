@@ -224,6 +224,10 @@ MIRROR_TRUSTED_PROXIES = env.list("MIRROR_TRUSTED_PROXIES", default=[])
 # Client networks (CIDRs) that may use the mirror; others get 403 on everything but /healthz.
 # Empty: every address. Checked on the real client address (see MIRROR_TRUSTED_PROXIES).
 MIRROR_ALLOWED_NETWORKS = env.list("MIRROR_ALLOWED_NETWORKS", default=[])
+# Clients (CIDRs) that may read /readyz and /metrics (upstream URLs, accounts' figures). Empty:
+# those of MIRROR_ALLOWED_NETWORKS, or with no allow-list, loopback and the private ranges (never
+# the Internet at large). A client presenting MIRROR_METRICS_TOKEN may too.
+MIRROR_MONITORING_NETWORKS = env.list("MIRROR_MONITORING_NETWORKS", default=[])
 # Client authentication on /v2/ (token auth as Docker Hub does it). Off by default: the Docker
 # daemon sends no credentials to a registry mirror.
 MIRROR_AUTH = env.bool("MIRROR_AUTH", default=False)
@@ -237,6 +241,8 @@ MIRROR_AUTH_TOKEN_LIFETIME = env.int("MIRROR_AUTH_TOKEN_LIFETIME", default=300)
 MIRROR_AUTH_TOKEN_KEY = env.str("MIRROR_AUTH_TOKEN_KEY", default="")
 # Also accept HTTP Basic (username and password, or API token) directly on /v2/.
 MIRROR_AUTH_BASIC = env.bool("MIRROR_AUTH_BASIC", default=True)
+# Scopes one /v2/token request may name (a pull names one or two); more: 400.
+MIRROR_AUTH_MAX_SCOPES = env.int("MIRROR_AUTH_MAX_SCOPES", default=10)
 # Who may pull a repository no access rule matches: "public" (anyone the networks admit; but
 # never a repository the upstream serves only to the mirror's account) or "authenticated".
 MIRROR_ACCESS_DEFAULT_POLICY = env.str("MIRROR_ACCESS_DEFAULT_POLICY", default="public")
@@ -327,13 +333,21 @@ INSTALLED_APPS += ["rest_framework.authtoken", "drf_spectacular", "drf_spectacul
 REST_FRAMEWORK = {
     # Token first: an anonymous call is told (401, WWW-Authenticate) how to authenticate.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # API tokens, counted by the password-guessing limiter (access/attempts.py).
+        "access.apiauth.LimitedTokenAuthentication",
+        # The session of an admin login (itself limited: mirrorsite/adminlogin.py).
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["dashboard.api.permissions.StaffReadsPermittedWrites"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Requests per client (anonymous: per address; else per user), 429 with Retry-After past them.
+    "DEFAULT_THROTTLE_CLASSES": ["access.apiauth.AnonymousApiThrottle", "access.apiauth.UserApiThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env.str("MIRROR_API_ANONYMOUS_RATE", default="60/minute"),
+        "user": env.str("MIRROR_API_USER_RATE", default="1200/minute"),
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Mirrorsite API",
@@ -407,19 +421,27 @@ X_FRAME_OPTIONS = "DENY"
 # the plain-HTTP port must keep working; serve HTTPS on its own address or behind a proxy.
 # HSTS for subdomains and the browsers' preload list are the domain owner's decision, not the mirror's.
 SILENCED_SYSTEM_CHECKS = ["security.W008", "security.W005", "security.W021"]
-# Admin logins: after this many failures for one username from one address, that pair is
-# locked out for MIRROR_ADMIN_LOGIN_LOCKOUT seconds (0 attempts = no limit). Counted in Redis
-# when REDIS_URL is set (shared by every process), else in files under MIRROR_DATA_DIR.
+# Password guessing (access/attempts.py): every password check (/v2/ Basic, /v2/token, the
+# admin login, the API's tokens) is counted per user name and per client address over a window
+# of MIRROR_LOGIN_LOCKOUT seconds from the last attempt; at the limit, checks are refused (429)
+# before any password is hashed (0 = no limit). Counted in Redis when REDIS_URL is set (shared
+# by every replica), else (or while Redis is down) in the database. MIRROR_ADMIN_LOGIN_* are
+# the old names, still read.
 MIRROR_ADMIN_LOGIN_ATTEMPTS = env.int("MIRROR_ADMIN_LOGIN_ATTEMPTS", default=5)
 MIRROR_ADMIN_LOGIN_LOCKOUT = env.int("MIRROR_ADMIN_LOGIN_LOCKOUT", default=900)
+MIRROR_LOGIN_ATTEMPTS = env.int("MIRROR_LOGIN_ATTEMPTS", default=MIRROR_ADMIN_LOGIN_ATTEMPTS)
+# Per client address (an IPv6 client by its /64): several users behind one NAT share it.
+MIRROR_LOGIN_ATTEMPTS_PER_ADDRESS = env.int("MIRROR_LOGIN_ATTEMPTS_PER_ADDRESS", default=20)
+MIRROR_LOGIN_LOCKOUT = env.int("MIRROR_LOGIN_LOCKOUT", default=MIRROR_ADMIN_LOGIN_LOCKOUT)
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-    "login-attempts": (
+    # The REST API's throttles (access/apiauth.py): shared through Redis when configured.
+    "api-throttle": (
         {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
-         "KEY_PREFIX": MIRROR_REDIS_KEY_PREFIX + "login-attempts"}
+         "KEY_PREFIX": MIRROR_REDIS_KEY_PREFIX + "api-throttle",
+         "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2}}
         if REDIS_URL else
-        {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-         "LOCATION": str(MIRROR_DATA_DIR / "login-attempts")}
+        {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "api-throttle"}
     ),
 }
 # The API's schema documents the error answers of every operation too (fuzzed against it).

@@ -6,14 +6,14 @@ from dashboard import metrics as dashboard_metrics, views as dashboard_views
 from registry import views as registry_views
 
 from . import health
-from .adminlogin import RateLimitedLoginForm
+from . import adminlogin
 
 # Repository names contain slashes, so they are matched loosely here and validated
 # against the OCI grammar in the views (a bad name is NAME_INVALID, not a 404). `[\s\S]`, not
 # `.`: a newline in a path is matched too, so it gets the registry's JSON error, not Django's page.
 NAME = r"(?P<name>[\s\S]+?)"
 
-admin.site.login_form = RateLimitedLoginForm  # failed logins lock a username out per address
+adminlogin.install(admin.site)  # password guessing is limited per user name and address, as on /v2/
 # An exception no view caught: registry JSON on /v2/, a plain page elsewhere; never a traceback.
 handler500 = "registry.responses.server_error"
 

@@ -127,6 +127,14 @@ def forget_remembered_answers() -> None:
     memory.forget_all()
 
 
+@pytest.fixture(autouse=True)
+def forget_api_throttles() -> None:
+    """The API's throttles count per process (without Redis): each test starts uncounted."""
+    from django.core.cache import caches
+
+    caches["api-throttle"].clear()
+
+
 @pytest.fixture(scope="session")
 def token_server() -> Iterator[TokenServer]:
     server = TokenServer(

@@ -1,6 +1,7 @@
 """The error answers every API operation may give, added to the OpenAPI schema (a
 drf-spectacular post-processing hook), so the schema says all that clients can receive:
-401 and 403 everywhere, 404 where a path names an object, 400 where input is validated."""
+401, 403 and 429 (throttled, or too many failed tokens from the address) everywhere, 404 where
+a path names an object, 400 where input is validated."""
 from __future__ import annotations
 
 ERROR_BODY = {
@@ -22,6 +23,7 @@ def document_error_answers(result: dict, generator, request, public) -> dict:
             responses = operation["responses"]
             responses.setdefault("401", _error("No valid token or session."))
             responses.setdefault("403", _error("Not staff, or without the permission the operation needs."))
+            responses.setdefault("429", _error("Too many requests, or too many failed tokens from this address (see Retry-After)."))
             if "{" in path:
                 responses.setdefault("404", _error("No such object."))
             takes_input = "requestBody" in operation or any(

@@ -246,3 +246,17 @@ def test_a_repository_the_upstream_patterns_exclude_is_never_asked_about(client,
     refused = get(client, PRIVATE)
     assert refused.status_code == 403 and error_code(refused) == "DENIED"
     assert images.upstream.access_log(since=mark) == [], "denied repositories are never asked about"
+
+
+def test_a_failed_visibility_check_is_not_remembered(client, hub, images):
+    """The upstream down, then back: the very next anonymous request is asked about, and served."""
+    images.upstream.stop()
+    try:
+        for _ in range(2):
+            down = get(client, PUBLIC)
+            assert down.status_code == 503 and error_code(down) == "UNAVAILABLE"
+    finally:
+        images.upstream.start()
+    mark = images.upstream.log_mark()
+    assert get(client, PUBLIC).status_code == 200
+    assert images.upstream.access_log(since=mark), "asked again at once"

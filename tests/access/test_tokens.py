@@ -81,3 +81,14 @@ def test_token_without_expiry_is_rejected():
     del claims["exp"]
     with pytest.raises(tokens.InvalidToken, match="exp"):
         tokens.verify(jwt.encode(claims, tokens.signing_key(), algorithm="HS256"))
+
+
+def test_a_token_from_a_clock_slightly_ahead_or_behind_holds():
+    """Replicas' clocks differ a little: a fresh token from one ahead is not refused."""
+    now = datetime.now(timezone.utc)
+    assert tokens.verify(tokens.issue("alice", [], now=now + timedelta(seconds=20)).token)["sub"] == "alice"
+    assert tokens.verify(tokens.issue("alice", [], lifetime=60, now=now - timedelta(seconds=75)).token)["sub"] == "alice"
+    with pytest.raises(tokens.InvalidToken):
+        tokens.verify(tokens.issue("alice", [], now=now + timedelta(seconds=tokens.LEEWAY_SECONDS + 30)).token)
+    with pytest.raises(tokens.InvalidToken, match="expired"):
+        tokens.verify(tokens.issue("alice", [], lifetime=60, now=now - timedelta(seconds=60 + tokens.LEEWAY_SECONDS + 30)).token)

@@ -58,3 +58,11 @@ def test_a_metrics_token_keeps_strangers_out(client, hub, settings):
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
     assert ("mirrorsite_cache_blobs", ()) in scrape(client, HTTP_AUTHORIZATION="Bearer scrape-me")
+
+
+def test_metrics_are_refused_to_clients_outside_the_monitoring_networks(client, hub, settings):
+    settings.MIRROR_METRICS_TOKEN = ""
+    assert client.get("/metrics", REMOTE_ADDR="203.0.113.5").status_code == 403
+    assert client.get("/metrics", REMOTE_ADDR="10.0.0.8").status_code == 200
+    settings.MIRROR_METRICS_TOKEN = "scrape-me"
+    assert client.get("/metrics", REMOTE_ADDR="203.0.113.5", HTTP_AUTHORIZATION="Bearer scrape-me").status_code == 200

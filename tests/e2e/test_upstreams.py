@@ -142,8 +142,12 @@ def test_the_rejected_account_handed_over_and_the_switch_is_recorded(mirror2, tw
     )
     assert in_use == [(SECOND_USER,)]
     report = requests.get(f"{mirror2.url}/readyz", timeout=10).json()["upstreams"]["second"]
-    assert report["status"] == "ok" and report["account_in_use"] == SECOND_USER
-    assert report["accounts"][WRONG_USER]["verification"] == "rejected"
+    # /readyz names accounts by id only.
+    (second_id,), (wrong_id,) = (
+        mirror2.query("SELECT id FROM registry_upstreamaccount WHERE username = ?", name) for name in (SECOND_USER, WRONG_USER)
+    )
+    assert report["status"] == "ok" and report["account_in_use"] == second_id[0]
+    assert report["accounts"][str(wrong_id[0])]["verification"] == "rejected"
 
 
 def test_no_request_reaches_a_host_that_is_not_configured(mirror2):
@@ -259,7 +263,8 @@ def test_offline_start_serves_what_is_cached(two, tmp_path):
         assert report.status_code == 200, "an unreachable upstream never makes the mirror unready"
         (status,) = upstreams.values()
         assert status["status"] == "unreachable"
-        assert status["accounts"][SECOND_USER]["verification"] == "unreachable"
+        ((second_id,),) = process.query("SELECT id FROM registry_upstreamaccount WHERE username = ?", SECOND_USER)
+        assert status["accounts"][str(second_id)]["verification"] == "unreachable"  # by id: /readyz names no account
 
         time.sleep(1.5)  # past the tag TTL: the tag must be revalidated, and cannot be
         stale = manifest(process, "/v2/team/only-second/manifests/1")

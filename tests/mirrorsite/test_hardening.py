@@ -12,10 +12,11 @@ import sys
 
 import pytest
 from django.contrib.auth.models import User
-from django.core.cache import caches
+from django.utils import timezone
 from django.test import Client
 
-from access.models import AccessRule, Policy
+from access import attempts
+from access.models import AccessRule, PasswordAttempts, Policy
 from registry.models import UpstreamAccount
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -125,18 +126,13 @@ def test_hsts_only_on_https_requests(client, settings):
     assert client.get("/v2/", secure=True)["Strict-Transport-Security"] == "max-age=600"
 
 
-# --- admin login lockout ----------------------------------------------------------------------------
+# --- admin login lockout (the password-guessing limiter of access/attempts.py) ----------------------
 @pytest.fixture
-def login_cache(settings, tmp_path):
-    """The real (file) backend of the embedded default, in a directory of this test's own."""
-    settings.CACHES = {
-        **settings.CACHES,
-        "login-attempts": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-                           "LOCATION": str(tmp_path / "login-attempts")},
-    }
-    settings.MIRROR_ADMIN_LOGIN_ATTEMPTS = 3
-    settings.MIRROR_ADMIN_LOGIN_LOCKOUT = 900
-    yield caches["login-attempts"]
+def login_limits(settings):
+    settings.MIRROR_LOGIN_ATTEMPTS = 3
+    settings.MIRROR_LOGIN_ATTEMPTS_PER_ADDRESS = 20
+    settings.MIRROR_LOGIN_LOCKOUT = 900
+    settings.REDIS_URL = ""  # counted in the database (rolled back after each test)
 
 
 def log_in(password: str, address: str = "192.0.2.1", username: str = "root"):
@@ -145,26 +141,29 @@ def log_in(password: str, address: str = "192.0.2.1", username: str = "root"):
 
 
 @pytest.mark.django_db
-def test_failed_admin_logins_lock_the_username_out_for_that_address(login_cache):
+def test_failed_admin_logins_lock_the_username_out(login_limits):
     User.objects.create_superuser("root", "root@example.org", "right-password-1")
+    User.objects.create_superuser("other", "other@example.org", "right-password-2")
     for _ in range(3):
         failed = log_in("wrong")
         assert failed.status_code == 200 and "Please enter the correct username" in failed.content.decode()
     locked = log_in("right-password-1")
-    assert locked.status_code == 200, "the right password no longer gets in"
-    assert "Too many failed logins for this username from your address. Try again in 15 minutes." in locked.content.decode()
+    assert locked.status_code == 429, "the right password no longer gets in"
+    assert locked["Retry-After"] == "900"
+    assert "Too many failed logins for this username or from your address. Try again in 15 minutes." in locked.content.decode()
+    assert '<form action="/admin/login/' in locked.content.decode(), "the login page, with its form"
     assert "_auth_user_id" not in locked.wsgi_request.session
 
-    assert log_in("right-password-1", address="198.51.100.2").status_code == 302, "another address is not locked"
-    assert log_in("wrong", username="ROOT ").status_code == 200
-    assert "Too many failed" in log_in("wrong", username="Root").content.decode(), "usernames compare as typed, loosely"
+    assert log_in("right-password-1", address="198.51.100.2").status_code == 429, "the user name, from anywhere"
+    assert "Too many failed" in log_in("wrong", username="Root ").content.decode(), "usernames compare as typed, loosely"
+    assert log_in("right-password-2", username="other").status_code == 302, "another user from that address is not locked"
 
-    login_cache.clear()  # the lockout period is over
+    PasswordAttempts.objects.update(window_ends=timezone.now())  # the lockout period is over
     assert log_in("right-password-1").status_code == 302
 
 
 @pytest.mark.django_db
-def test_a_success_clears_the_failures(login_cache):
+def test_a_success_clears_the_failures(login_limits):
     User.objects.create_superuser("root", "root@example.org", "right-password-1")
     for _ in range(2):
         log_in("wrong")
@@ -175,12 +174,23 @@ def test_a_success_clears_the_failures(login_cache):
 
 
 @pytest.mark.django_db
-def test_the_lockout_counts_the_real_client_behind_a_trusted_proxy(login_cache, settings):
+def test_guesses_spread_over_user_names_lock_the_address_out(login_limits, settings):
+    settings.MIRROR_LOGIN_ATTEMPTS_PER_ADDRESS = 4
+    User.objects.create_superuser("root", "root@example.org", "right-password-1")
+    for name in ("a", "b", "c", "d"):
+        assert log_in("wrong", username=name).status_code == 200
+    assert log_in("right-password-1").status_code == 429, "that address guessed enough"
+    assert log_in("right-password-1", address="198.51.100.2").status_code == 302
+
+
+@pytest.mark.django_db
+def test_the_lockout_counts_the_real_client_behind_a_trusted_proxy(login_limits, settings):
     settings.MIRROR_TRUSTED_PROXIES = ["10.0.0.0/8"]
+    settings.MIRROR_LOGIN_ATTEMPTS_PER_ADDRESS = 2
     User.objects.create_superuser("root", "root@example.org", "right-password-1")
     client = Client(REMOTE_ADDR="10.0.0.5")
-    for forged in ("203.0.113.1", "203.0.113.2", "203.0.113.3"):
-        client.post("/admin/login/", {"username": "root", "password": "x"}, HTTP_X_FORWARDED_FOR=forged)
+    for name, forged in (("a", "203.0.113.1"), ("b", "203.0.113.2"), ("c", "203.0.113.3")):
+        client.post("/admin/login/", {"username": name, "password": "x"}, HTTP_X_FORWARDED_FOR=forged)
     # Three different clients behind the proxy: none is locked.
     ok = client.post("/admin/login/", {"username": "root", "password": "right-password-1"}, HTTP_X_FORWARDED_FOR="203.0.113.1")
     assert ok.status_code == 302
@@ -300,13 +310,14 @@ def test_ranges_take_ascii_digits_and_one_range_only(header):
 
 
 @pytest.mark.django_db
-def test_logins_go_on_when_the_attempt_counter_is_down(settings, caplog):
-    settings.CACHES = {
-        **settings.CACHES,
-        "login-attempts": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:9/8"},
-    }
+def test_logins_are_still_limited_when_redis_is_down(login_limits, settings, caplog):
+    settings.REDIS_URL = "redis://127.0.0.1:9/8"  # nothing listens there
+    attempts._last_warning.clear()  # warned once a minute: this test wants to see it
     User.objects.create_superuser("root", "root@example.org", "right-password-1")
-    with caplog.at_level(logging.WARNING, logger="mirrorsite.adminlogin"):
+    with caplog.at_level(logging.WARNING, logger="access.attempts"):
         assert log_in("wrong").status_code == 200
-        assert log_in("right-password-1").status_code == 302
-    assert "not limiting them" in caplog.text
+        assert log_in("right-password-1").status_code == 302, "no 500: the database counts instead"
+        for _ in range(3):
+            log_in("wrong")
+        assert log_in("right-password-1").status_code == 429
+    assert "cannot be counted in Redis" in caplog.text

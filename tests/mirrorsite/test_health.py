@@ -66,3 +66,39 @@ def test_a_broker_that_is_not_redis_is_not_pinged(client, settings):
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"]["broker"] == "not checked"
+
+
+# --- who may read it ------------------------------------------------------------------------------
+def test_readiness_is_refused_to_clients_outside_the_monitoring_networks(client, settings):
+    settings.MIRROR_METRICS_TOKEN = ""
+    assert client.get("/readyz", REMOTE_ADDR="203.0.113.5").status_code == 403, "the Internet at large"
+    assert client.get("/healthz", REMOTE_ADDR="203.0.113.5").status_code == 200
+    for inside in ("127.0.0.1", "10.2.3.4", "172.20.0.3", "192.168.1.1", "fd00::1"):
+        assert client.get("/readyz", REMOTE_ADDR=inside).status_code == 200, inside
+    settings.MIRROR_MONITORING_NETWORKS = ["203.0.113.0/24"]
+    assert client.get("/readyz", REMOTE_ADDR="203.0.113.5").status_code == 200
+    assert client.get("/readyz", REMOTE_ADDR="10.2.3.4").status_code == 403
+
+
+def test_the_allow_list_is_the_default_monitoring_networks(client, settings):
+    settings.MIRROR_ALLOWED_NETWORKS = ["198.51.100.0/24"]
+    assert client.get("/readyz", REMOTE_ADDR="198.51.100.7").status_code == 200
+
+
+def test_the_metrics_token_opens_readiness_from_anywhere(client, settings):
+    settings.MIRROR_METRICS_TOKEN = "scrape-me"
+    assert client.get("/readyz", REMOTE_ADDR="203.0.113.5", HTTP_AUTHORIZATION="Bearer wrong").status_code == 403
+    assert client.get("/readyz", REMOTE_ADDR="203.0.113.5", HTTP_AUTHORIZATION="Bearer scrape-me").status_code == 200
+
+
+def test_readiness_names_accounts_by_id_only(client, settings):
+    from registry.models import Upstream, UpstreamAccount
+
+    upstream = Upstream.objects.create(name="private-hub", url="http://127.0.0.1:9")
+    account = UpstreamAccount.objects.create(upstream=upstream, username="ci-robot-account")
+    upstream.active_account = account
+    upstream.save()
+    ready = client.get("/readyz")
+    assert "ci-robot-account" not in ready.content.decode()
+    report = ready.json()["upstreams"]["private-hub"]
+    assert report["account_in_use"] == account.pk and str(account.pk) in report["accounts"]

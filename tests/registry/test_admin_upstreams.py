@@ -109,7 +109,10 @@ def test_no_secret_in_pages_api_logs_or_database(admin_client, hub, upstream, ca
     assert readyz.status_code == 200
     report = readyz.json()["upstreams"]
     assert report["ghcr"]["status"] == "unreachable"
-    assert report[hub.name]["accounts"][upstream.username]["verification"] == "rejected"
+    # Accounts by id: /readyz names none.
+    hub_account = UpstreamAccount.objects.get(upstream=hub, username=upstream.username)
+    assert report[hub.name]["accounts"][str(hub_account.pk)]["verification"] == "rejected"
+    assert upstream.username not in readyz.content.decode() and '"bot"' not in readyz.content.decode()
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT * FROM registry_upstreamaccount")
