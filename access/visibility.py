@@ -128,12 +128,14 @@ def forget() -> None:
 def _anonymous_client(upstream: Upstream) -> UpstreamClient:
     """One anonymous client per upstream and process (it caches its tokens and connections)."""
     connect, read = upstream.timeouts()
-    fingerprint = (upstream.url, upstream.tls_verify, upstream.ca_certificates, connect, read)
+    realm_hosts = tuple(upstream.token_realm_hosts())
+    fingerprint = (upstream.url, upstream.tls_verify, upstream.ca_certificates, connect, read, realm_hosts)
     with _clients_lock:
         found = _clients.get(upstream.pk)
         if found is None or found[0] != fingerprint:
             client = UpstreamClient(
-                upstream.url, connect_timeout=connect, read_timeout=read, verify=failover.verify_option(upstream)
+                upstream.url, connect_timeout=connect, read_timeout=read, verify=failover.verify_option(upstream),
+                realm_hosts=realm_hosts,
             )
             found = _clients[upstream.pk] = (fingerprint, client)
     return found[1]

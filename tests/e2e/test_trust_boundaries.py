@@ -66,8 +66,12 @@ def bearer_only(registry: HostileRegistry, realm: str, token: str, then: Answer)
     return route
 
 
-def token_service(token: str):
+def token_service(token: str, anonymous: str | None = None):
+    """A token realm: `token` for the account's Basic credentials, `anonymous` (if any) for none."""
+
     def route(seen):
+        if anonymous is not None and "Authorization" not in seen.headers:
+            return answer(200, {"token": anonymous, "expires_in": 300})
         if seen.headers.get("Authorization") != BASIC:
             return answer(401, WWW_Authenticate='Basic realm="hostile"')
         return answer(200, {"token": token, "expires_in": 300})
@@ -112,11 +116,14 @@ def world(certificate) -> Iterator[World]:
     for path in ("/v2/app/manifests/1", "/v2/app/tags/list"):
         found.foreign.script("GET", path, bearer_only(found.foreign, foreign_realm, "never", answer(200, {})))
     listed_realm = f"https://localhost:{found.realm.port}/token"
-    found.realm.script("GET", "/token", token_service("LISTED"))
+    found.realm.script("GET", "/token", token_service("LISTED", anonymous="ANONYMOUS"))
     found.listed.script("GET", "/v2/", bearer_only(found.listed, listed_realm, "LISTED", answer(200, {})))
     shipped = answer(200, SHIPPED.manifest, Content_Type=SHIPPED.media_type, Docker_Content_Digest=SHIPPED.digest)
     found.listed.script("GET", "/v2/app/manifests/1", bearer_only(found.listed, listed_realm, "LISTED", shipped))
-    found.listed.script("GET", "/v2/app/tags/list", answer(200, {"name": "app", "tags": ["1"]}))  # public
+    # Public: an anonymous client may list it (the mirror's visibility check asks so, with an
+    # anonymous token from the same listed realm).
+    listing = answer(200, {"name": "app", "tags": ["1"]})
+    found.listed.script("GET", "/v2/app/tags/list", bearer_only(found.listed, listed_realm, "ANONYMOUS", listing))
     yield found
     found.stop()
 
@@ -276,7 +283,9 @@ def test_a_realm_on_another_host_gets_no_credentials_not_even_at_start_up(mirror
     assert status == "refused"
     assert "localhost" in message and "no credentials sent" in message
     ready = requests.get(f"{mirror.url}/readyz", timeout=30).json()
-    assert ready["upstreams"]["foreign"]["accounts"][USER]["verification"] == "refused"
+    # /readyz names accounts by id only (no user names to whoever may read it).
+    assert [account["verification"] for account in ready["upstreams"]["foreign"]["accounts"].values()] == ["refused"]
+    assert USER not in str(ready)
     assert "no credentials sent" in ready["upstreams"]["foreign"]["message"]
     refused = get(mirror, "/v2/foreign/app/manifests/1")
     assert refused.status_code == 502, refused.text
@@ -287,7 +296,9 @@ def test_a_realm_on_a_listed_host_over_https_gets_the_credentials(mirror, world)
     assert verification(mirror, "listed") == ("ok", "token issued")
     pulled = get(mirror, "/v2/listed/app/manifests/1")
     assert pulled.status_code == 200 and pulled.content == SHIPPED.manifest
-    assert all(seen.headers.get("Authorization") == BASIC for seen in world.realm.seen("/token"))
+    asked = [seen.headers.get("Authorization") for seen in world.realm.seen("/token")]
+    # The account's token, and the visibility check's anonymous one: both from the listed realm.
+    assert BASIC in asked and None in asked and set(asked) <= {BASIC, None}
 
 
 def test_blob_hits_sent_by_nginx_are_sandboxed_too(world, tmp_path):
