@@ -34,7 +34,7 @@ from django.db.models import F
 from django.utils import timezone
 import redis
 
-from mirrorsite import redisclients
+from registry import redisclients
 from registry import oci
 
 logger = logging.getLogger(__name__)

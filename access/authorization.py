@@ -11,9 +11,10 @@ from __future__ import annotations
 from django.conf import settings
 from django.http import HttpRequest
 
-from registry import cache, oci
+from registry import oci
+from registry.proxy import cache
 from registry.models import Upstream
-from registry.routing import Route
+from registry.upstreams.routing import Route
 
 from . import rules, visibility
 from .challenge import AuthenticationRequired, challenge
@@ -80,3 +81,11 @@ def client_name(request: HttpRequest, route: Route) -> str:
     """The repository as the client named it (with an upstream's alias or host prefix)."""
     match = getattr(request, "resolver_match", None)
     return (match.kwargs.get("name") if match is not None else None) or route.name or ""
+
+
+class RulesPolicy:
+    """The access policy mirrorsite composes into registry's /v2/ views (MIRROR_ACCESS_POLICY):
+    the allow-list has run, then the rules, the requester and the upstream's visibility decide."""
+
+    authorize = staticmethod(authorize)
+    readable_repositories = staticmethod(readable_repositories)

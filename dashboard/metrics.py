@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from access.networks import monitoring_admitted, presents_metrics_token
-from registry.blobstore import default_store
+from registry.storage.blobstore import default_store
 from registry.models import Blob, GcRun, Manifest, Repository, Upstream, UpstreamAccount
 
 from .batch import LATENCY_BUCKETS

@@ -14,10 +14,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 import redis
 
 from access.networks import monitoring_admitted
-from registry.blobstore import StorageUnavailable, default_store
+from registry.storage.blobstore import StorageUnavailable, default_store
 from registry.models import Upstream
 
-from . import redisclients
+from registry import redisclients
 
 # Reported, never a reason to be unready: statistics wait in memory for their Redis.
 NOT_REQUIRED = frozenset({"statistics"})

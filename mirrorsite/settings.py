@@ -49,7 +49,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "registry.responses.RegistryHeadersMiddleware",  # nosniff and a sandboxing CSP on every /v2/ answer
+    "registry.api.responses.RegistryHeadersMiddleware",  # nosniff and a sandboxing CSP on every /v2/ answer
     "django.middleware.security.SecurityMiddleware",
     "access.middleware.AllowedNetworksMiddleware",  # before anything else answers
     "mirrorsite.nulguard.RejectNulMiddleware",  # PostgreSQL cannot compare such strings
@@ -228,6 +228,9 @@ MIRROR_ALLOWED_NETWORKS = env.list("MIRROR_ALLOWED_NETWORKS", default=[])
 # those of MIRROR_ALLOWED_NETWORKS, or with no allow-list, loopback and the private ranges (never
 # the Internet at large). A client presenting MIRROR_METRICS_TOKEN may too.
 MIRROR_MONITORING_NETWORKS = env.list("MIRROR_MONITORING_NETWORKS", default=[])
+# Who may pull what: the policy registry's /v2/ views ask (registry/api/policy.py); access's
+# rules, requesters and upstream visibility, composed in here.
+MIRROR_ACCESS_POLICY = "access.authorization.RulesPolicy"
 # Client authentication on /v2/ (token auth as Docker Hub does it). Off by default: the Docker
 # daemon sends no credentials to a registry mirror.
 MIRROR_AUTH = env.bool("MIRROR_AUTH", default=False)

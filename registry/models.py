@@ -15,7 +15,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 from django.utils.text import slugify
 
-from .destinations import DOCKER_HUB_HOSTS, default_realm_hosts
+from registry.destinations import DOCKER_HUB_HOSTS, default_realm_hosts
 
 # One component of a repository name (the OCI grammar): what a path alias may be.
 ALIAS_RE = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*\Z")
@@ -86,7 +86,7 @@ class UpstreamManager(models.Manager["Upstream"]):
 def _seed_environment_account(upstream: "Upstream") -> None:
     """The account of REGISTRY_PROXY_USERNAME/PASSWORD, first in line; without one, the
     anonymous account, unless the upstream has accounts of its own (file or admin)."""
-    from . import secrets
+    from registry import secrets
 
     username, password = settings.REGISTRY_PROXY_USERNAME, settings.REGISTRY_PROXY_PASSWORD
     accounts = UpstreamAccount.objects.filter(upstream=upstream)
@@ -287,13 +287,13 @@ class UpstreamAccount(models.Model):
 
     def set_secret(self, plain: str) -> None:
         """Store a new secret (encrypted); a rejection of the old one no longer holds."""
-        from . import secrets
+        from registry import secrets
 
         self.secret = secrets.encrypt(plain) if plain else ""
         self.rejected_at = None
 
     def get_secret(self) -> str:
-        from . import secrets
+        from registry import secrets
 
         return secrets.decrypt(self.secret) if self.secret else ""
 

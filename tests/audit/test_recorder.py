@@ -16,9 +16,10 @@ from django.utils import timezone
 
 from audit import recorder, retention, tasks
 from audit.models import PullRecord
-from mirrorsite import flushing
-from registry import oci, views
-from registry.responses import registry_endpoint
+from registry import flushing
+from registry import oci
+from mirrorsite import urls
+from registry.api.responses import registry_endpoint
 
 # Manifest misses fill from the request's thread; real transactions keep them visible.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -94,7 +95,7 @@ def test_the_authenticated_user_and_denials_are_recorded(db, hub, images, settin
     denied = factory.get("/v2/library/private/manifests/2", REMOTE_ADDR="192.0.2.9")
     denied.registry_user = user
     unknown = factory.get("/v2/library/private/manifests/2", REMOTE_ADDR="192.0.2.10")
-    assert views.manifest(allowed, name="library/small", reference="1").status_code == 200
+    assert urls.manifest_view(allowed, name="library/small", reference="1").status_code == 200
     assert denying_view(denied, name="library/private", reference="2").status_code == 403
     assert challenging_view(unknown, name="library/private", reference="2").status_code == 401
     recorder.flush()

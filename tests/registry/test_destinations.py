@@ -10,7 +10,7 @@ import requests
 
 from registry.destinations import DestinationRefused, Destinations, address_class
 from registry.models import default_realm_hosts
-from registry.upstream import make_session
+from registry.upstreams.client import make_session
 from tests.support.hostile_registry import Listener
 
 

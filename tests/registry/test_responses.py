@@ -1,7 +1,7 @@
 import pytest
 
 from registry import oci
-from registry.responses import ByteRange, FileSlice, parse_range
+from registry.api.responses import ByteRange, FileSlice, parse_range
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_the_sandbox_is_for_v2_only(client):
 
 
 def test_the_last_resort_error_is_sandboxed_too(rf):
-    from registry.responses import server_error
+    from registry.api.responses import server_error
 
     response = server_error(rf.get("/v2/x/manifests/1"))
     assert response.status_code == 500 and response["Content-Security-Policy"] == SECURITY["Content-Security-Policy"]

@@ -9,7 +9,7 @@ import pytest
 from requests.structures import CaseInsensitiveDict
 
 from registry import oci
-from registry.upstream import (
+from registry.upstreams.client import (
     RETRY_AFTER_MAX, RateLimit, RealmRefused, UpstreamClient, UpstreamRefused, UpstreamResponse, parse_ratelimit,
     retry_after,
 )
@@ -157,7 +157,7 @@ def db_upstream(db, settings, tmp_path, hostile):
 def test_the_cache_refuses_a_manifest_of_another_media_type_and_stores_nothing(db_upstream, media_type):
     import json
 
-    from registry import cache
+    from registry.proxy import cache
     from registry.models import Manifest, Repository
 
     upstream, registry, _ = db_upstream
@@ -171,7 +171,7 @@ def test_the_cache_refuses_a_manifest_of_another_media_type_and_stores_nothing(d
 
 
 def test_verification_says_why_a_foreign_realm_got_nothing(db_upstream):
-    from registry import verification
+    from registry.upstreams import verification
     from registry.models import Upstream, UpstreamAccount
 
     upstream, registry, listener = db_upstream
@@ -187,7 +187,7 @@ def test_verification_says_why_a_foreign_realm_got_nothing(db_upstream):
 
 
 def test_realm_hosts_come_from_the_file_and_are_checked(db, tmp_path):
-    from registry import upstreamconfig
+    from registry.upstreams import configfile as upstreamconfig
 
     path = tmp_path / "upstreams.yaml"
     path.write_text("upstreams:\n  - url: https://registry.gitlab.example\n    realm_hosts: [GitLab.example]\n")
@@ -243,7 +243,8 @@ def test_upgrading_forgets_manifests_cached_with_another_media_type(db):
 
 
 def test_changed_realm_hosts_take_effect_on_the_next_request(db_upstream):
-    from registry import accounts, failover
+    from registry.upstreams import accounts
+    from registry.upstreams import failover
 
     upstream, _, _ = db_upstream
     before = failover.client_for(upstream)
