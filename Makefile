@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast docs install test-tools migrate clean
+.PHONY: run test test-fast docs lint install test-tools migrate clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test-tools:
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
+# The import contracts of pyproject.toml (registry in floors, the apps in layers).
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
+
 # Tests that need no server (the `unit` tier, see tests/conftest.py): a quick check while working.
 test-fast: $(STAMP)
 	env -u DATABASE_URL $(PY) -m pytest -m unit -q $(PYTEST_ARGS)
@@ -55,7 +59,7 @@ MIRROR_TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/mirrorsite
 # A PostgreSQL DATABASE_URL makes the settings a deployment, which wants a secret key.
 TEST_SECRET_KEY := make-test-only-secret-key-never-used-in-production-0123456789
 
-test: $(STAMP) test-tools docs
+test: $(STAMP) test-tools lint docs
 	@if [ -z "$(MIRROR_TEST_POSTGRES_URL)" ]; then \
 		if [ "$$CI" = true ]; then echo "make test: CI=true needs the PostgreSQL pass; MIRROR_TEST_POSTGRES_URL is empty" >&2; exit 1; fi; \
 		echo "#### make test: PostgreSQL pass SKIPPED (MIRROR_TEST_POSTGRES_URL is empty): SQLite only ####" >&2; \
