@@ -38,6 +38,8 @@ class SharedTokens:
         try:
             with redisclients.guarded(self.redis_url) as client:
                 stored = client.get(self.key(upstream_url, username, scope))
+        except redisclients.OUTAGE_ERRORS:
+            return None  # Redis unavailable: the client factory said so once, not per request
         except redis.RedisError as error:
             logger.warning("shared token cache unavailable: %s", type(error).__name__)
             return None
@@ -57,6 +59,8 @@ class SharedTokens:
         try:
             with redisclients.guarded(self.redis_url) as client:
                 client.set(self.key(upstream_url, username, scope), secrets.encrypt(entry), px=max(int(seconds * 1000), 1))
+        except redisclients.OUTAGE_ERRORS:
+            pass  # kept by this process only, meanwhile
         except redis.RedisError as error:
             logger.warning("could not share an upstream token: %s", type(error).__name__)
 

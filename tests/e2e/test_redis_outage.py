@@ -72,6 +72,7 @@ def test_with_redis_stopped_cached_and_uncached_images_pull(mirror_with_redis, r
     log = mirror.log_path.read_text(errors="replace")
     # Said once per server process (two here), not once per request.
     assert 1 <= log.count("single flight falls back to this machine's file locks") <= 2
+    assert "shared token cache unavailable" not in log, "the outage is said once, not per pull"
 
 
 def test_with_redis_frozen_pulls_succeed_and_the_mirror_keeps_answering(
