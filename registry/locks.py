@@ -14,7 +14,6 @@ import fcntl
 import hashlib
 import os
 from pathlib import Path
-import threading
 import time
 from typing import Protocol
 
@@ -134,6 +133,9 @@ class SharedLock:
             self._holds_shared = True
         except redis.RedisError:
             self._holds_shared = False  # Redis unavailable: single flight on this machine only
+        except BaseException:
+            self.local.release()
+            raise
         return True
 
     def release(self) -> None:

@@ -12,7 +12,7 @@ from typing import Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import FileResponse, HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 import redis
@@ -39,7 +39,9 @@ def error_response(error: oci.RegistryError, method: str = "GET") -> HttpRespons
     return response
 
 
-DEPENDENCY_ERRORS = (DatabaseError, BotoCoreError, ClientError, redis.RedisError)
+# The mirror's own dependencies unreachable or timing out. Of the database's errors only these:
+# an IntegrityError or ProgrammingError is a bug, and stays a logged 500.
+DEPENDENCY_ERRORS = (OperationalError, InterfaceError, BotoCoreError, ClientError, redis.RedisError)
 
 
 def _dependency(error: BaseException) -> str:
