@@ -3,14 +3,14 @@
 
 Draining reads and deletes in one MULTI/EXEC, so two drains never take the same counts; a
 drain whose database write fails pushes the counts back. Only flush threads and the beat task
-talk to Redis, never a request, through the process's client (mirrorsite.redisclients: short
+talk to Redis, never a request, through the process's client (registry.redisclients: short
 timeouts; while Redis is known down it is not asked).
 """
 from __future__ import annotations
 
 from django.conf import settings
 
-from mirrorsite import redisclients
+from registry import redisclients
 
 from .batch import Batch
 

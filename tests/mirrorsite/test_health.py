@@ -18,7 +18,7 @@ def plain_mirror(settings, tmp_path):
     settings.REDIS_URL = ""
     settings.CELERY_BROKER_URL, settings.MIRROR_BROKER_CONFIGURED = "filesystem://", False
     settings.MIRROR_STATS_REDIS_URL = ""
-    from mirrorsite import redisclients
+    from registry import redisclients
 
     redisclients.forget()  # no breaker state from another test
 

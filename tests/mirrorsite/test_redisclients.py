@@ -7,7 +7,7 @@ import logging
 import pytest
 import redis
 
-from mirrorsite import redisclients
+from registry import redisclients
 from tests.support.tcp_relay import TcpRelay
 from tests.support.upstream_registry import free_port
 
@@ -55,7 +55,7 @@ def test_a_redis_that_failed_is_not_asked_again_until_its_retry(hung_redis, capl
         with pytest.raises(redisclients.RedisUnavailable), redisclients.guarded(url) as client:
             client.ping()
     assert hung_redis.connections == 1, "known down: nobody waited on it again"
-    outages = [r for r in caplog.records if r.name == "mirrorsite.redisclients"]
+    outages = [r for r in caplog.records if r.name == "registry.redisclients"]
     assert len(outages) == 1 and "file locks" in outages[0].getMessage(), "said once, not per call"
 
     # The retry is due: exactly one caller probes (and pays the timeout), the others do not.
@@ -72,7 +72,7 @@ def test_a_redis_that_answers_again_closes_the_breaker(caplog):
     breaker = redisclients.breaker(REDIS_URL)
     breaker.failed(redis.ConnectionError("refused"))
     breaker._health.retry_at = 0.0  # the retry is due
-    with caplog.at_level(logging.WARNING, logger="mirrorsite.redisclients"), redisclients.guarded(REDIS_URL) as client:
+    with caplog.at_level(logging.WARNING, logger="registry.redisclients"), redisclients.guarded(REDIS_URL) as client:
         assert client.ping()
     assert not breaker.is_down()
     assert any("answers again" in r.getMessage() for r in caplog.records)

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from registry.blobstore import DigestMismatch, FilesystemStore
+from registry.storage.blobstore import DigestMismatch, FilesystemStore
 from registry.oci import parse_digest
 
 
@@ -78,7 +78,7 @@ def test_delete_and_open(tmp_path):
 
 
 def test_a_store_that_cannot_stage_a_fill_is_unavailable_not_a_crash(tmp_path):
-    from registry.blobstore import StorageUnavailable
+    from registry.storage.blobstore import StorageUnavailable
 
     store = FilesystemStore(tmp_path)
     store.tmp_dir.rmdir()  # the disk under it went away (a volume unmounted)

@@ -10,7 +10,7 @@ from django.test import RequestFactory
 import pytest
 import redis
 
-from registry.responses import registry_endpoint
+from registry.api.responses import registry_endpoint
 
 
 def answer(error: Exception, method: str = "GET"):

@@ -4,8 +4,8 @@ import uuid
 
 import pytest
 
-from mirrorsite import redisclients
-from registry import locks
+from registry import redisclients
+from registry.storage import locks
 
 REDIS_URL = "redis://127.0.0.1:6379/12"  # a database of its own on the machine's Redis
 

@@ -8,9 +8,9 @@ import uuid
 import pytest
 import redis
 
-from registry import tokencache
-from registry.tokencache import SharedTokens
-from registry.upstream import UpstreamClient
+from registry.upstreams import tokencache
+from registry.upstreams.tokencache import SharedTokens
+from registry.upstreams.client import UpstreamClient
 from tests.support.upstream_registry import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own on the machine's Redis
@@ -110,7 +110,7 @@ def test_a_redis_that_does_not_answer_is_a_cache_miss(settings, upstream, images
 
 
 def test_a_hung_redis_is_waited_on_once_and_said_once(settings, caplog):
-    from mirrorsite import redisclients
+    from registry import redisclients
     from tests.support.tcp_relay import TcpRelay
 
     hung = TcpRelay().start()  # accepts, never answers: Redis frozen
