@@ -3,34 +3,18 @@
 
 Draining reads and deletes in one MULTI/EXEC, so two drains never take the same counts; a
 drain whose database write fails pushes the counts back. Only flush threads and the beat task
-talk to Redis, never a request, and with short timeouts.
+talk to Redis, never a request, through the process's client (registry.redisclients: short
+timeouts; while Redis is known down it is not asked).
 """
 from __future__ import annotations
 
-import threading
-
 from django.conf import settings
+
+from registry import redisclients
 
 from .batch import Batch
 
-SOCKET_TIMEOUT = 2.0
 MAX_QUEUED_EVENTS = 1000  # events waiting in Redis for the next drain; older ones go
-
-_client = None
-_client_url = ""
-_client_lock = threading.Lock()
-
-
-def client():
-    global _client, _client_url
-    url = settings.MIRROR_STATS_REDIS_URL
-    with _client_lock:
-        if _client is None or _client_url != url:
-            import redis
-
-            _client = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT)
-            _client_url = url
-        return _client
 
 
 def key(name: str) -> str:
@@ -38,7 +22,14 @@ def key(name: str) -> str:
 
 
 def push(batch: Batch) -> None:
-    pipe = client().pipeline(transaction=True)  # all of the batch, or none of it
+    """Add the batch to the shared counters (RedisError when Redis is unavailable: the caller
+    keeps or writes the batch elsewhere)."""
+    with redisclients.guarded(settings.MIRROR_STATS_REDIS_URL) as client:
+        _push(client, batch)
+
+
+def _push(client, batch: Batch) -> None:
+    pipe = client.pipeline(transaction=True)  # all of the batch, or none of it
     for field, amount in batch.counter_fields().items():
         pipe.hincrby(key("counters"), field, amount)
     for field, amount in batch.call_fields().items():
@@ -53,7 +44,12 @@ def push(batch: Batch) -> None:
 
 
 def drain() -> Batch:
-    pipe = client().pipeline(transaction=True)
+    with redisclients.guarded(settings.MIRROR_STATS_REDIS_URL) as client:
+        return _drain(client)
+
+
+def _drain(client) -> Batch:
+    pipe = client.pipeline(transaction=True)
     for name in ("counters", "calls"):
         pipe.hgetall(key(name))
         pipe.delete(key(name))

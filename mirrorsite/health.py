@@ -6,6 +6,7 @@ one loopback and the private ranges: where load balancers, orchestrators and scr
 presenting the MIRROR_METRICS_TOKEN; others get 403. It never names an account (an account is
 its id).
 """
+from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -19,8 +20,10 @@ from registry.models import Upstream
 
 from registry import redisclients
 
-# Reported, never a reason to be unready: statistics wait in memory for their Redis.
-NOT_REQUIRED = frozenset({"statistics"})
+# Reported, never a reason to be unready: statistics wait in memory for their Redis; without
+# REDIS_URL's Redis the replica still serves (single flight on this machine's file locks, its
+# own upstream tokens: `fallbacks` says so), and every replica shares that Redis.
+NOT_REQUIRED = frozenset({"statistics", "redis"})
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -48,11 +51,14 @@ def readyz(request: HttpRequest) -> HttpResponse:
     except StorageUnavailable as error:
         checks["storage"] = f"error: {error}"
     checks.update(_redis_checks())
+    fallbacks = _fallbacks(checks)
     failing = [name for name, value in checks.items() if value.startswith("error") and name not in NOT_REQUIRED]
     ready = not failing
     body = {"status": "ok" if ready else "unavailable", "checks": checks}
     if failing:
         body["failing"] = failing
+    if fallbacks:
+        body["fallbacks"] = fallbacks
     if checks["database"] == "ok":
         body["upstreams"] = _upstreams()
     # Upstreams are reported, never a reason to be unready: the cache serves without them.
@@ -76,11 +82,27 @@ def _redis_checks() -> dict[str, str]:
             checks[name] = "not checked"  # another kind of broker: its workers say how it is
             continue
         try:
-            redisclients.client(url).ping()
+            # Through the breaker: a Redis known down is reported without waiting on it again.
+            with redisclients.guarded(url) as client:
+                client.ping()
             checks[name] = "ok"
+        except redisclients.RedisUnavailable:
+            checks[name] = f"error: {redisclients.breaker(url).health().error or 'ConnectionError'}"
         except redis.RedisError as error:
             checks[name] = f"error: {type(error).__name__}"
     return checks
+
+
+def _fallbacks(checks: dict[str, str]) -> dict[str, str]:
+    """What this process does instead while REDIS_URL's Redis is unavailable."""
+    if not checks.get("redis", "").startswith("error"):
+        return {}
+    since = redisclients.breaker(settings.REDIS_URL).health().down_since
+    when = f" since {datetime.fromtimestamp(since, timezone.utc).isoformat(timespec='seconds')}" if since else ""
+    return {
+        "locks": f"single flight on this machine's file locks (Redis unavailable{when})",
+        "upstream_tokens": "kept by each process, not shared",
+    }
 
 
 def _upstreams() -> dict[str, dict]:

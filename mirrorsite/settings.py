@@ -81,6 +81,9 @@ TEMPLATES = [
 ]
 
 # --- Database ------------------------------------------------------------------------------
+# PostgreSQL: seconds a statement may run before the server cancels it (0 = no limit). Sent as a
+# connection option; set 0 behind a pooler that refuses startup options (PgBouncer).
+MIRROR_DATABASE_STATEMENT_TIMEOUT = env.float("MIRROR_DATABASE_STATEMENT_TIMEOUT", default=60.0)
 DATABASES = {
     "default": env.db_url(
         "DATABASE_URL", default=f"sqlite:///{MIRROR_DATA_DIR / 'db.sqlite3'}"
@@ -98,8 +101,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 30,
     }
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # A server that does not answer fails a request (and /readyz) in seconds, not at TCP's pace.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+    # A server that does not answer fails a request (and /readyz) in seconds, not at TCP's pace:
+    # connecting (each request connects: no persistent connections) gives up after
+    # connect_timeout; TCP keepalives notice a server whose machine or network went away.
+    _postgres = DATABASES["default"].setdefault("OPTIONS", {})
+    _postgres.setdefault("connect_timeout", 5)
+    for _name, _value in (("keepalives", 1), ("keepalives_idle", 30), ("keepalives_interval", 10), ("keepalives_count", 3)):
+        _postgres.setdefault(_name, _value)
+    if MIRROR_DATABASE_STATEMENT_TIMEOUT > 0 and "options" not in _postgres:
+        # The server cancels a statement running longer (a lock wait, a runaway query).
+        _postgres["options"] = f"-c statement_timeout={int(MIRROR_DATABASE_STATEMENT_TIMEOUT * 1000)}"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -217,6 +228,11 @@ MIRROR_S3_PRESIGN_SECONDS = env.int("MIRROR_S3_PRESIGN_SECONDS", default=600)
 MIRROR_S3_PART_SIZE = env.int("MIRROR_S3_PART_SIZE", default=16 * 1024 * 1024)
 # `auto`, `path` (bucket in the URL path, as MinIO and most S3-compatible services want) or `virtual`.
 MIRROR_S3_ADDRESSING_STYLE = env.str("MIRROR_S3_ADDRESSING_STYLE", default="auto").lower()
+# Seconds to connect to the bucket's service, and to wait for each answer (or for the socket to
+# take more of an upload); a request is tried at most twice, so a bucket that stops answering
+# fails a request with 503 UNAVAILABLE after about twice their sum.
+MIRROR_S3_CONNECT_TIMEOUT = env.float("MIRROR_S3_CONNECT_TIMEOUT", default=5.0)
+MIRROR_S3_READ_TIMEOUT = env.float("MIRROR_S3_READ_TIMEOUT", default=15.0)
 
 # --- Who may reach the mirror -----------------------------------------------------------------
 # Proxies (CIDRs) whose X-Forwarded-For is believed; the real client address is taken from it.
@@ -255,6 +271,9 @@ MIRROR_VISIBILITY_TTL = env.int("MIRROR_VISIBILITY_TTL", default=3600)
 
 # --- Celery (workers for prefetch, refresh and garbage collection) ---------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
+# Seconds every Redis client (locks, token cache, statistics, login counts, the broker) waits to
+# connect and for each answer; a Redis that failed is then left alone for a few seconds.
+MIRROR_REDIS_TIMEOUT = env.float("MIRROR_REDIS_TIMEOUT", default=2.0)
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_TASK_IGNORE_RESULT = True
 
@@ -304,8 +323,17 @@ if not MIRROR_BROKER_CONFIGURED:
     CELERY_BROKER_URL = "filesystem://"
     CELERY_BROKER_TRANSPORT = "mirrorsite.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {"root": str(MIRROR_DATA_DIR / "broker"), "polling_interval": 0.5}
-elif MIRROR_REDIS_KEY_PREFIX:
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": MIRROR_REDIS_KEY_PREFIX}
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {}
+    if CELERY_BROKER_URL.split(":", 1)[0] in ("redis", "rediss", "unix"):
+        # Publishing a task never hangs on a Redis that stopped answering. Reads get more than
+        # kombu's 1 s BRPOP poll, or an idle worker would time out its own wait.
+        CELERY_BROKER_TRANSPORT_OPTIONS.update(
+            socket_connect_timeout=MIRROR_REDIS_TIMEOUT, socket_timeout=max(MIRROR_REDIS_TIMEOUT, 5.0)
+        )
+        CELERY_BROKER_CONNECTION_TIMEOUT = MIRROR_REDIS_TIMEOUT
+    if MIRROR_REDIS_KEY_PREFIX:
+        CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = MIRROR_REDIS_KEY_PREFIX
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # prefetches are long: let idle workers take the next one
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # keep the LOGGING above
 CELERY_BEAT_SCHEDULE_FILENAME = str(MIRROR_DATA_DIR / "celerybeat-schedule")
@@ -442,7 +470,8 @@ CACHES = {
     "api-throttle": (
         {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
          "KEY_PREFIX": MIRROR_REDIS_KEY_PREFIX + "api-throttle",
-         "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2}}
+         # The timeouts of every Redis client (registry/redisclients.py): an API call never hangs.
+         "OPTIONS": {"socket_timeout": MIRROR_REDIS_TIMEOUT, "socket_connect_timeout": MIRROR_REDIS_TIMEOUT}}
         if REDIS_URL else
         {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "api-throttle"}
     ),

@@ -10,9 +10,12 @@ import re
 from pathlib import Path
 from typing import Callable
 
+from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import FileResponse, HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
+import redis
 
 from registry import oci
 from registry.storage.blobstore import BlobLocation, Redirect, Streamed
@@ -66,6 +69,19 @@ class RegistryHeadersMiddleware:
         return response
 
 
+# The mirror's own dependencies unreachable or timing out. Of the database's errors only these:
+# an IntegrityError or ProgrammingError is a bug, and stays a logged 500.
+DEPENDENCY_ERRORS = (OperationalError, InterfaceError, BotoCoreError, ClientError, redis.RedisError)
+
+
+def _dependency(error: BaseException) -> str:
+    if isinstance(error, DatabaseError):
+        return "database"
+    if isinstance(error, redis.RedisError):
+        return "Redis"
+    return "object storage"
+
+
 def registry_endpoint(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     """Read-only registry endpoint: writes are UNSUPPORTED, RegistryError becomes its JSON,
     and every answer carries the API version header and REGISTRY_SECURITY_HEADERS."""
@@ -79,6 +95,11 @@ def registry_endpoint(view: Callable[..., HttpResponse]) -> Callable[..., HttpRe
             response = view(request, *args, **kwargs)
         except oci.RegistryError as error:
             response = error_response(error, request.method)
+        except DEPENDENCY_ERRORS as error:
+            # The mirror's own database, bucket or Redis failed or timed out: the client may
+            # retry (or another replica may serve), it did nothing wrong and nothing crashed.
+            logger.warning("%s %s: %s unavailable: %s", request.method, request.path, _dependency(error), type(error).__name__)
+            response = error_response(oci.Unavailable(f"the mirror's {_dependency(error)} is unavailable"), request.method)
         except Exception:
             logger.exception("unexpected error serving %s %s", request.method, request.path)
             response = error_response(oci.RegistryError("internal error"), request.method)

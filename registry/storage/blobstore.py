@@ -91,9 +91,12 @@ class BlobFill(ABC):
         self.expected_size = expected_size
         self.size = 0
         self._hasher = digest.hasher()
-        fd, name = tempfile.mkstemp(
-            dir=tmp_dir, prefix=f"{digest.algorithm}-{digest.encoded[:16]}.", suffix=".partial"
-        )
+        try:
+            fd, name = tempfile.mkstemp(
+                dir=tmp_dir, prefix=f"{digest.algorithm}-{digest.encoded[:16]}.", suffix=".partial"
+            )
+        except OSError as error:  # disk full, read-only, gone: the client may retry, nothing crashed
+            raise StorageUnavailable(f"cannot stage the blob: {error.strerror or type(error).__name__}") from None
         self.temp_path = Path(name)
         self._file = os.fdopen(fd, "wb")
 

@@ -1,9 +1,12 @@
 """Named locks shared by every process (and, through Redis, every replica) of the mirror.
 
-Single-flight needs one owner per blob fill and per tag revalidation. With REDIS_URL set the
-locks live in Redis (expiring, so a dead owner frees them); on the embedded default they are
-`flock` locks on files under MIRROR_DATA_DIR/tmp/locks (the kernel frees them when the
-owning process dies).
+Single-flight needs one owner per blob fill and per tag revalidation. On the embedded default
+the locks are `flock` locks on files under MIRROR_DATA_DIR/tmp/locks (the kernel frees them
+when the owning process dies). With REDIS_URL set a lock is that file lock (this machine) and a
+Redis lock (every replica; expiring, so a dead owner frees it). While Redis is unavailable (see
+registry.redisclients: timeouts and a circuit breaker) the file lock alone is taken: single
+flight shrinks to this machine, and nothing waits on Redis or fails because of it. Holding the
+file lock in both cases keeps one owner per machine across Redis going away or coming back.
 """
 from __future__ import annotations
 
@@ -11,11 +14,13 @@ import fcntl
 import hashlib
 import os
 from pathlib import Path
-import threading
 import time
 from typing import Protocol
 
 from django.conf import settings
+import redis
+
+from registry import redisclients
 
 POLL_INTERVAL = 0.02
 
@@ -72,31 +77,78 @@ class RedisLock:
     """A Redis lock (redis-py's token-checked lock) that its owner renews while working.
 
     The token lives in the object, not in the acquiring thread: a fill's lock is taken by the
-    request's thread and renewed and released by the fill's thread."""
+    request's thread and renewed and released by the fill's thread. Redis failing is never the
+    caller's problem: acquiring then says RedisUnavailable (the caller goes on without it),
+    renewing and releasing give up quietly (the lock expires by itself)."""
 
-    def __init__(self, client, name: str, key_prefix: str, ttl: float):
+    def __init__(self, url: str, name: str, key_prefix: str, ttl: float):
         # It outlives an owner that died by at most `ttl` seconds (MIRROR_LOCK_TTL).
+        self._url = url
         self._ttl = ttl
-        self._lock = client.lock(
+        self._lock = redisclients.client(url).lock(
             f"{key_prefix}mirrorsite:lock:{name}", timeout=ttl, blocking=False, thread_local=False
         )
         self._renewed = 0.0
 
     def try_acquire(self) -> bool:
-        acquired = bool(self._lock.acquire(blocking=False))
+        """True or False as Redis says; RedisUnavailable when it cannot say."""
+        with redisclients.guarded(self._url):
+            acquired = bool(self._lock.acquire(blocking=False))
         self._renewed = time.monotonic()
         return acquired
 
     def release(self) -> None:
         try:
-            self._lock.release()
-        except Exception:  # expired or taken over: nothing of ours to release
+            with redisclients.guarded(self._url):
+                self._lock.release()
+        except redis.RedisError:  # expired or taken over (LockError), or Redis gone
             pass
 
     def keep_alive(self) -> None:
-        if time.monotonic() - self._renewed > self._ttl / 4:
-            self._lock.reacquire()
-            self._renewed = time.monotonic()
+        if time.monotonic() - self._renewed <= self._ttl / 4:
+            return
+        self._renewed = time.monotonic()
+        try:
+            with redisclients.guarded(self._url):
+                self._lock.reacquire()
+        except redis.RedisError:
+            pass  # Redis gone or the lock lost: the fill goes on, the file lock still holds here
+
+
+class SharedLock:
+    """This machine's file lock, and the Redis lock while Redis answers."""
+
+    def __init__(self, local: FileLock, shared: RedisLock):
+        self.local = local
+        self.shared = shared
+        self._holds_shared = False
+
+    def try_acquire(self) -> bool:
+        if not self.local.try_acquire():
+            return False  # another process or thread of this machine owns it
+        try:
+            if not self.shared.try_acquire():
+                self.local.release()
+                return False  # another replica owns it
+            self._holds_shared = True
+        except redis.RedisError:
+            self._holds_shared = False  # Redis unavailable: single flight on this machine only
+        except BaseException:
+            self.local.release()
+            raise
+        return True
+
+    def release(self) -> None:
+        try:
+            if self._holds_shared:
+                self.shared.release()
+        finally:
+            self._holds_shared = False
+            self.local.release()
+
+    def keep_alive(self) -> None:
+        if self._holds_shared:
+            self.shared.keep_alive()
 
 
 def remove_abandoned_lock_files(directory: Path, older_than: float) -> int:
@@ -126,27 +178,14 @@ def remove_abandoned_lock_files(directory: Path, older_than: float) -> int:
     return removed
 
 
-_redis_client = None
-_redis_lock = threading.Lock()
-
-
-def _redis():
-    global _redis_client
-    with _redis_lock:
-        if _redis_client is None:
-            import redis
-
-            _redis_client = redis.Redis.from_url(settings.REDIS_URL)
-        return _redis_client
-
-
 def named_lock(name: str) -> Lock:
     """The lock for `name` on the configured backend."""
-    if settings.REDIS_URL:
-        return RedisLock(_redis(), name, settings.MIRROR_REDIS_KEY_PREFIX, settings.MIRROR_LOCK_TTL)
     directory = Path(settings.MIRROR_DATA_DIR) / "tmp" / "locks"
     directory.mkdir(parents=True, exist_ok=True)
-    return FileLock(directory, name)
+    local = FileLock(directory, name)
+    if not settings.REDIS_URL:
+        return local
+    return SharedLock(local, RedisLock(settings.REDIS_URL, name, settings.MIRROR_REDIS_KEY_PREFIX, settings.MIRROR_LOCK_TTL))
 
 
 class LockTimeout(Exception):

@@ -58,6 +58,8 @@ MISSING = {"404", "NoSuchKey", "NotFound"}
 UPLOAD_THREADS = 2
 # Server threads share the client: enough pooled connections that they rarely wait.
 MAX_POOL_CONNECTIONS = 64
+# Tries of one request to the bucket (the first and one retry).
+MAX_ATTEMPTS = 2
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class S3Config:
     part_size: int
     addressing_style: str
     data_dir: Path
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
 
     @classmethod
     def from_settings(cls) -> "S3Config":
@@ -88,6 +92,8 @@ class S3Config:
             part_size=settings.MIRROR_S3_PART_SIZE,
             addressing_style=settings.MIRROR_S3_ADDRESSING_STYLE,
             data_dir=Path(settings.MIRROR_DATA_DIR),
+            connect_timeout=settings.MIRROR_S3_CONNECT_TIMEOUT,
+            read_timeout=settings.MIRROR_S3_READ_TIMEOUT,
         )
 
     def check(self) -> None:
@@ -227,7 +233,11 @@ class S3Store(BlobStore):
                 signature_version="s3v4",
                 s3={"addressing_style": config.addressing_style},
                 max_pool_connections=MAX_POOL_CONNECTIONS,
-                retries={"mode": "standard"},
+                # A bucket that stops answering costs a request at most two tries of these
+                # (botocore waits 60 s and tries thrice by default), then 503 UNAVAILABLE.
+                connect_timeout=config.connect_timeout,
+                read_timeout=config.read_timeout,
+                retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
             ),
         )
 

@@ -36,7 +36,10 @@ class SharedTokens:
     def get(self, upstream_url: str, username: str, scope: str) -> tuple[str, float] | None:
         """(token, seconds it stays good) when another process left one, else None."""
         try:
-            stored = redisclients.client(self.redis_url).get(self.key(upstream_url, username, scope))
+            with redisclients.guarded(self.redis_url) as client:
+                stored = client.get(self.key(upstream_url, username, scope))
+        except redisclients.OUTAGE_ERRORS:
+            return None  # Redis unavailable: the client factory said so once, not per request
         except redis.RedisError as error:
             logger.warning("shared token cache unavailable: %s", type(error).__name__)
             return None
@@ -54,9 +57,10 @@ class SharedTokens:
             return
         entry = json.dumps({"token": token, "expires_at": time.time() + seconds})
         try:
-            redisclients.client(self.redis_url).set(
-                self.key(upstream_url, username, scope), secrets.encrypt(entry), px=max(int(seconds * 1000), 1)
-            )
+            with redisclients.guarded(self.redis_url) as client:
+                client.set(self.key(upstream_url, username, scope), secrets.encrypt(entry), px=max(int(seconds * 1000), 1))
+        except redisclients.OUTAGE_ERRORS:
+            pass  # kept by this process only, meanwhile
         except redis.RedisError as error:
             logger.warning("could not share an upstream token: %s", type(error).__name__)
 

@@ -75,3 +75,13 @@ def test_delete_and_open(tmp_path):
         assert handle.read() == content
     store.delete(digest)
     assert store.size(digest) is None
+
+
+def test_a_store_that_cannot_stage_a_fill_is_unavailable_not_a_crash(tmp_path):
+    from registry.storage.blobstore import StorageUnavailable
+
+    store = FilesystemStore(tmp_path)
+    store.tmp_dir.rmdir()  # the disk under it went away (a volume unmounted)
+    with pytest.raises(StorageUnavailable) as raised:
+        store.begin_fill(parse_digest("sha256:" + "a" * 64))
+    assert raised.value.status == 503 and raised.value.code == "UNAVAILABLE"

@@ -91,7 +91,8 @@ def test_replica_takes_over_a_fill_whose_owner_died(redis_locks, settings, s3_se
     digest = oci.parse_digest(layer.digest)
     # Another replica took the fill and died: its lock stays until it expires, and its
     # temporary file and sidecar were never this replica's to see.
-    dead_owner = locks.named_lock(f"fill:{digest}")
+    # Its lock on its own machine died with it; only its Redis lock is left, here.
+    dead_owner = locks.named_lock(f"fill:{digest}").shared
     assert dead_owner.try_acquire()
     mark = upstream.log_mark()
     found = cache.fetch_blob(hub, "library/big", digest, store)

@@ -107,3 +107,23 @@ def test_a_redis_that_does_not_answer_is_a_cache_miss(settings, upstream, images
     assert client.get_manifest("library/small", "1").content == images.small.manifest
     assert client.get_manifest("library/small", "1").status == 200
     assert upstream.token_server.request_count == before + 1, "the process's own memory still holds it"
+
+
+def test_a_hung_redis_is_waited_on_once_and_said_once(settings, caplog):
+    from registry import redisclients
+    from tests.support.tcp_relay import TcpRelay
+
+    hung = TcpRelay().start()  # accepts, never answers: Redis frozen
+    settings.MIRROR_REDIS_TIMEOUT = 0.5
+    redisclients.forget()
+    try:
+        tokens = SharedTokens(f"redis://{hung.address}/0")
+        for _ in range(5):
+            assert tokens.get("https://upstream.example", "bot", "repository:library/small:pull") is None
+            tokens.put("https://upstream.example", "bot", "repository:library/small:pull", "token", 60)
+        assert hung.connections == 1, "known down: not asked again by every pull"
+        said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(said) == 1 and "tokens are not shared" in said[0], said
+    finally:
+        redisclients.forget()
+        hung.stop()
