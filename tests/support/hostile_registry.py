@@ -183,7 +183,7 @@ def _handler(
             if reply.unsized:
                 self.send_header("Connection", "close")
                 self.close_connection = True
-            else:
+            elif not any(name.lower() == "content-length" for name, _ in reply.headers):  # a scripted one wins (a HEAD's)
                 self.send_header("Content-Length", str(len(reply.body)))
             self.end_headers()
             if self.command == "HEAD":
