@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import json
 from datetime import timedelta
 import logging
+import time
 from typing import Callable, Iterator
 
 from django.conf import settings
@@ -494,14 +495,24 @@ def _readable(link: RepositoryBlob | None, digest: oci.Digest, reader: BlobReade
     """Whether a linked blob may be served without asking its upstream for the bytes."""
     if link is None:
         return False
-    if link.delivered:
-        return True
-    blob = Blob.objects.select_related("origin__upstream").filter(digest=str(digest)).first()
-    if blob is None:  # recorded nowhere (its bookkeeping failed): provenance unknown
-        return False
-    if not blob.origin_private:
-        return True
-    return blob.origin is not None and _asks(reader.may_read, blob.origin.upstream, blob.origin.name, failed=False)
+    # A fill that has just committed (perhaps on another replica) writes its link and the
+    # blob's record right after: a blob in the store without a record is given a moment.
+    deadline, pause = time.monotonic() + BOOKKEEPING_WAIT, 0.02
+    while not link.delivered:
+        blob = Blob.objects.select_related("origin__upstream").filter(digest=str(digest)).first()
+        if blob is not None:
+            if not blob.origin_private:
+                return True
+            return blob.origin is not None and _asks(reader.may_read, blob.origin.upstream, blob.origin.name, failed=False)
+        if time.monotonic() > deadline:  # recorded nowhere (its bookkeeping failed): provenance unknown
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)
+        link.refresh_from_db(fields=["delivered"])
+    return True
+
+
+BOOKKEEPING_WAIT = 2.0  # seconds a committed blob's record may lag behind its commit
 
 
 def _prove(upstream: Upstream, repo_name: str, digest: oci.Digest, size: int, reader: BlobReader) -> None:
@@ -535,6 +546,7 @@ def _record_blob(upstream: Upstream, repo_name: str, digest: oci.Digest, size: i
     stats.upstream_used(upstream, repo_name, stats.BLOB, size)
     try:
         repository = _repository(upstream, repo_name)
+        _link_delivered(repository, digest)  # first: what another replica waiting for this blob looks at
         private = _asks(reader.is_private, upstream, repo_name, failed=True)
         try:
             blob, created = Blob.objects.get_or_create(
@@ -545,7 +557,6 @@ def _record_blob(upstream: Upstream, repo_name: str, digest: oci.Digest, size: i
                 Blob.objects.filter(pk=blob.pk).update(origin=repository, origin_private=private)
         except IntegrityError:
             pass
-        _link_delivered(repository, digest)
     except DatabaseError:
         logger.exception("could not record blob %s", digest)
 
