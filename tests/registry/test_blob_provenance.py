@@ -4,14 +4,15 @@ reads, and a hostile registry on loopback."""
 from __future__ import annotations
 
 import json
+import threading
 from typing import Iterator
 
 import pytest
 
-from registry import cache, oci
+from registry import cache, fills, locks, oci
 from registry.blobstore import BlobStore, FilesystemStore
 from registry.fills import UpstreamDigestMismatch
-from registry.models import Blob, ManifestReference, RepositoryBlob, Upstream, UpstreamAccount
+from registry.models import Blob, ManifestReference, Repository, RepositoryBlob, Upstream, UpstreamAccount
 from registry.upstream import BlobSizeInvalid
 from tests.support.hostile_registry import HostileRegistry, answer
 from tests.support.images import PushedImage, build_image, sha256_digest
@@ -178,3 +179,36 @@ def test_a_tag_list_is_remembered_and_one_past_the_limit_refused(settings, evil,
     with pytest.raises(cache.UpstreamTooLarge) as refused:
         cache.list_tags(evil, "big/tags", None, None)
     assert (refused.value.status, refused.value.code) == (502, "SIZE_INVALID")
+
+
+def test_a_fill_through_another_repository_is_not_followed_by_who_may_not_read_it(evil, store):
+    """A fill in progress for a private repository of upstream A: a client of B's name waits
+    for its commit rather than being fed its bytes, and is then judged as for a hit."""
+    private_upstream = Upstream.objects.create(name="a", url="http://127.0.0.1:9")
+    origin = Repository.objects.create(upstream=private_upstream, name="private/secret")
+    data = b"private bytes " * 1000
+    digest = oci.parse_digest(sha256_digest(data))
+    lock = locks.named_lock(f"fill:{digest}")
+    assert lock.try_acquire()
+    fill = store.begin_fill(digest, len(data))
+    fill.write(data)  # all there, as a follower would read it
+    sidecar = fills.Sidecar(store, digest)
+    sidecar.write(fills.FillState(temp=fill.temp_path.name, size=len(data), source=f"{private_upstream.pk}/{origin.name}"))
+    outcome: list = []
+
+    def client_of_b() -> None:
+        try:
+            outcome.append(drain(cache.fetch_blob(evil, "attacker/image", digest, store, NOBODY)))
+        except oci.RegistryError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=client_of_b)
+    thread.start()
+    thread.join(timeout=0.5)
+    assert thread.is_alive() and outcome == [], "waiting for the commit, fed nothing"
+    fill.commit()
+    Blob.objects.create(digest=str(digest), size=len(data), origin=origin, origin_private=True)
+    sidecar.delete()
+    lock.release()
+    thread.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], oci.BlobUnknown), outcome  # B has no such blob
