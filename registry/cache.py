@@ -419,6 +419,7 @@ def fetch_blob(
         # committed, then be served (or not) as a hit is.
         fills.wait_for_commit(digest)
         return fetch_blob(upstream, name, digest, store, reader)
+    stats.upstream_used(upstream, repo_name, stats.BLOB)  # a miss (the fill counts the bytes)
     chunks = follower.chunks()
     # Run up to the first chunk now: a blob that fits in the held-back part is verified
     # before the response starts, so its client gets a clean error instead of a cut one.
