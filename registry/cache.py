@@ -601,6 +601,8 @@ def list_tags(upstream: Upstream, name: str, n: int | None, last: str | None) ->
         page, size = _fetch_tag_page(upstream, repo_name, n, last)
         if not page.stale:
             _tag_lists.put(key, page, size * TAG_LIST_MEMORY_FACTOR, ttl=settings.MIRROR_TAG_LIST_TTL)
+            # What to answer, stale, while the upstream is down (as long as a tag may be served stale).
+            _tag_lists.put(("last", *key), page, size * TAG_LIST_MEMORY_FACTOR, ttl=upstream.max_staleness_seconds())
         return page
 
 
@@ -616,6 +618,9 @@ def _fetch_tag_page(upstream: Upstream, repo_name: str, n: int | None, last: str
     except STALE_SERVABLE:
         if not upstream.serves_stale:
             raise
+        answered = _tag_lists.get(("last", upstream.pk, repo_name, n, last))
+        if answered is not None:  # the upstream's last answer for this page
+            return TagPage(answered.tags, answered.next_last, stale=True), 0
         cached = list(
             Tag.objects.filter(repository__upstream=upstream, repository__name=repo_name).values_list("name", flat=True)
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Iterator
 
 import pytest
@@ -212,3 +213,16 @@ def test_a_fill_through_another_repository_is_not_followed_by_who_may_not_read_i
     lock.release()
     thread.join(timeout=30)
     assert len(outcome) == 1 and isinstance(outcome[0], oci.BlobUnknown), outcome  # B has no such blob
+
+
+def test_a_tag_list_is_served_stale_from_the_last_answer_while_the_upstream_is_down(settings, evil, hostile):
+    settings.MIRROR_TAG_LIST_TTL = 1
+    hostile.script("GET", "/v2/some/tags/tags/list", answer(200, {"name": "some/tags", "tags": ["v2", "v1"]}))
+    assert cache.list_tags(evil, "some/tags", None, None) == cache.TagPage(["v1", "v2"], None)
+    hostile.script("GET", "/v2/some/tags/tags/list", answer(503, b"down"))
+    deadline = time.monotonic() + 10
+    while len(hostile.seen("/v2/some/tags/tags/list")) < 2:  # the first answer expires, the upstream is asked again
+        assert time.monotonic() < deadline
+        stale = cache.list_tags(evil, "some/tags", None, None)
+        time.sleep(0.2)
+    assert stale == cache.TagPage(["v1", "v2"], None, stale=True)
