@@ -442,7 +442,7 @@ def _may_follow(fill_source: str, own_source: str, reader: BlobReader) -> bool:
     if not fill_source or fill_source == own_source:
         return True
     upstream_pk, _, repo_name = fill_source.partition("/")
-    upstream = Upstream.objects.filter(pk=upstream_pk).first()
+    upstream = Upstream.objects.filter(pk=int(upstream_pk)).first() if upstream_pk.isdigit() else None
     return upstream is not None and _asks(reader.may_read, upstream, repo_name, failed=False)
 
 
