@@ -11,9 +11,10 @@ from __future__ import annotations
 from django.conf import settings
 from django.http import HttpRequest
 
-from registry import cache, oci
+from registry import oci
+from registry.proxy import cache
 from registry.models import Upstream
-from registry.routing import Route
+from registry.upstreams.routing import Route
 
 from . import rules, visibility
 from .challenge import AuthenticationRequired, challenge

@@ -13,7 +13,9 @@ from typing import Iterable
 
 from django.conf import settings
 
-from registry import cache, oci, routing
+from registry import oci
+from registry.proxy import cache
+from registry.upstreams import routing
 
 from . import rules, tokens, visibility
 from .credentials import Requester, check_password, identify, requester

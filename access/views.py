@@ -7,7 +7,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from registry import oci
-from registry.responses import error_response
+from registry.api.responses import error_response
 
 from . import tokenservice
 from .credentials import BadCredentials

@@ -17,10 +17,12 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from registry import accounts, failover, oci
+from registry import oci
+from registry.upstreams import accounts
+from registry.upstreams import failover
 from registry.memory import AnswerMemory
 from registry.models import Upstream
-from registry.upstream import CredentialsRejected, UpstreamClient
+from registry.upstreams.client import CredentialsRejected, UpstreamClient
 
 from .models import RepositoryVisibility
 

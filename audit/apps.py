@@ -6,4 +6,4 @@ class AuditConfig(AppConfig):
     verbose_name = "Audit log"
 
     def ready(self) -> None:
-        from . import recorder  # noqa: F401 (its buffer registers with mirrorsite.flushing)
+        from . import recorder  # noqa: F401 (its buffer registers with registry.flushing)

@@ -4,7 +4,7 @@
 reads: the upstream, the repository and whether the upstream was used). Each request adds
 one entry to this process's buffer (a lock and a list append, no I/O); the buffer is written
 with one bulk INSERT every MIRROR_AUDIT_FLUSH_INTERVAL seconds and as a server process exits
-(mirrorsite.flushing). Nothing here raises into a request: a record that cannot be made is
+(registry.flushing). Nothing here raises into a request: a record that cannot be made is
 logged, a batch that cannot be saved is kept for the next flush, and past
 MIRROR_AUDIT_BUFFER_MAX entries the newest are counted and dropped (a database down for
 long must not grow a process without bound).
@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from access.clientaddress import client_address
 from dashboard import stats
-from mirrorsite import flushing
+from registry import flushing
 
 from .models import PullRecord
 

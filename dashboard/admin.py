@@ -16,8 +16,8 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 
 from registry.admin import PrefetchForm, PrefetchJobAdmin, ReadOnlyAdmin, RepositoryAdmin, TagAdmin
-from registry.gc import format_bytes
-from registry.imageref import parse_platforms
+from registry.jobs.gc import format_bytes
+from registry.jobs.imageref import parse_platforms
 from registry.models import PrefetchJob, Repository, Tag
 
 from . import figures

@@ -6,4 +6,4 @@ class DashboardConfig(AppConfig):
     verbose_name = "Dashboard"
 
     def ready(self) -> None:
-        from . import stats  # noqa: F401 (its buffer registers with mirrorsite.flushing)
+        from . import stats  # noqa: F401 (its buffer registers with registry.flushing)

@@ -17,7 +17,7 @@ from django.utils.crypto import constant_time_compare
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from registry.blobstore import default_store
+from registry.storage.blobstore import default_store
 from registry.models import Blob, GcRun, Manifest, Repository, Upstream, UpstreamAccount
 
 from .batch import LATENCY_BUCKETS

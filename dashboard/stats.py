@@ -1,7 +1,7 @@
 """Recording statistics on the pull path, without a database write per request.
 
 Each process adds to a batch in its own memory (a lock and a few dict updates per request,
-no I/O). A background thread (mirrorsite.flushing) flushes the batch every MIRROR_STATS_FLUSH_INTERVAL seconds:
+no I/O). A background thread (registry.flushing) flushes the batch every MIRROR_STATS_FLUSH_INTERVAL seconds:
 into Redis counters when MIRROR_STATS_REDIS_URL is set (a Celery beat task moves them into
 the database), straight into the hourly buckets otherwise; server processes also flush when
 they exit. A crash loses at most one interval. Nothing here ever raises into a request: a
@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.http import FileResponse, HttpRequest, HttpResponse, StreamingHttpResponse
 
-from mirrorsite import flushing
+from registry import flushing
 
 from .batch import Batch, CallKey, CounterKey
 
@@ -98,7 +98,7 @@ def _event(kind: str, message: str, *, upstream: str = "", account: str = "", re
 def account_in_use(upstream: "Upstream") -> str:
     """The username the mirror pulls from this upstream with ("" is anonymous)."""
     try:
-        from registry.cache import upstream_client
+        from registry.proxy.cache import upstream_client
 
         return upstream_client(upstream).username or ""
     except Exception:
@@ -220,7 +220,7 @@ def _body_size(request: HttpRequest, kwargs: dict, response: HttpResponse) -> in
 
 def _blob_size(digest: str, range_header: str | None) -> int:
     from registry import oci
-    from registry.blobstore import default_store
+    from registry.storage.blobstore import default_store
 
     try:
         size = default_store().size(oci.parse_digest(digest)) or 0
@@ -231,7 +231,7 @@ def _blob_size(digest: str, range_header: str | None) -> int:
 
 def _window_size(size: int, range_header: str | None) -> int:
     from registry import oci
-    from registry.responses import parse_range
+    from registry.api.responses import parse_range
 
     try:
         window = parse_range(range_header, size)
@@ -287,7 +287,7 @@ class _CountingStream:
             _count(**where, requests=1, misses=1, bytes_served=self._sent)
             return
         _count(**where, requests=1, errors=1, bytes_served=self._sent)
-        from registry.fills import UpstreamDigestMismatch
+        from registry.proxy.fills import UpstreamDigestMismatch
 
         kind = "digest_mismatch" if isinstance(error, UpstreamDigestMismatch) else "upstream_error"
         message = getattr(error, "message", None) or type(error).__name__

@@ -14,7 +14,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.safestring import SafeString
 
-from registry.gc import format_bytes
+from registry.jobs.gc import format_bytes
 
 from . import charts, figures
 

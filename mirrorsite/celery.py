@@ -14,13 +14,13 @@ app.autodiscover_tasks()
 @worker_process_init.connect
 def _start_flushing(**_) -> None:
     """Each worker process flushes its buffers (statistics, audit records...) from threads."""
-    from mirrorsite import flushing
+    from registry import flushing
 
     flushing.start()
 
 
 @worker_process_shutdown.connect
 def _flush_at_exit(**_) -> None:
-    from mirrorsite import flushing
+    from registry import flushing
 
     flushing.flush_all()

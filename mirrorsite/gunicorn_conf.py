@@ -30,13 +30,13 @@ if bool(certfile) != bool(keyfile):
 
 def worker_exit(server, worker) -> None:
     """Write what the worker buffered (pull times, account use, statistics, audit records) before it goes."""
-    from mirrorsite import flushing
+    from registry import flushing
 
     flushing.flush_all()
 
 
 def post_worker_init(worker) -> None:
     """Buffers are flushed from threads of each worker, each at its own interval."""
-    from mirrorsite import flushing
+    from registry import flushing
 
     flushing.start()

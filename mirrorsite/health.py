@@ -6,10 +6,10 @@ from django.db import DatabaseError, connection
 from django.http import HttpRequest, JsonResponse
 import redis
 
-from registry.blobstore import StorageUnavailable, default_store
+from registry.storage.blobstore import StorageUnavailable, default_store
 from registry.models import Upstream
 
-from . import redisclients
+from registry import redisclients
 
 # Reported, never a reason to be unready: statistics wait in memory for their Redis.
 NOT_REQUIRED = frozenset({"statistics"})

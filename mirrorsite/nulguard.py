@@ -11,7 +11,7 @@ from typing import Callable
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from registry import oci
-from registry.responses import API_VERSION_HEADER, error_response
+from registry.api.responses import API_VERSION_HEADER, error_response
 
 MESSAGE = "the query string contains a NUL character"
 

@@ -3,7 +3,7 @@ from django.urls import include, path, re_path
 
 from access import views as access_views
 from dashboard import metrics as dashboard_metrics, views as dashboard_views
-from registry import views as registry_views
+from registry.api import views as registry_views
 
 from . import health
 from .adminlogin import RateLimitedLoginForm
@@ -15,7 +15,7 @@ NAME = r"(?P<name>[\s\S]+?)"
 
 admin.site.login_form = RateLimitedLoginForm  # failed logins lock a username out per address
 # An exception no view caught: registry JSON on /v2/, a plain page elsewhere; never a traceback.
-handler500 = "registry.responses.server_error"
+handler500 = "registry.api.responses.server_error"
 
 urlpatterns = [
     path("v2/", registry_views.base),

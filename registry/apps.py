@@ -6,4 +6,5 @@ class RegistryConfig(AppConfig):
     verbose_name = "Registry cache"
 
     def ready(self) -> None:
-        from . import accountusage, pulltimes  # noqa: F401 (their buffers register for the exit flush)
+        from registry.upstreams import usage as accountusage  # noqa: F401 (their buffers register for the exit flush)
+        from registry.proxy import pulltimes

@@ -83,7 +83,7 @@ class UpstreamManager(models.Manager["Upstream"]):
 def _seed_environment_account(upstream: "Upstream") -> None:
     """The account of REGISTRY_PROXY_USERNAME/PASSWORD, first in line; without one, the
     anonymous account, unless the upstream has accounts of its own (file or admin)."""
-    from . import secrets
+    from registry import secrets
 
     username, password = settings.REGISTRY_PROXY_USERNAME, settings.REGISTRY_PROXY_PASSWORD
     accounts = UpstreamAccount.objects.filter(upstream=upstream)
@@ -267,13 +267,13 @@ class UpstreamAccount(models.Model):
 
     def set_secret(self, plain: str) -> None:
         """Store a new secret (encrypted); a rejection of the old one no longer holds."""
-        from . import secrets
+        from registry import secrets
 
         self.secret = secrets.encrypt(plain) if plain else ""
         self.rejected_at = None
 
     def get_secret(self) -> str:
-        from . import secrets
+        from registry import secrets
 
         return secrets.decrypt(self.secret) if self.secret else ""
 

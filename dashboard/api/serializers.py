@@ -5,9 +5,10 @@ from __future__ import annotations
 from django.db.models import Q
 from rest_framework import serializers
 
-from registry import pins, prefetch
-from registry.gc import format_bytes
-from registry.imageref import ImageRef, ImageRefInvalid, parse_image, parse_platforms
+from registry.jobs import pins
+from registry.jobs import prefetch
+from registry.jobs.gc import format_bytes
+from registry.jobs.imageref import ImageRef, ImageRefInvalid, parse_image, parse_platforms
 from registry.models import GcRun, Manifest, Pin, PrefetchJob, Repository, Tag
 
 from .. import figures

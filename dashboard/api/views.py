@@ -18,7 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from registry import gc
+from registry.jobs import gc
 from registry.models import GcRun, Pin, PrefetchJob, Repository, Tag
 
 from .. import figures

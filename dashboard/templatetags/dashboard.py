@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django import template
 
-from registry.gc import format_bytes
+from registry.jobs.gc import format_bytes
 
 register = template.Library()
 

@@ -205,7 +205,7 @@ def test_rules_apply_per_upstream_and_alias_names(client, hub, images, alice, au
 
 def test_registry_user_is_set_for_the_audit_log(rf, hub, alice, auth_on):
     from access.authorization import authorize
-    from registry import routing
+    from registry.upstreams import routing
 
     request = rf.get(PUBLIC, HTTP_AUTHORIZATION=basic("alice", "alice-password"))
     authorize(request, routing.route(request, "library/small"))

@@ -16,9 +16,10 @@ from django.utils import timezone
 
 from audit import recorder, retention, tasks
 from audit.models import PullRecord
-from mirrorsite import flushing
-from registry import oci, views
-from registry.responses import registry_endpoint
+from registry import flushing
+from registry import oci
+from registry.api import views
+from registry.api.responses import registry_endpoint
 
 # Manifest misses fill from the request's thread; real transactions keep them visible.
 pytestmark = pytest.mark.django_db(transaction=True)

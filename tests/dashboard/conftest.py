@@ -10,7 +10,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from dashboard import stats
-from registry.blobstore import BlobStore, FilesystemStore
+from registry.storage.blobstore import BlobStore, FilesystemStore
 from registry.models import Upstream
 
 

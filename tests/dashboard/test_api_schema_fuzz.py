@@ -16,7 +16,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from registry import tasks
+from registry.jobs import tasks
 from tests.dashboard.conftest import WRITE_PERMISSIONS, make_user
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

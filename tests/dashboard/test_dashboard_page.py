@@ -10,7 +10,7 @@ import pytest
 from access.models import AccessRule, Policy
 from dashboard import figures, stats
 from mirrorsite.celery import app
-from registry.gc import format_bytes
+from registry.jobs.gc import format_bytes
 from registry.models import Blob, PrefetchJob, UpstreamAccount
 from tests.dashboard.conftest import api_client
 from tests.registry.cachestate import blob_digests, cache_image, cache_index

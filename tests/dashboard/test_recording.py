@@ -160,8 +160,8 @@ def test_without_redis_the_flush_writes_the_database(client, hub, images, settin
 
 
 def test_prefetch_downloads_count_as_bytes_from_upstream_not_as_requests(hub, images):
-    from registry import prefetch
-    from registry.imageref import parse_image
+    from registry.jobs import prefetch
+    from registry.jobs.imageref import parse_image
 
     job = prefetch.create_job(parse_image("library/small:1"))
     assert prefetch.run(job.pk).status == "succeeded"

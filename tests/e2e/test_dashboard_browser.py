@@ -15,7 +15,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from registry.gc import format_bytes
+from registry.jobs.gc import format_bytes
 from tests.support.dashboard import DashboardApi, artifacts_dir, create_staff, pull_with_requests, wait_for
 from tests.support.images import push_image, push_index
 from tests.support.mirror import MirrorProcess

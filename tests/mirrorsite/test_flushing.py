@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from mirrorsite import flushing
+from registry import flushing
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def test_one_failing_flush_does_not_stop_the_others(buffers, caplog):
 
     flushing.register("broken", broken)
     flushing.register("working", lambda: flushed.append("working"))
-    with caplog.at_level(logging.ERROR, logger="mirrorsite.flushing"):
+    with caplog.at_level(logging.ERROR, logger="registry.flushing"):
         flushing.flush_all()
     assert flushed == ["working"]
     assert "flushing broken failed" in caplog.text

@@ -232,7 +232,7 @@ def test_an_exception_no_view_caught_is_registry_json_without_a_traceback(monkey
 
 @pytest.mark.django_db
 def test_a_failing_registry_view_answers_json_without_a_traceback(client, monkeypatch, caplog):
-    from registry import routing
+    from registry.upstreams import routing
 
     def broken(request, name):
         raise RuntimeError("internal detail /srv/secret/path")
@@ -274,7 +274,7 @@ def test_upstream_secrets_are_never_logged(client, settings, tmp_path, upstream,
 )
 def test_a_digest_that_could_name_another_file_cannot_exist(algorithm, encoded, tmp_path):
     from registry import oci
-    from registry.blobstore import FilesystemStore
+    from registry.storage.blobstore import FilesystemStore
 
     with pytest.raises(oci.DigestInvalid):
         FilesystemStore(tmp_path).path(oci.Digest(algorithm, encoded))
@@ -282,7 +282,7 @@ def test_a_digest_that_could_name_another_file_cannot_exist(algorithm, encoded, 
 
 def test_blob_paths_stay_under_the_store(tmp_path):
     from registry import oci
-    from registry.blobstore import FilesystemStore
+    from registry.storage.blobstore import FilesystemStore
 
     digest = oci.parse_digest("sha512:" + "f" * 128)
     path = FilesystemStore(tmp_path).path(digest)
@@ -293,7 +293,7 @@ def test_blob_paths_stay_under_the_store(tmp_path):
 @pytest.mark.parametrize("header", ["bytes=\u0663-", "bytes=0-\u0669", "bytes=0-1\nx", "bytes=0-1,2-3", "items=0-1"])
 def test_ranges_take_ascii_digits_and_one_range_only(header):
     from registry import oci
-    from registry.responses import parse_range
+    from registry.api.responses import parse_range
 
     with pytest.raises(oci.RangeNotSatisfiable):
         parse_range(header, 100)

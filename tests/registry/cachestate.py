@@ -8,7 +8,7 @@ import json
 from django.utils import timezone
 
 from registry import oci
-from registry.blobstore import BlobStore
+from registry.storage.blobstore import BlobStore
 from registry.models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, Upstream
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from django.apps import apps
 from hypothesis import HealthCheck, settings as hypothesis_settings
 
-from registry.responses import API_VERSION_HEADER
+from registry.api.responses import API_VERSION_HEADER
 
 # Bounded: the fuzz tests together add well under a minute to the suite. No example database:
 # nothing is written to the working tree, and every run starts from the same strategies.

@@ -1,7 +1,8 @@
 """The cache's admin pages render for staff and cannot change what was cached."""
 import pytest
 
-from registry import cache, oci
+from registry import oci
+from registry.proxy import cache
 from registry.models import Blob, Manifest, Repository, Tag, Upstream, UpstreamAccount
 
 # Filling a blob writes from a background thread: real transactions, not a rolled-back one.

@@ -5,7 +5,7 @@ import pytest
 from django.contrib.auth.models import Permission, User
 
 from mirrorsite.celery import app
-from registry.blobstore import BlobStore, FilesystemStore
+from registry.storage.blobstore import BlobStore, FilesystemStore
 from registry.models import GcRun, Manifest, Pin, PrefetchJob, Tag, Upstream
 from tests.registry.cachestate import cache_image
 

@@ -7,7 +7,9 @@ import logging
 import pytest
 from django.db import connection
 
-from registry import memory, routing, verification
+from registry import memory
+from registry.upstreams import routing
+from registry.upstreams import verification
 from registry.models import Managed, Upstream, UpstreamAccount
 
 pytestmark = pytest.mark.django_db

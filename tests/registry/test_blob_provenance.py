@@ -10,11 +10,14 @@ from typing import Iterator
 
 import pytest
 
-from registry import cache, fills, locks, oci
-from registry.blobstore import BlobStore, FilesystemStore
-from registry.fills import UpstreamDigestMismatch
+from registry import oci
+from registry.proxy import cache
+from registry.proxy import fills
+from registry.storage import locks
+from registry.storage.blobstore import BlobStore, FilesystemStore
+from registry.proxy.fills import UpstreamDigestMismatch
 from registry.models import Blob, ManifestReference, Repository, RepositoryBlob, Upstream, UpstreamAccount
-from registry.upstream import BlobSizeInvalid
+from registry.upstreams.client import BlobSizeInvalid
 from tests.support.hostile_registry import HostileRegistry, answer
 from tests.support.images import PushedImage, build_image, sha256_digest
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from registry.blobstore import DigestMismatch, FilesystemStore
+from registry.storage.blobstore import DigestMismatch, FilesystemStore
 from registry.oci import parse_digest
 
 

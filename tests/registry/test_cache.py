@@ -10,8 +10,11 @@ import time
 import pytest
 from django.utils import timezone
 
-from registry import cache, fills, memory, oci, pulltimes
-from registry.blobstore import BlobStore, FilesystemStore
+from registry import memory, oci
+from registry.proxy import cache
+from registry.proxy import fills
+from registry.proxy import pulltimes
+from registry.storage.blobstore import BlobStore, FilesystemStore
 from registry.models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, Upstream
 from tests.support.fake_upstream import FakeUpstream
 

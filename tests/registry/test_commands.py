@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from mirrorsite.celery import app
 from registry import oci
-from registry.blobstore import BlobStore, FilesystemStore
+from registry.storage.blobstore import BlobStore, FilesystemStore
 from registry.models import Manifest, Pin, PrefetchJob, Upstream, UpstreamAccount
 from tests.registry.cachestate import cache_image
 
@@ -60,7 +60,7 @@ def test_prefetch_enqueues_and_follows_the_job(hub, images, store, monkeypatch):
 
 def test_prefetch_detach_only_enqueues(hub, monkeypatch):
     sent = []
-    monkeypatch.setattr("registry.tasks.prefetch.delay", lambda job_id: sent.append(job_id))
+    monkeypatch.setattr("registry.jobs.tasks.prefetch.delay", lambda job_id: sent.append(job_id))
     out, _ = run("prefetch", "small:1", "--detach")
     job = PrefetchJob.objects.get()
     assert sent == [job.pk] and job.status == PrefetchJob.Status.QUEUED

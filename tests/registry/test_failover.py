@@ -10,7 +10,10 @@ import pytest
 from django.utils import timezone
 
 from access.models import AccessRule, Policy
-from registry import accounts, cache, memory, oci, verification
+from registry import memory, oci
+from registry.upstreams import accounts
+from registry.proxy import cache
+from registry.upstreams import verification
 from registry.models import AccountSwitch, Tag, Upstream, UpstreamAccount
 from tests.support.images import build_image
 from tests.support.limited_registry import LimitedRegistry, Quota
@@ -180,7 +183,7 @@ def test_an_upstream_without_accounts_pulls_anonymously(quiet_settings):
 
 def test_each_request_is_counted_for_the_account_that_made_it(quiet_settings):
     quiet_settings.MIRROR_PULL_TIME_FLUSH_INTERVAL = 3600
-    from registry import accountusage
+    from registry.upstreams import usage as accountusage
     from registry.signals import upstream_request
 
     accountusage.flush()  # what earlier tests left: their accounts are gone

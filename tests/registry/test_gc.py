@@ -8,9 +8,11 @@ import time
 import pytest
 from django.utils import timezone
 
-from registry import gc, oci, pins
-from registry.blobstore import BlobStore, FilesystemStore
-from registry.imageref import parse_image
+from registry import oci
+from registry.jobs import gc
+from registry.jobs import pins
+from registry.storage.blobstore import BlobStore, FilesystemStore
+from registry.jobs.imageref import parse_image
 from registry.models import Blob, GcRun, Manifest, Pin, Repository, RepositoryBlob, Tag, TagPullCount, Upstream
 from tests.registry.cachestate import age, blob_digests, cache_image, cache_index, store_blob
 

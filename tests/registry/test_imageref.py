@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from registry import oci
-from registry.imageref import ImageRefInvalid, Platform, index_entries, parse_image, parse_platforms, platform_of
+from registry.jobs.imageref import ImageRefInvalid, Platform, index_entries, parse_image, parse_platforms, platform_of
 from registry.models import Upstream
 
 pytestmark = pytest.mark.django_db

@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from registry import locks
+from registry.storage import locks
 
 REDIS_URL = "redis://127.0.0.1:6379/12"  # a database of its own on the machine's Redis
 

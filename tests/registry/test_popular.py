@@ -9,9 +9,12 @@ import json
 import pytest
 from django.utils import timezone
 
-from registry import cache, memory, oci, popular, pulltimes
-from registry.blobstore import BlobStore, FilesystemStore
-from registry.imageref import Platform
+from registry import memory, oci
+from registry.proxy import cache
+from registry.jobs import popular
+from registry.proxy import pulltimes
+from registry.storage.blobstore import BlobStore, FilesystemStore
+from registry.jobs.imageref import Platform
 from registry.models import Manifest, PrefetchJob, Tag, TagPullCount, Upstream
 from tests.registry.cachestate import cache_image
 from tests.support.images import push_image, push_index

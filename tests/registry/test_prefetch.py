@@ -8,9 +8,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from mirrorsite.celery import app
-from registry import oci, prefetch, pulltimes, tasks
-from registry.blobstore import BlobStore, FilesystemStore
-from registry.imageref import parse_image, parse_platforms
+from registry import oci
+from registry.jobs import prefetch
+from registry.proxy import pulltimes
+from registry.jobs import tasks
+from registry.storage.blobstore import BlobStore, FilesystemStore
+from registry.jobs.imageref import parse_image, parse_platforms
 from registry.models import Manifest, PrefetchJob, Tag, TagPullCount, Upstream, UpstreamAccount
 from tests.registry.scripted_registry import ScriptedRegistry
 from tests.support.images import build_image, push_index
@@ -178,7 +181,7 @@ def test_prefetch_is_not_counted_as_a_client_pull(hub, images, store, settings):
     tag = Tag.objects.get()
     assert tag.last_pulled_at is not None, "it was used: garbage collection sees it"
     assert not TagPullCount.objects.exists(), "but it is not popular for it"
-    from registry import cache
+    from registry.proxy import cache
 
     cache.get_manifest(hub, "small", oci.parse_reference("1"))
     pulltimes.flush()

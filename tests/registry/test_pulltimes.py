@@ -8,8 +8,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from registry import pulltimes
-from registry.blobstore import FilesystemStore
+from registry.proxy import pulltimes
+from registry.storage.blobstore import FilesystemStore
 from registry.models import Tag, TagPullCount, Upstream
 from tests.registry.cachestate import cache_image
 

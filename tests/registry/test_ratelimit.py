@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from registry import ratelimit
+from registry.upstreams import ratelimit
 from registry.models import Upstream, UpstreamAccount
 
 pytestmark = pytest.mark.django_db

@@ -1,7 +1,7 @@
 import pytest
 
 from registry import oci
-from registry.responses import ByteRange, FileSlice, parse_range
+from registry.api.responses import ByteRange, FileSlice, parse_range
 
 
 @pytest.mark.parametrize(

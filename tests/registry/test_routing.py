@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from registry import routing
+from registry.upstreams import routing
 from registry.models import Repository, Upstream
 
 pytestmark = pytest.mark.django_db

@@ -12,10 +12,13 @@ from typing import Iterator
 from botocore.exceptions import EndpointConnectionError
 import pytest
 
-from registry import cache, fills, locks, oci
-from registry.blobstore import Redirect
+from registry import oci
+from registry.proxy import cache
+from registry.proxy import fills
+from registry.storage import locks
+from registry.storage.blobstore import Redirect
 from registry.models import Blob, Upstream
-from registry.s3store import S3Config, S3Store
+from registry.storage.s3 import S3Config, S3Store
 from tests.support.dashboard import wait_for
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.fault_proxy import FaultProxy

@@ -13,10 +13,13 @@ from django.core.exceptions import ImproperlyConfigured
 import pytest
 import requests
 
-from registry import blobstore, gc, locks, oci
-from registry.blobstore import DigestMismatch, Redirect, StorageUnavailable, Streamed
+from registry import oci
+from registry.storage import blobstore
+from registry.jobs import gc
+from registry.storage import locks
+from registry.storage.blobstore import DigestMismatch, Redirect, StorageUnavailable, Streamed
 from registry.models import Upstream
-from registry.s3store import S3Config, S3Store
+from registry.storage.s3 import S3Config, S3Store
 from tests.registry.cachestate import blob_digests, cache_image
 from tests.support.dashboard import wait_for
 from tests.support.s3_server import PART_SIZE, S3Server

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from registry import gc, tasks
-from registry.blobstore import FilesystemStore
+from registry.jobs import gc
+from registry.jobs import tasks
+from registry.storage.blobstore import FilesystemStore
 from registry.models import GcRun, Manifest, Upstream
 from tests.registry.cachestate import cache_image
 

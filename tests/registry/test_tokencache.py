@@ -8,9 +8,9 @@ import uuid
 import pytest
 import redis
 
-from registry import tokencache
-from registry.tokencache import SharedTokens
-from registry.upstream import UpstreamClient
+from registry.upstreams import tokencache
+from registry.upstreams.tokencache import SharedTokens
+from registry.upstreams.client import UpstreamClient
 from tests.support.upstream_registry import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own on the machine's Redis

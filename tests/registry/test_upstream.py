@@ -9,7 +9,7 @@ import time
 import pytest
 
 from registry import oci
-from registry.upstream import RateLimit, UpstreamClient, UpstreamUnavailable, parse_challenge, parse_ratelimit
+from registry.upstreams.client import RateLimit, UpstreamClient, UpstreamUnavailable, parse_challenge, parse_ratelimit
 
 DIGEST = "sha256:" + "b" * 64
 

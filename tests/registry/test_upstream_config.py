@@ -7,7 +7,8 @@ import textwrap
 
 import pytest
 
-from registry import routing, upstreamconfig
+from registry.upstreams import routing
+from registry.upstreams import configfile as upstreamconfig
 from registry.models import Managed, Upstream, UpstreamAccount
 from tests.support.tls import make_server_certificate
 

@@ -10,9 +10,10 @@ import threading
 import pytest
 from django.utils import timezone
 
-from registry import cache, memory, oci
+from registry import memory, oci
+from registry.proxy import cache
 from registry.models import Tag, Upstream
-from registry.upstream import UpstreamUnavailable
+from registry.upstreams.client import UpstreamUnavailable
 from tests.support.images import build_image
 from tests.support.limited_registry import LimitedRegistry
 from tests.support.tls import make_server_certificate

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from registry import gc
+from registry.jobs import gc
 
 
 class Command(BaseCommand):

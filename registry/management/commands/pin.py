@@ -5,8 +5,8 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from registry import pins
-from registry.imageref import ImageRefInvalid, parse_image
+from registry.jobs import pins
+from registry.jobs.imageref import ImageRefInvalid, parse_image
 from registry.models import Pin
 
 

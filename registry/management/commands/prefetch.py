@@ -8,9 +8,9 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from registry import prefetch
-from registry.gc import format_bytes
-from registry.imageref import ImageRefInvalid, parse_image, parse_platforms
+from registry.jobs import prefetch
+from registry.jobs.gc import format_bytes
+from registry.jobs.imageref import ImageRefInvalid, parse_image, parse_platforms
 from registry.models import PrefetchJob, Upstream
 
 POLL_INTERVAL = 0.5

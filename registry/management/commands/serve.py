@@ -30,7 +30,9 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
-from registry import startup, upstreamconfig, verification
+from registry import startup
+from registry.upstreams import configfile as upstreamconfig
+from registry.upstreams import verification
 from registry.models import Upstream
 
 logger = logging.getLogger(__name__)

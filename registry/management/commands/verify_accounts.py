@@ -1,7 +1,7 @@
 """`manage.py verify_accounts`: check every upstream account now by fetching a token."""
 from django.core.management.base import BaseCommand
 
-from registry import verification
+from registry.upstreams import verification
 
 
 class Command(BaseCommand):

@@ -1,0 +1,1 @@
+"""The pull-through logic: manifests, blobs and listings, fills, the answer memory."""
