@@ -89,3 +89,4 @@ class RulesPolicy:
 
     authorize = staticmethod(authorize)
     readable_repositories = staticmethod(readable_repositories)
+    repository_is_private = staticmethod(visibility.is_private)

@@ -1,4 +1,5 @@
-"""One row per manifest request a client made: the audit log of pulls."""
+"""One row per manifest request a client made (and per blob read, if MIRROR_AUDIT_BLOBS is on):
+the audit log of pulls."""
 from __future__ import annotations
 
 from django.conf import settings
@@ -6,6 +7,10 @@ from django.db import models
 
 
 class PullRecord(models.Model):
+    class Kind(models.TextChoices):
+        MANIFEST = "manifest"
+        BLOB = "blob"
+
     class Outcome(models.TextChoices):
         HIT = "hit", "hit (from the cache)"
         MISS = "miss", "miss (fetched from the upstream)"
@@ -24,11 +29,12 @@ class PullRecord(models.Model):
     client_address = models.GenericIPAddressField(null=True, blank=True, db_index=True)
     user_agent = models.CharField(max_length=255, blank=True)
     method = models.CharField(max_length=8)
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.MANIFEST, db_index=True)
     # Names, not foreign keys: the log outlives evicted repositories and deleted upstreams.
     upstream = models.CharField(max_length=100, blank=True, db_index=True)
     repository = models.CharField(max_length=255, blank=True, db_index=True)
     reference = models.CharField(max_length=255, blank=True, help_text="The tag or digest asked for.")
-    digest = models.CharField(max_length=100, blank=True, db_index=True, help_text="The manifest digest served.")
+    digest = models.CharField(max_length=100, blank=True, db_index=True, help_text="The manifest or blob digest served.")
     outcome = models.CharField(max_length=16, choices=Outcome.choices, db_index=True)
     status = models.PositiveSmallIntegerField()
 

@@ -9,8 +9,9 @@ logged, a batch that cannot be saved is kept for the next flush, and past
 MIRROR_AUDIT_BUFFER_MAX entries the newest are counted and dropped (a database down for
 long must not grow a process without bound).
 
-Blob requests are not recorded: a pull is identified by its manifest request, and its layers
-would multiply the rows by the number of layers without saying who pulled what.
+Blob requests are recorded only with MIRROR_AUDIT_BLOBS on (`recorded_blob`): a pull is
+identified by its manifest request, and its layers multiply the rows by the number of layers;
+but only blob reads show who read which layer (say, through another repository's name).
 """
 from __future__ import annotations
 
@@ -53,8 +54,10 @@ def outcome_of(response: HttpResponse, used_upstream: bool) -> str:
     return PullRecord.Outcome.MISS if used_upstream else PullRecord.Outcome.HIT
 
 
-def entry(request: HttpRequest, name: str, reference: str, response: HttpResponse) -> PullRecord:
-    """The record of one manifest request and its answer (not saved)."""
+def entry(
+    request: HttpRequest, name: str, reference: str, response: HttpResponse, kind: str = PullRecord.Kind.MANIFEST
+) -> PullRecord:
+    """The record of one manifest (or blob) request and its answer (not saved)."""
     state = stats.current()
     upstream = state.upstream if state is not None else None
     user = getattr(request, "registry_user", None)  # set by client authentication, when it ran
@@ -66,6 +69,7 @@ def entry(request: HttpRequest, name: str, reference: str, response: HttpRespons
         client_address=str(address) if address is not None else None,
         user_agent=request.headers.get("User-Agent", "")[:255],
         method=request.method[:8],
+        kind=kind,
         upstream=upstream.name[:100] if upstream is not None else "",
         # The repository as cached (e.g. library/alpine); as asked when the request got no further.
         repository=((state.repository if state is not None else "") or name)[:255],
@@ -87,13 +91,24 @@ def add(record: PullRecord) -> None:
 
 def recorded(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     """Record each request of the manifest view (`name`, `reference` from the URL)."""
+    return _recording(view, PullRecord.Kind.MANIFEST, "reference", lambda: True)
 
+
+def recorded_blob(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Record each request of the blob view (`name`, `digest` from the URL) when
+    MIRROR_AUDIT_BLOBS is on."""
+    return _recording(view, PullRecord.Kind.BLOB, "digest", lambda: settings.MIRROR_AUDIT_BLOBS)
+
+
+def _recording(
+    view: Callable[..., HttpResponse], kind: str, reference_key: str, wanted: Callable[[], bool]
+) -> Callable[..., HttpResponse]:
     @functools.wraps(view)
     def endpoint(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         response = view(request, *args, **kwargs)
-        if settings.MIRROR_AUDIT_ENABLED:
+        if settings.MIRROR_AUDIT_ENABLED and wanted():
             try:
-                add(entry(request, kwargs.get("name", ""), kwargs.get("reference", ""), response))
+                add(entry(request, kwargs.get("name", ""), kwargs.get(reference_key, ""), response, kind))
             except Exception:
                 logger.exception("could not record a pull for the audit log")
         return response

@@ -183,6 +183,15 @@ MIRROR_TAG_TTL = env.int("MIRROR_TAG_TTL", default=60)
 MIRROR_TAG_MAX_STALENESS = env.int("MIRROR_TAG_MAX_STALENESS", default=30 * 24 * 3600)
 # Memory each server process may use to keep hot manifests (bytes; 0 turns it off).
 MIRROR_MANIFEST_MEMORY_BYTES = env.int("MIRROR_MANIFEST_MEMORY_BYTES", default=64 * 1024 * 1024)
+# Bytes a blob fill may download when no cached manifest of its repository gives its size (a
+# descriptor's size, when known, is the exact cap).
+MIRROR_BLOB_MAX_BYTES = env.int("MIRROR_BLOB_MAX_BYTES", default=16 * 1024 * 1024 * 1024)
+# An upstream tag list larger than this (bytes of JSON) is refused with a 502, not read whole.
+MIRROR_TAG_LIST_MAX_BYTES = env.int("MIRROR_TAG_LIST_MAX_BYTES", default=1024 * 1024)
+# Seconds each server process reuses an upstream's answer for one tag-list page (0: ask every time).
+MIRROR_TAG_LIST_TTL = env.int("MIRROR_TAG_LIST_TTL", default=30)
+# Most entries one tag-list or catalog page carries; a larger `n` gets this many and a Link to the rest.
+MIRROR_TAG_PAGE_MAX = env.int("MIRROR_TAG_PAGE_MAX", default=1000)
 # Longest a blob fill may take; it goes on this long after its client disconnects.
 MIRROR_FILL_TIMEOUT = env.int("MIRROR_FILL_TIMEOUT", default=3600)
 # A Redis lock (single-flight of a fill or a tag revalidation) outlives an owner that died by
@@ -402,6 +411,8 @@ CELERY_BEAT_SCHEDULE["roll-up-statistics"] = {"task": "dashboard.roll_up_stats",
 
 # --- Audit log: who pulled what, from where, when ---------------------------------------------
 MIRROR_AUDIT_ENABLED = env.bool("MIRROR_AUDIT_ENABLED", default=True)
+# Also record every blob request (one row per layer read): off by default, as it multiplies the rows.
+MIRROR_AUDIT_BLOBS = env.bool("MIRROR_AUDIT_BLOBS", default=False)
 # Records are buffered in each process and written in one batch this often (seconds; 0 = only
 # as a server process stops). A crash loses at most this much.
 MIRROR_AUDIT_FLUSH_INTERVAL = env.int("MIRROR_AUDIT_FLUSH_INTERVAL", default=10)

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 
 from access import views as access_views
-from audit.recorder import recorded
+from audit.recorder import recorded, recorded_blob
 from dashboard import metrics as dashboard_metrics, stats, views as dashboard_views
 from registry import signals
 from registry.api import views as registry_views
@@ -22,7 +22,7 @@ handler500 = "registry.api.responses.server_error"
 # Statistics count what each pull view served, and the audit log records manifest pulls (inside
 # `counted`, whose view of the request it reads): composed here, so registry knows neither.
 manifest_view = stats.counted(signals.MANIFEST)(recorded(registry_views.manifest))
-blob_view = stats.counted(signals.BLOB)(registry_views.blob)
+blob_view = stats.counted(signals.BLOB)(recorded_blob(registry_views.blob))  # blob reads: MIRROR_AUDIT_BLOBS
 
 urlpatterns = [
     path("v2/", registry_views.base),

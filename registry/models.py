@@ -359,6 +359,8 @@ class ManifestReference(models.Model):
     manifest = models.ForeignKey(Manifest, on_delete=models.CASCADE, related_name="references")
     digest = models.CharField(max_length=200, db_index=True)
     kind = models.CharField(max_length=10, choices=Kind.choices)
+    # The descriptor's size: a fill of this blob through this manifest's repository is cut there.
+    size = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -387,20 +389,35 @@ class Blob(models.Model):
     size = models.BigIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
     last_pulled_at = models.DateTimeField(null=True, blank=True)
+    # Where its bytes first came from, and whether that repository was served only to the
+    # mirror's account: such bytes reach another repository's clients only if they may read
+    # this one, or once that repository's upstream has delivered them itself.
+    origin = models.ForeignKey(
+        "Repository", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The repository its bytes were first downloaded through",
+    )
+    origin_private = models.BooleanField(
+        default=True, help_text="That repository was not public (unknown counts as not public)"
+    )
 
     def __str__(self) -> str:
         return self.digest
 
 
 class RepositoryBlob(models.Model):
-    """The upstream has shown that this repository contains this blob.
+    """The upstream has shown that this repository contains this blob (a manifest of it lists
+    the blob, or the upstream answered a HEAD or GET of it there).
 
     A cached blob is served for a repository only through such a link, so bytes fetched for
-    one repository (perhaps a private one) never leak through another name.
+    one repository never leak through another name; a link that is only a claim (not
+    `delivered`) serves a blob from a private origin only to clients who may read that origin.
     """
 
     repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="blob_links")
     digest = models.CharField(max_length=200)
+    delivered = models.BooleanField(
+        default=False, help_text="The upstream sent the blob's verified bytes for this repository"
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["repository", "digest"], name="unique_repository_blob")]

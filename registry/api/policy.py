@@ -26,6 +26,10 @@ class AccessPolicy(Protocol):
     def readable_repositories(self, request: HttpRequest, upstream: "Upstream", names: list[str]) -> list[str]:
         """The repositories of `names` the request may see."""
 
+    def repository_is_private(self, upstream: "Upstream", repository: str) -> bool:
+        """Whether the upstream keeps `repository` (as it names it) from anonymous clients: a blob
+        first cached through it is served elsewhere only to clients who may read it."""
+
 
 class OpenPolicy:
     def authorize(self, request: HttpRequest, route: "Route | None") -> None:
@@ -33,6 +37,9 @@ class OpenPolicy:
 
     def readable_repositories(self, request: HttpRequest, upstream: "Upstream", names: list[str]) -> list[str]:
         return names
+
+    def repository_is_private(self, upstream: "Upstream", repository: str) -> bool:
+        return False  # everyone may read everything
 
 
 @functools.cache
@@ -48,3 +55,7 @@ def authorize(request: HttpRequest, route: "Route | None") -> None:
 
 def readable_repositories(request: HttpRequest, upstream: "Upstream", names: list[str]) -> list[str]:
     return current().readable_repositories(request, upstream, names)
+
+
+def repository_is_private(upstream: "Upstream", repository: str) -> bool:
+    return current().repository_is_private(upstream, repository)

@@ -3,18 +3,21 @@ from __future__ import annotations
 
 from urllib.parse import quote, urlencode
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
 from registry import oci
 from registry.proxy import cache
 from registry.upstreams import routing
 from registry.models import Upstream
-from registry.api.policy import authorize, readable_repositories
+from registry.api.policy import authorize, readable_repositories, repository_is_private
+from registry.upstreams.routing import Route
 from registry.api.responses import blob_hit_response, error_response, parse_range, registry_endpoint
 
-MAX_PAGE = 10000  # larger page sizes are served as pages of this size, with a Link to the rest
 STALE_WARNING = '110 mirrorsite "Response is Stale"'
 IMMUTABLE = "public, max-age=31536000, immutable"
+# A redirect to a presigned URL is good only until the URL expires: never kept.
+NOT_KEPT = "no-store"
 
 
 def request_upstream(request: HttpRequest) -> Upstream:
@@ -55,27 +58,43 @@ def blob(request: HttpRequest, name: str, digest: str) -> HttpResponse:
     route = routing.route(request, name)
     upstream, name = route.upstream, oci.validate_name(route.name)
     parsed = oci.parse_digest(digest)
-    authorize(request, route)
+    authorize(request, route)  # before the cache is looked at: a refused client learns nothing of it
+    reader = blob_reader(request)
     if request.method == "HEAD":
-        size = cache.stat_blob(upstream, name, parsed)
+        size = cache.stat_blob(upstream, name, parsed, reader=reader)
         response = HttpResponse(b"", content_type="application/octet-stream")
         response["Content-Length"] = str(size)
     else:
-        response = _blob_content(upstream, name, parsed, request.headers.get("Range"))
+        response = _blob_content(upstream, name, parsed, request.headers.get("Range"), reader)
     response["Docker-Content-Digest"] = str(parsed)
     response["ETag"] = f'"{parsed}"'
     response["Accept-Ranges"] = "bytes"
-    response["Cache-Control"] = IMMUTABLE
+    response["Cache-Control"] = NOT_KEPT if response.status_code in (301, 302, 303, 307, 308) else IMMUTABLE
     return response
 
 
-def _blob_content(upstream: Upstream, name: str, digest: oci.Digest, range_header: str | None) -> HttpResponse:
-    found = cache.fetch_blob(upstream, name, digest)
+def blob_reader(request: HttpRequest) -> cache.BlobReader:
+    """The client's reach, for the cache's decision on blobs first cached for another repository."""
+
+    def may_read(upstream: Upstream, repository: str) -> bool:
+        try:
+            authorize(request, Route(upstream, repository))
+        except oci.RegistryError:
+            return False
+        return True
+
+    return cache.BlobReader(may_read=may_read, is_private=repository_is_private)
+
+
+def _blob_content(
+    upstream: Upstream, name: str, digest: oci.Digest, range_header: str | None, reader: cache.BlobReader
+) -> HttpResponse:
+    found = cache.fetch_blob(upstream, name, digest, reader=reader)
     if isinstance(found, cache.CachedBlob):
         try:
             return blob_hit_response(found.location, found.size, range_header)
         except FileNotFoundError:  # evicted between the lookup and the open: a miss after all
-            found = cache.fetch_blob(upstream, name, digest)
+            found = cache.fetch_blob(upstream, name, digest, reader=reader)
             if isinstance(found, cache.CachedBlob):
                 return blob_hit_response(found.location, found.size, range_header)
     if found.size is not None:
@@ -144,7 +163,7 @@ def _pagination(request: HttpRequest) -> tuple[int | None, str | None]:
         return None, last
     if not (n.isascii() and n.isdigit()) or len(n) > 18:  # isdigit() alone admits "²"
         raise oci.PaginationInvalid("n must be a non-negative integer", {"n": n[:20]})
-    return min(int(n), MAX_PAGE), last
+    return min(int(n), settings.MIRROR_TAG_PAGE_MAX), last
 
 
 def _link_next(response: HttpResponse, path: str, n: int | None, next_last: str | None) -> None:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import json
 from datetime import timedelta
 import logging
-from typing import Iterator
+import time
+from typing import Callable, Iterator
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
@@ -26,10 +27,10 @@ from registry.storage import locks
 from registry.proxy import pulltimes
 from registry.storage.blobstore import BlobLocation, BlobStore, default_store
 from registry.upstreams.failover import FailoverClient
-from registry.proxy.fills import BlobFills
+from registry.proxy.fills import BlobFills, UpstreamDigestMismatch
 from registry.memory import AnswerMemory
 from registry.models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, Upstream
-from registry.upstreams.client import CredentialsRejected, UpstreamUnavailable
+from registry.upstreams.client import BlobDownload, CredentialsRejected, UpstreamUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ def _revalidate_tag(upstream: Upstream, repo_name: str, tag: Tag) -> ManifestRes
         return _serve_tag(upstream, tag)
     try:
         if head.digest:
-            result = _manifest_by_digest(upstream, repo_name, oci.parse_digest(head.digest))
+            result = _manifest_by_digest(upstream, repo_name, upstream_digest(head.digest))
             manifest = Manifest.objects.get(repository=tag.repository, digest=result.digest)
         else:  # an upstream that does not say the digest on HEAD: fetch by tag
             manifest = _fetch_tag(upstream, repo_name, tag_name)
@@ -230,12 +231,21 @@ def _revalidate_tag(upstream: Upstream, repo_name: str, tag: Tag) -> ManifestRes
     return _serve_tag(upstream, _point_tag(tag.repository, tag_name, manifest))
 
 
+def upstream_digest(value: str) -> oci.Digest:
+    """A digest the upstream sent (Docker-Content-Digest): one that is malformed is the
+    upstream's fault, a 502, never the client's 400 DIGEST_INVALID."""
+    try:
+        return oci.parse_digest(value)
+    except oci.DigestInvalid:
+        raise oci.ManifestInvalid("upstream sent a malformed digest", {"digest": value[:200]}) from None
+
+
 def _fetch_tag(upstream: Upstream, repo_name: str, tag_name: str) -> Manifest:
     response = upstream_client(upstream).get_manifest(repo_name, tag_name)
     signals.upstream_used(upstream, repo_name, signals.MANIFEST, len(response.content))
     digest = oci.sha256_digest(response.content)
     if response.digest and response.digest != str(digest):
-        declared = oci.parse_digest(response.digest)
+        declared = upstream_digest(response.digest)
         if not declared.matches(response.content):
             logger.error("upstream manifest %s:%s does not match %s", repo_name, tag_name, response.digest)
             raise oci.ManifestInvalid("upstream manifest does not match its digest", {"digest": response.digest})
@@ -286,8 +296,9 @@ def _store_manifest(upstream: Upstream, repo_name: str, digest: str, response) -
                 defaults={"media_type": media_type, "content": response.content, "size": len(response.content)},
             )
             if created:
+                sizes = _descriptor_sizes(response.content)
                 ManifestReference.objects.bulk_create(
-                    [ManifestReference(manifest=manifest, digest=d, kind=ManifestReference.Kind.BLOB) for d in blobs]
+                    [ManifestReference(manifest=manifest, digest=d, kind=ManifestReference.Kind.BLOB, size=sizes.get(d)) for d in blobs]
                     + [ManifestReference(manifest=manifest, digest=d, kind=ManifestReference.Kind.MANIFEST) for d in children],
                     ignore_conflicts=True,
                 )
@@ -298,6 +309,27 @@ def _store_manifest(upstream: Upstream, repo_name: str, digest: str, response) -
     return manifest
 
 
+def _descriptor_sizes(content: bytes) -> dict[str, int]:
+    """digest → size of the config and layer descriptors of a (verified) manifest; a size that
+    is not a non-negative integer is left out (the fill is then capped by MIRROR_BLOB_MAX_BYTES)."""
+    try:
+        document = json.loads(content)
+    except ValueError:
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    layers = document.get("layers")
+    descriptors = [document.get("config")] + (layers if isinstance(layers, list) else [])
+    sizes: dict[str, int] = {}
+    for descriptor in descriptors:
+        if not isinstance(descriptor, dict):
+            continue
+        digest, size = descriptor.get("digest"), descriptor.get("size")
+        if isinstance(digest, str) and type(size) is int and size >= 0:
+            sizes.setdefault(digest, size)
+    return sizes
+
+
 def _link_blobs(repository: Repository, digests: list[str]) -> None:
     RepositoryBlob.objects.bulk_create(
         [RepositoryBlob(repository=repository, digest=d) for d in digests], ignore_conflicts=True
@@ -305,27 +337,66 @@ def _link_blobs(repository: Repository, digests: list[str]) -> None:
 
 
 # --- blobs -----------------------------------------------------------------------------------
-def stat_blob(upstream: Upstream, name: str, digest: oci.Digest, store: BlobStore | None = None) -> int:
+# Who may have a cached blob is decided on provenance. The bytes of a blob are served under an
+# upstream and repository only once that upstream has shown the blob there (a manifest of it
+# lists the blob, or it answered a HEAD or GET of it). A claim is not the bytes, though: an
+# upstream whose content an attacker controls can list any digest. So a blob whose bytes first
+# came through a repository that was not public (Blob.origin_private) is served through a
+# repository whose upstream has not delivered those bytes itself (RepositoryBlob.delivered)
+# only to clients who may read the origin repository; anyone else is served only after the
+# mirror has downloaded the blob from the asked upstream, for the asked repository, and found
+# the same bytes (then that repository's clients are served like the origin's).
+
+
+@dataclass(frozen=True)
+class BlobReader:
+    """What the cache must know of the client and of the upstream's visibility to serve a blob
+    (access/ answers both; the cache knows nothing of requests)."""
+
+    # May the client pull this repository (as the upstream names it)?
+    may_read: Callable[[Upstream, str], bool]
+    # Does the upstream serve this repository only to the mirror's account (not to anyone)?
+    is_private: Callable[[Upstream, str], bool]
+
+
+# No client (prefetch, tasks): nothing is served to anybody, and privacy is not known.
+NO_CLIENT = BlobReader(may_read=lambda upstream, repository: True, is_private=lambda upstream, repository: True)
+
+
+class UpstreamTooLarge(oci.RegistryError):
+    """An upstream answer past the size the mirror accepts for it."""
+
+    code, status = "SIZE_INVALID", 502
+
+
+def stat_blob(
+    upstream: Upstream, name: str, digest: oci.Digest, store: BlobStore | None = None, reader: BlobReader = NO_CLIENT
+) -> int:
     """The size of a blob, for HEAD: from cache, else an upstream HEAD. Never downloads."""
     store = store or default_store()
     repo_name = repository_name(upstream, name)
     signals.target(upstream, repo_name)
     size = store.size(digest)
-    if size is not None and _is_linked(upstream, repo_name, digest):
+    link = _link_of(upstream, repo_name, digest) if size is not None else None
+    if size is not None and link is not None and _readable(link, digest, reader):
         pulltimes.record(Blob, "digest", str(digest))
         return size
     head = upstream_client(upstream).head_blob(repo_name, str(digest))
     if size is not None:
-        # The upstream just confirmed this repository has the blob we already hold.
+        # The upstream just said this repository has the blob we already hold.
         _link_blobs(_repository(upstream, repo_name), [str(digest)])
-        return size
+        if _readable(_link_of(upstream, repo_name, digest), digest, reader):
+            return size
+        # Not ours to vouch for here: say what the upstream says, as for a blob not cached.
     signals.upstream_used(upstream, repo_name, signals.BLOB)  # not cached: answered by the upstream
     if head.content_length is None:
         raise UpstreamUnavailable("upstream did not say the blob's size")
     return head.content_length
 
 
-def fetch_blob(upstream: Upstream, name: str, digest: oci.Digest, store: BlobStore | None = None) -> CachedBlob | FillingBlob:
+def fetch_blob(
+    upstream: Upstream, name: str, digest: oci.Digest, store: BlobStore | None = None, reader: BlobReader = NO_CLIENT
+) -> CachedBlob | FillingBlob:
     """A cached blob, or the bytes of its fill as they arrive. Concurrent misses for one
     digest, in any process, share one upstream download (see fills.py)."""
     store = store or default_store()
@@ -333,20 +404,26 @@ def fetch_blob(upstream: Upstream, name: str, digest: oci.Digest, store: BlobSto
     signals.target(upstream, repo_name)
     size = store.size(digest)
     if size is not None:
-        if not _is_linked(upstream, repo_name, digest):
-            # Held for another repository: serve it here only once the upstream confirms.
-            upstream_client(upstream).head_blob(repo_name, str(digest))
-            _link_blobs(_repository(upstream, repo_name), [str(digest)])
+        _admit(upstream, repo_name, digest, size, reader)
         pulltimes.record(Blob, "digest", str(digest))
         return CachedBlob(size, store.location(digest))
 
-    follower = BlobFills(store, settings.MIRROR_FILL_TIMEOUT).follow(
+    fills = BlobFills(store, settings.MIRROR_FILL_TIMEOUT)
+    source = _source(upstream, repo_name)
+    follower = fills.follow(
         digest,
-        open_download=lambda: upstream_client(upstream).open_blob(repo_name, str(digest)),
-        on_commit=lambda size: _record_blob(upstream, repo_name, digest, size),
+        open_download=lambda: _open_download(upstream, repo_name, digest),
+        on_commit=lambda size: _record_blob(upstream, repo_name, digest, size, reader),
+        source=source,
     )
     if follower is None:  # another fill committed it just now
-        return fetch_blob(upstream, name, digest, store)
+        return fetch_blob(upstream, name, digest, store, reader)
+    if not _may_follow(follower.source, source, reader):
+        # Another repository's fill, whose bytes this client may not have: wait for it to be
+        # committed, then be served (or not) as a hit is.
+        fills.wait_for_commit(digest)
+        return fetch_blob(upstream, name, digest, store, reader)
+    signals.upstream_used(upstream, repo_name, signals.BLOB)  # a miss (the fill counts the bytes)
     chunks = follower.chunks()
     # Run up to the first chunk now: a blob that fits in the held-back part is verified
     # before the response starts, so its client gets a clean error instead of a cut one.
@@ -360,48 +437,204 @@ def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest  # closing this generator closes the follower's
 
 
-def _record_blob(upstream: Upstream, repo_name: str, digest: oci.Digest, size: int) -> None:
+def _source(upstream: Upstream, repo_name: str) -> str:
+    """What a fill records as the repository it downloads through."""
+    return f"{upstream.pk}/{repo_name}"
+
+
+def _may_follow(fill_source: str, own_source: str, reader: BlobReader) -> bool:
+    if not fill_source or fill_source == own_source:
+        return True
+    upstream_pk, _, repo_name = fill_source.partition("/")
+    upstream = Upstream.objects.filter(pk=int(upstream_pk)).first() if upstream_pk.isdigit() else None
+    return upstream is not None and _asks(reader.may_read, upstream, repo_name, failed=False)
+
+
+def _asks(question: Callable[[Upstream, str], bool], upstream: Upstream, repo_name: str, failed: bool) -> bool:
+    """The answer of one of the reader's questions; `failed` when it cannot be had."""
+    try:
+        return bool(question(upstream, repo_name))
+    except Exception as error:  # a refusal, or an upstream that could not be asked
+        logger.debug("blob access question for %s failed: %s", repo_name, getattr(error, "message", error))
+        return failed
+
+
+def _open_download(upstream: Upstream, repo_name: str, digest: oci.Digest, size: int | None = None) -> BlobDownload:
+    """The upstream GET of a blob, capped at the size the repository's manifests give it (or
+    `size` when known, else MIRROR_BLOB_MAX_BYTES): a Content-Length that says otherwise is
+    refused before anything is read, and bytes past the cap fail the download."""
+    download = upstream_client(upstream).open_blob(repo_name, str(digest))
+    exact = size if size is not None else _descriptor_size(upstream, repo_name, digest)
+    if exact is not None:
+        download.limit_to(exact, exact=True)
+    else:
+        download.limit_to(settings.MIRROR_BLOB_MAX_BYTES, exact=False)
+    return download
+
+
+def _descriptor_size(upstream: Upstream, repo_name: str, digest: oci.Digest) -> int | None:
+    """The blob's size as a cached manifest of this repository describes it."""
+    return (
+        ManifestReference.objects.filter(
+            manifest__repository__upstream=upstream, manifest__repository__name=repo_name,
+            digest=str(digest), kind=ManifestReference.Kind.BLOB, size__isnull=False,
+        )
+        .values_list("size", flat=True)
+        .first()
+    )
+
+
+def _admit(upstream: Upstream, repo_name: str, digest: oci.Digest, size: int, reader: BlobReader) -> None:
+    """Raise unless the cached blob may be served here to this client (see above)."""
+    link = _link_of(upstream, repo_name, digest)
+    if link is None:
+        # Held for another repository: serve it here only once the upstream confirms.
+        upstream_client(upstream).head_blob(repo_name, str(digest))
+        _link_blobs(_repository(upstream, repo_name), [str(digest)])
+        link = _link_of(upstream, repo_name, digest)
+    if not _readable(link, digest, reader):
+        _prove(upstream, repo_name, digest, size, reader)
+
+
+def _readable(link: RepositoryBlob | None, digest: oci.Digest, reader: BlobReader) -> bool:
+    """Whether a linked blob may be served without asking its upstream for the bytes."""
+    if link is None:
+        return False
+    # A fill that has just committed (perhaps on another replica) writes its link and the
+    # blob's record right after: a blob in the store without a record is given a moment.
+    deadline, pause = time.monotonic() + BOOKKEEPING_WAIT, 0.02
+    while not link.delivered:
+        blob = Blob.objects.select_related("origin__upstream").filter(digest=str(digest)).first()
+        if blob is not None:
+            if not blob.origin_private:
+                return True
+            return blob.origin is not None and _asks(reader.may_read, blob.origin.upstream, blob.origin.name, failed=False)
+        if time.monotonic() > deadline:  # recorded nowhere (its bookkeeping failed): provenance unknown
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)
+        link.refresh_from_db(fields=["delivered"])
+    return True
+
+
+BOOKKEEPING_WAIT = 2.0  # seconds a committed blob's record may lag behind its commit
+
+
+def _prove(upstream: Upstream, repo_name: str, digest: oci.Digest, size: int, reader: BlobReader) -> None:
+    """Download the blob from this upstream for this repository and check the bytes against the
+    digest (nothing is stored: the store has them); raise unless they match."""
+    with _single_flight(f"prove:{upstream.pk}:{repo_name}@{digest}"):
+        link = _link_of(upstream, repo_name, digest)
+        if link is not None and link.delivered:  # proved while we waited
+            return
+        download = _open_download(upstream, repo_name, digest, size=size)
+        hasher, received = digest.hasher(), 0
+        try:
+            for chunk in download.chunks():
+                hasher.update(chunk)
+                received += len(chunk)
+        finally:
+            download.close()
+        signals.upstream_used(upstream, repo_name, signals.BLOB, received)
+        if received != size or hasher.hexdigest() != digest.encoded:
+            logger.error("upstream %s has other bytes than %s for %s", upstream.name, digest, repo_name)
+            raise UpstreamDigestMismatch("upstream sent bytes that do not match the digest", {"digest": str(digest)})
+        repository = _repository(upstream, repo_name)
+        _link_delivered(repository, digest)
+        if not _asks(reader.is_private, upstream, repo_name, failed=True):
+            Blob.objects.filter(digest=str(digest), origin_private=True).update(origin=repository, origin_private=False)
+
+
+def _record_blob(upstream: Upstream, repo_name: str, digest: oci.Digest, size: int, reader: BlobReader) -> None:
     """Bookkeeping after a commit; the committed file is what counts, so a database hiccup
     here is logged, not raised (the link is made again on the next pull)."""
     signals.upstream_used(upstream, repo_name, signals.BLOB, size)
     try:
+        repository = _repository(upstream, repo_name)
+        _link_delivered(repository, digest)  # first: what another replica waiting for this blob looks at
+        private = _asks(reader.is_private, upstream, repo_name, failed=True)
         try:
-            Blob.objects.get_or_create(digest=str(digest), defaults={"size": size})
+            blob, created = Blob.objects.get_or_create(
+                digest=str(digest), defaults={"size": size, "origin": repository, "origin_private": private}
+            )
+            if not created and (blob.origin_id is None or (blob.origin_private and not private)):
+                # Filled again (evicted meanwhile), now through a public repository or a known one.
+                Blob.objects.filter(pk=blob.pk).update(origin=repository, origin_private=private)
         except IntegrityError:
             pass
-        _link_blobs(_repository(upstream, repo_name), [str(digest)])
     except DatabaseError:
         logger.exception("could not record blob %s", digest)
 
 
-def _is_linked(upstream: Upstream, repo_name: str, digest: oci.Digest) -> bool:
+def _link_of(upstream: Upstream, repo_name: str, digest: oci.Digest) -> RepositoryBlob | None:
     return RepositoryBlob.objects.filter(
         repository__upstream=upstream, repository__name=repo_name, digest=str(digest)
-    ).exists()
+    ).first()
+
+
+def _link_delivered(repository: Repository, digest: oci.Digest) -> None:
+    RepositoryBlob.objects.bulk_create(
+        [RepositoryBlob(repository=repository, digest=str(digest), delivered=True)],
+        update_conflicts=True, unique_fields=["repository", "digest"], update_fields=["delivered"],
+    )
 
 
 # --- listings --------------------------------------------------------------------------------
+# Tag lists are asked of the upstream at most once per MIRROR_TAG_LIST_TTL seconds, process and
+# page; what is remembered is bounded in bytes (a list costs a few times its JSON in memory).
+_tag_lists: AnswerMemory[TagPage] = AnswerMemory(32 * 1024 * 1024)
+TAG_LIST_MEMORY_FACTOR = 4
+
+
 def list_tags(upstream: Upstream, name: str, n: int | None, last: str | None) -> TagPage:
     """The upstream's tags in lexical order, page by page; the cached ones when the upstream
-    is unreachable. Pagination is applied here too, as not every upstream honours n/last."""
+    is unreachable. Pagination is applied here too, as not every upstream honours n/last.
+    An upstream tag list larger than MIRROR_TAG_LIST_MAX_BYTES is refused (502), never read
+    whole: a list cut short would say tags do not exist that do."""
     repo_name = repository_name(upstream, name)
     if n == 0:
         return TagPage([], None)
+    key = (upstream.pk, repo_name, n, last)
+    remembered = _tag_lists.get(key)
+    if remembered is not None:
+        return remembered
+    with _single_flight(f"tags:{upstream.pk}:{repo_name}:{n}:{last}"):
+        remembered = _tag_lists.get(key)  # asked while we waited?
+        if remembered is not None:
+            return remembered
+        page, size = _fetch_tag_page(upstream, repo_name, n, last)
+        if not page.stale:
+            _tag_lists.put(key, page, size * TAG_LIST_MEMORY_FACTOR, ttl=settings.MIRROR_TAG_LIST_TTL)
+            # What to answer, stale, while the upstream is down (as long as a tag may be served stale).
+            _tag_lists.put(("last", *key), page, size * TAG_LIST_MEMORY_FACTOR, ttl=upstream.max_staleness_seconds())
+        return page
+
+
+def _fetch_tag_page(upstream: Upstream, repo_name: str, n: int | None, last: str | None) -> tuple[TagPage, int]:
+    limit = settings.MIRROR_TAG_LIST_MAX_BYTES
     try:
-        response = upstream_client(upstream).get_tags(repo_name, n, last)
+        response = upstream_client(upstream).get_tags(repo_name, n, last, limit)
+    except oci.ManifestInvalid:  # what the client says of an answer past the limit
+        logger.warning("upstream %s sent a tag list of %s larger than %d bytes", upstream.name, repo_name, limit)
+        raise UpstreamTooLarge(
+            "the upstream's tag list is larger than this mirror accepts", {"max_bytes": limit}
+        ) from None
     except STALE_SERVABLE:
         if not upstream.serves_stale:
             raise
+        answered = _tag_lists.get(("last", upstream.pk, repo_name, n, last))
+        if answered is not None:  # the upstream's last answer for this page
+            return TagPage(answered.tags, answered.next_last, stale=True), 0
         cached = list(
             Tag.objects.filter(repository__upstream=upstream, repository__name=repo_name).values_list("name", flat=True)
         )
         if not cached:
             raise
-        return _paginate(sorted(cached), n, last, stale=True)
+        return _paginate(sorted(cached), n, last, stale=True), 0
     page = _paginate(sorted(_parse_tag_list(response.content)), n, last)
     if page.next_last is None and page.tags and 'rel="next"' in response.headers.get("Link", ""):
-        return TagPage(page.tags, page.tags[-1])
-    return page
+        page = TagPage(page.tags, page.tags[-1])
+    return page, len(response.content)
 
 
 def _parse_tag_list(content: bytes) -> list[str]:

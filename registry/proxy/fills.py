@@ -19,7 +19,7 @@ followers end with a clean error instead of waiting.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 import json
 import logging
 import os
@@ -32,7 +32,7 @@ from django.db import connections
 from registry import oci
 from registry.storage import locks
 from registry.storage.blobstore import BlobFill, BlobStore, DigestMismatch
-from registry.upstreams.client import BlobDownload, UpstreamUnavailable
+from registry.upstreams.client import BlobDownload, BlobSizeInvalid, UpstreamUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +57,11 @@ class FillFailed(oci.Unavailable):
 class FillState:
     temp: str  # file name in the store's tmp directory
     size: int | None
-    failed: str | None = None  # "digest" or "upstream" when the fill gave up
+    failed: str | None = None  # "digest", "size" or "upstream" when the fill gave up
     verified: bool = False  # size and digest matched; the temporary file is complete
+    # The upstream and repository the bytes are downloaded through ("<upstream pk>/<name>"):
+    # a client of another repository may be refused them (cache.py).
+    source: str = ""
 
 
 class Sidecar:
@@ -93,9 +96,11 @@ class BlobFills:
         self.store = store
         self.timeout = timeout
 
-    def follow(self, digest: oci.Digest, open_download: OpenDownload, on_commit: OnCommit) -> "Follower | None":
-        """A follower of the digest's fill (started here if nobody is filling), or None when
-        the blob turned out to be committed already."""
+    def follow(
+        self, digest: oci.Digest, open_download: OpenDownload, on_commit: OnCommit, source: str = ""
+    ) -> "Follower | None":
+        """A follower of the digest's fill (started here if nobody is filling, through `source`),
+        or None when the blob turned out to be committed already."""
         sidecar = Sidecar(self.store, digest)
         deadline = time.monotonic() + self.timeout
         pause = POLL_INTERVAL
@@ -107,11 +112,11 @@ class BlobFills:
                 if self.store.size(digest) is not None:  # committed while we took the lock
                     lock.release()
                     return None
-                state = self.start_fill(digest, sidecar, lock, open_download, on_commit)
-                return Follower(self, digest, sidecar, state, open_download, on_commit)
+                state = self.start_fill(digest, sidecar, lock, open_download, on_commit, source)
+                return Follower(self, digest, sidecar, state, open_download, on_commit, source)
             state = sidecar.read()
             if state is not None and state.failed is None:
-                return Follower(self, digest, sidecar, state, open_download, on_commit)
+                return Follower(self, digest, sidecar, state, open_download, on_commit, source)
             # The owner has the lock but has not written its sidecar yet, or it fills on another
             # replica (object storage): its sidecar is not ours to see, the committed blob will
             # be. Ask the store less and less often while waiting.
@@ -119,8 +124,23 @@ class BlobFills:
             pause = min(pause * 2, MAX_WAIT_POLL)
         raise UpstreamUnavailable("timed out waiting for another download of this blob")
 
+    def wait_for_commit(self, digest: oci.Digest) -> None:
+        """Return once the digest's current fill has ended (committed or failed), or raise
+        after the fill timeout."""
+        sidecar = Sidecar(self.store, digest)
+        deadline = time.monotonic() + self.timeout
+        pause = POLL_INTERVAL
+        while time.monotonic() < deadline:
+            state = sidecar.read()
+            if self.store.size(digest) is not None or state is None or state.failed:
+                return
+            time.sleep(pause)
+            pause = min(pause * 2, MAX_WAIT_POLL)
+        raise UpstreamUnavailable("timed out waiting for another download of this blob")
+
     def start_fill(
-        self, digest: oci.Digest, sidecar: Sidecar, lock: locks.Lock, open_download: OpenDownload, on_commit: OnCommit
+        self, digest: oci.Digest, sidecar: Sidecar, lock: locks.Lock, open_download: OpenDownload, on_commit: OnCommit,
+        source: str = "",
     ) -> FillState:
         """Open the upstream download and hand it to a fill thread; we hold `lock`."""
         try:
@@ -130,7 +150,7 @@ class BlobFills:
             raise
         try:
             fill = self.store.begin_fill(digest, download.size)
-            state = FillState(temp=fill.temp_path.name, size=download.size)
+            state = FillState(temp=fill.temp_path.name, size=download.size, source=source)
             sidecar.write(state)
         except BaseException:
             download.close()
@@ -161,7 +181,7 @@ class BlobFills:
         def release() -> None:
             nonlocal verified
             verified = True
-            sidecar.write(FillState(state.temp, fill.size, verified=True))
+            sidecar.write(replace(state, size=fill.size, verified=True))
 
         try:
             for chunk in download.chunks():
@@ -175,14 +195,18 @@ class BlobFills:
         except DigestMismatch as error:
             logger.error("upstream blob %s rejected: %s", digest, error)
             fill.abort()
-            sidecar.write(FillState(state.temp, state.size, failed="digest"))
+            sidecar.write(replace(state, failed="digest"))
+        except BlobSizeInvalid as error:  # more bytes than the fill may have
+            logger.error("upstream blob %s rejected: %s", digest, error.message)
+            fill.abort()
+            sidecar.write(replace(state, failed="size"))
         except Exception as error:
             if verified:  # followers may have the whole blob; the store does not
                 logger.error("verified blob %s could not be stored: %s", digest, getattr(error, "message", error))
             else:
                 logger.warning("fill of %s failed: %s", digest, getattr(error, "message", error))
             fill.abort()
-            sidecar.write(FillState(state.temp, state.size, failed="upstream"))
+            sidecar.write(replace(state, failed="upstream"))
         finally:
             download.close()
             lock.release()
@@ -200,6 +224,7 @@ class Follower:
         state: FillState,
         open_download: OpenDownload,
         on_commit: OnCommit,
+        source: str = "",
     ):
         self.fills = fills
         self.digest = digest
@@ -208,6 +233,12 @@ class Follower:
         self.size = state.size
         self._open_download = open_download
         self._on_commit = on_commit
+        self._source = source
+
+    @property
+    def source(self) -> str:
+        """The repository the followed fill downloads through."""
+        return self.state.source
 
     def chunks(self) -> Iterator[bytes]:
         store = self.fills.store
@@ -246,7 +277,10 @@ class Follower:
                 if state is not None and state.temp != self.state.temp and state.failed is None:
                     self.state = state  # a newer fill of the same digest: same bytes, new file
                     continue
-                if state is not None and state == FillState(self.state.temp, state.size, verified=True) and not self.state.verified:
+                if (
+                    state is not None and state.temp == self.state.temp and state.verified and state.failed is None
+                    and not self.state.verified
+                ):
                     self.state = state  # our fill's bytes are verified: the end may go
                     continue
                 if state is not None and state.failed:
@@ -255,6 +289,8 @@ class Follower:
                         raise UpstreamDigestMismatch(
                             "upstream sent bytes that do not match the digest", {"digest": str(self.digest)}
                         )
+                    if state.failed == "size":
+                        raise BlobSizeInvalid("upstream sent more bytes than the blob may have", {"digest": str(self.digest)})
                     raise FillFailed("the upstream download of this blob failed", {"digest": str(self.digest)})
                 lock = locks.named_lock(f"fill:{self.digest}")
                 if lock.try_acquire():
@@ -267,7 +303,9 @@ class Follower:
                         raise FillFailed("the upstream download of this blob stopped", {"digest": str(self.digest)})
                     takeovers -= 1
                     logger.warning("taking over the abandoned fill of %s", self.digest)
-                    self.state = self.fills.start_fill(self.digest, self.sidecar, lock, self._open_download, self._on_commit)
+                    self.state = self.fills.start_fill(
+                        self.digest, self.sidecar, lock, self._open_download, self._on_commit, self._source
+                    )
                     continue
                 time.sleep(POLL_INTERVAL)
         finally:

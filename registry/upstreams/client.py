@@ -106,16 +106,16 @@ class UpstreamResponse:
 
     @property
     def digest(self) -> str | None:
-        """The upstream's Docker-Content-Digest when it is a digest the mirror can verify;
-        anything else is as good as none (the mirror computes the digest itself)."""
+        """The upstream's Docker-Content-Digest, None when it sends none. A value that is not a
+        digest is the upstream's fault, not the client's: 502 MANIFEST_INVALID."""
         value = self.headers.get("Docker-Content-Digest")
         if not value:
             return None
         try:
             return str(oci.parse_digest(value.strip()))
         except oci.DigestInvalid:
-            logger.warning("upstream sent an unusable Docker-Content-Digest; ignored")
-            return None
+            logger.warning("upstream sent a malformed Docker-Content-Digest")
+            raise oci.ManifestInvalid("upstream sent a malformed Docker-Content-Digest") from None
 
     @property
     def content_length(self) -> int | None:
@@ -219,12 +219,12 @@ class UpstreamClient:
             raise
         return BlobDownload(response)
 
-    def get_tags(self, name: str, n: int | None, last: str | None) -> UpstreamResponse:
+    def get_tags(self, name: str, n: int | None, last: str | None, max_bytes: int = 16 * 1024 * 1024) -> UpstreamResponse:
         params = {key: value for key, value in (("n", n), ("last", last)) if value is not None}
         response = self._send("GET", name, "tags/list", {"Accept": "application/json"}, params=params, stream=True)
         with response:
             self._raise_for_status(response, oci.NameUnknown, "repository unknown to upstream")
-            content = self._read_limited(response, 16 * 1024 * 1024)
+            content = self._read_limited(response, max_bytes)
             return UpstreamResponse(response.status_code, response.headers, content)
 
     def check_credentials(self) -> str:
@@ -457,16 +457,44 @@ class UpstreamClient:
         return b"".join(chunks)
 
 
+class BlobSizeInvalid(oci.RegistryError):
+    """The upstream's blob is not the size it may be (its descriptor's, or the mirror's maximum)."""
+
+    code, status = "SIZE_INVALID", 502
+
+
 class BlobDownload:
-    """An open upstream blob response, read as raw bytes (never content-decoded)."""
+    """An open upstream blob response, read as raw bytes (never content-decoded).
+
+    `size` is the upstream's Content-Length, or the size the download is held to (`limit_to`)
+    when the upstream does not say it; bytes past the limit fail the download."""
 
     def __init__(self, response: requests.Response):
         self.response = response
         self.size: int | None = UpstreamResponse(response.status_code, response.headers).content_length
+        self.limit: int | None = None
+
+    def limit_to(self, size: int, *, exact: bool) -> None:
+        """Hold the download to `size` bytes: exactly (a descriptor's size) or at most (a
+        maximum). A Content-Length that breaks it is refused now, before anything is read."""
+        declared = self.size
+        if declared is not None and (declared != size if exact else declared > size):
+            self.close()
+            raise BlobSizeInvalid(
+                "upstream blob size differs from what it may be", {"content_length": declared, "expected": size}
+            )
+        self.limit = size
+        if exact:
+            self.size = size
 
     def chunks(self) -> Iterator[bytes]:
+        received = 0
         try:
-            yield from self.response.raw.stream(CHUNK_SIZE, decode_content=False)
+            for chunk in self.response.raw.stream(CHUNK_SIZE, decode_content=False):
+                received += len(chunk)
+                if self.limit is not None and received > self.limit:
+                    raise BlobSizeInvalid("upstream sent more bytes than the blob may have", {"expected": self.limit})
+                yield chunk
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
             raise UpstreamUnavailable("upstream connection broke", {"error": type(error).__name__}) from None
 

@@ -111,8 +111,8 @@ class FailoverClient:
     def open_blob(self, name: str, digest: str) -> BlobDownload:
         return self._call("GET", "blob", name, None, lambda client: client.open_blob(name, digest))
 
-    def get_tags(self, name: str, n: int | None, last: str | None) -> UpstreamResponse:
-        return self._call("GET", "tags", name, None, lambda client: client.get_tags(name, n, last))
+    def get_tags(self, name: str, n: int | None, last: str | None, max_bytes: int = 16 * 1024 * 1024) -> UpstreamResponse:
+        return self._call("GET", "tags", name, None, lambda client: client.get_tags(name, n, last, max_bytes))
 
     # --- accounts, one after the other -------------------------------------------------------------
     def _call(self, method: str, kind: str, name: str, reference: str | None, call: Callable[[UpstreamClient], T]) -> T:

@@ -36,9 +36,11 @@ def bucket(s3_server: S3Server) -> str:
     return s3_server.create_bucket("e2e")
 
 
-def s3_mirror_process(tmp_path_factory, name: str, upstream_url: str, upstream, s3_server, bucket, **env) -> MirrorProcess:
+def s3_mirror_process(
+    tmp_path_factory, name: str, upstream_url: str, upstream, s3_server, bucket, database=None, **env
+) -> MirrorProcess:
     return MirrorProcess(
-        tmp_path_factory.mktemp(name) / "data", upstream_url,
+        tmp_path_factory.mktemp(name) / "data", upstream_url, database=database,
         username=upstream.username, password=upstream.password, **s3_server.mirror_env(bucket, **env),
     )
 
@@ -203,17 +205,20 @@ def test_killed_fill_leaves_no_visible_object_and_gc_aborts_its_upload(
 
 @pytest.fixture
 def replicas(proxy, upstream, s3_server, bucket, tmp_path_factory) -> Iterator[tuple[MirrorProcess, MirrorProcess]]:
-    """Two replicas with data directories of their own: they share the bucket and Redis only."""
+    """Two replicas with data directories of their own: they share the bucket, Redis and the
+    database (where a blob's provenance is recorded), as replicas do."""
     import redis
 
     redis.Redis.from_url(REDIS_URL).flushdb()
-    pair = tuple(
-        s3_mirror_process(
-            tmp_path_factory, f"s3-replica{i}", proxy.url, upstream, s3_server, bucket,
-            MIRROR_S3_PREFIX="replicas", REDIS_URL=REDIS_URL,
-        )
-        for i in range(2)
+    first = s3_mirror_process(
+        tmp_path_factory, "s3-replica0", proxy.url, upstream, s3_server, bucket,
+        MIRROR_S3_PREFIX="replicas", REDIS_URL=REDIS_URL,
     )
+    second = s3_mirror_process(
+        tmp_path_factory, "s3-replica1", proxy.url, upstream, s3_server, bucket, database=first.database,
+        MIRROR_S3_PREFIX="replicas", REDIS_URL=REDIS_URL,
+    )
+    pair = (first, second)
     try:
         for replica in pair:
             replica.start()

@@ -99,7 +99,8 @@ class HostileRegistry(_Server):
         self.requests: list[Seen] = []
         self._routes: dict[tuple[str, str], Script] = {}
         self._lock = threading.Lock()
-        super().__init__(_handler(self._respond), tls)
+        self._sent: list[tuple[Seen, int]] = []
+        super().__init__(_handler(self._respond, self._note_sent), tls)
 
     def script(self, method: str, path: str, script: Script) -> None:
         """Answer `method path` (query ignored) with `script`; HEAD defaults to GET's answer, bodiless."""
@@ -126,6 +127,15 @@ class HostileRegistry(_Server):
     def seen(self, path: str | None = None, method: str | None = None) -> list[Seen]:
         with self._lock:
             return [s for s in self.requests if (path is None or s.path == path) and (method is None or s.method == method)]
+
+    def sent(self, path: str, method: str = "GET") -> list[int]:
+        """Body bytes the client took (the socket accepted) for each answered `method path`."""
+        with self._lock:
+            return [count for s, count in self._sent if (s.path, s.method) == (path, method)]
+
+    def _note_sent(self, seen: Seen, count: int) -> None:
+        with self._lock:
+            self._sent.append((seen, count))
 
     def _respond(self, seen: Seen) -> Answer:
         with self._lock:
@@ -155,7 +165,12 @@ class Listener(_Server):
         return answer(200, self._body, Content_Type="application/json")
 
 
-def _handler(respond: Callable[[Seen], Answer]) -> type[BaseHTTPRequestHandler]:
+WRITE_SIZE = 64 * 1024
+
+
+def _handler(
+    respond: Callable[[Seen], Answer], on_sent: Callable[[Seen, int], None] | None = None
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -176,11 +191,21 @@ def _handler(respond: Callable[[Seen], Answer]) -> type[BaseHTTPRequestHandler]:
             if reply.unsized:
                 self.send_header("Connection", "close")
                 self.close_connection = True
-            else:
+            elif not any(name.lower() == "content-length" for name, _ in reply.headers):  # a scripted one wins (a HEAD's)
                 self.send_header("Content-Length", str(len(reply.body)))
             self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(reply.body)
+            if self.command == "HEAD":
+                return
+            written = 0
+            try:  # in pieces, so what the client took before it hung up can be told
+                for start in range(0, len(reply.body), WRITE_SIZE):
+                    self.wfile.write(reply.body[start:start + WRITE_SIZE])
+                    written += len(reply.body[start:start + WRITE_SIZE])
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+            finally:
+                if on_sent is not None:
+                    on_sent(seen, written)
 
         do_GET = do_HEAD = do_POST = _answer
 
