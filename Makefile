@@ -40,8 +40,11 @@ test-tools:
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
-# The import contracts of pyproject.toml (registry in floors, the apps in layers).
+# ruff (lint and format check) and the import contracts of pyproject.toml (registry in
+# floors, the apps in layers): a broken contract fails `make test` before the suite runs.
 lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache
 
 # Tests that need no server (the `unit` tier, see tests/conftest.py): a quick check while working.

@@ -7,6 +7,7 @@ makes (anonymous: per address; a user: per user), counted in the `api-throttle` 
 when configured, so replicas share the count). A throttle whose cache does not answer lets
 the request through rather than failing it.
 """
+
 from __future__ import annotations
 
 import logging

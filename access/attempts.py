@@ -16,6 +16,7 @@ Redis does not answer, the database counts instead (per database, so still limit
 the database does not answer either, the check goes on uncounted (it would fail anyway
 without a database) and a warning says so. No password check ever fails because of this.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,7 @@ from django.db.models import F
 from django.utils import timezone
 import redis
 
-from registry import redisclients
-from registry import oci
+from registry import oci, redisclients
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Attempt:
     """A reserved password check. Call `succeeded()` when the password held; a failure needs
     nothing (it stays counted)."""
 
-    def __init__(self, store: "RedisStore | DatabaseStore | None", user: Counter | None, where: Counter | None):
+    def __init__(self, store: RedisStore | DatabaseStore | None, user: Counter | None, where: Counter | None):
         self._store, self._user, self._where = store, user, where
 
     def succeeded(self) -> None:
@@ -184,7 +184,10 @@ class DatabaseStore:
             PasswordAttempts.objects.bulk_create(
                 [PasswordAttempts(key=key, count=0, window_ends=timezone.now()) for key in keys], ignore_conflicts=True
             )
-            rows = {row.key: row for row in PasswordAttempts.objects.select_for_update().filter(key__in=keys).order_by("key")}
+            rows = {
+                row.key: row
+                for row in PasswordAttempts.objects.select_for_update().filter(key__in=keys).order_by("key")
+            }
             now = timezone.now()  # once the rows are locked: no later reservation can be earlier
             wait = 0
             for counter in active:
@@ -196,7 +199,9 @@ class DatabaseStore:
             for counter in active:
                 row = rows[counter.key]
                 count = row.count + 1 if row.window_ends > now else 1
-                PasswordAttempts.objects.filter(pk=row.pk).update(count=count, window_ends=now + timedelta(seconds=window))
+                PasswordAttempts.objects.filter(pk=row.pk).update(
+                    count=count, window_ends=now + timedelta(seconds=window)
+                )
         if random.random() < CLEANUP_CHANCE:
             PasswordAttempts.objects.filter(window_ends__lt=now).delete()
         return 0

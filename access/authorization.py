@@ -6,14 +6,15 @@ UNAUTHORIZED with a Bearer challenge (realm, service, scope) when a login would 
 client authentication is on, 403 DENIED otherwise. The network allow-list has already been
 applied by the middleware.
 """
+
 from __future__ import annotations
 
 from django.conf import settings
 from django.http import HttpRequest
 
 from registry import oci
-from registry.proxy import cache
 from registry.models import Upstream
+from registry.proxy import cache
 from registry.upstreams.routing import Route
 
 from . import rules, visibility
@@ -34,7 +35,10 @@ def authorize(request: HttpRequest, route: Route | None) -> None:
     # (as the cache would), before anything could ask the upstream about it.
     repository = cache.repository_name(route.upstream, route.name)
     verdict = rules.decide(
-        rules.current_rules(), route.upstream.pk, repository, who,
+        rules.current_rules(),
+        route.upstream.pk,
+        repository,
+        who,
         lambda: visibility.is_private(route.upstream, repository),
     )
     if verdict is rules.Verdict.ALLOW:
@@ -71,7 +75,8 @@ def readable_repositories(request: HttpRequest, upstream: Upstream, names: list[
     who = requester_of(request)
     current = rules.current_rules()
     return [
-        name for name in names
+        name
+        for name in names
         if rules.decide(current, upstream.pk, name, who, lambda n=name: visibility.is_private(upstream, n, ask=False))
         is rules.Verdict.ALLOW
     ]

@@ -1,4 +1,5 @@
 """The Bearer challenge of a 401, as Docker Hub and Distribution's token auth send it."""
+
 from __future__ import annotations
 
 from django.conf import settings

@@ -5,11 +5,12 @@ MIRROR_TRUSTED_PROXIES; its entries are read right to left, skipping further tru
 and the first untrusted one is the client. Anything malformed yields no address at all, which
 an allow-list treats as not allowed (a forged header can never pick a trusted address).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 import ipaddress
-from typing import Iterable
 
 from django.conf import settings
 from django.http import HttpRequest
@@ -35,7 +36,7 @@ def trusted_proxies() -> tuple[Network, ...]:
 def parse_address(value: str) -> Address | None:
     value = value.strip()
     if value.startswith("[") and "]" in value:  # "[v6]:port"
-        value = value[1:value.index("]")]
+        value = value[1 : value.index("]")]
     elif value.count(":") == 1:  # "v4:port"
         value = value.split(":", 1)[0]
     try:

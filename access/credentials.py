@@ -9,6 +9,7 @@ anything once the user name or the client address has failed too often. Users ar
 every few seconds, so deactivating one or changing its groups takes effect at once, whatever
 tokens it holds.
 """
+
 from __future__ import annotations
 
 import base64
@@ -27,7 +28,7 @@ from . import attempts, tokens
 BASIC_MEMORY_SECONDS = 60.0
 USER_MEMORY_SECONDS = 5.0
 _basic_checked: AnswerMemory[str] = AnswerMemory(1024 * 1024)
-_users: AnswerMemory["Requester"] = AnswerMemory(1024 * 1024)
+_users: AnswerMemory[Requester] = AnswerMemory(1024 * 1024)
 
 
 class BadCredentials(Exception):

@@ -4,9 +4,10 @@
 
 It also starts every request with `request.registry_user = None` (anonymous);
 access.authorization sets the user on the /v2/ requests it authorizes."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 

@@ -1,5 +1,6 @@
 """Who may pull what: access rules by repository pattern, and what the upstream tells anonymous
 clients about each repository (its visibility)."""
+
 from __future__ import annotations
 
 from django.contrib.auth.models import Group
@@ -20,13 +21,19 @@ class AccessRule(models.Model):
     Rules are tried by position (lowest first); the first that matches decides.
     """
 
-    position = models.PositiveIntegerField(default=0, db_index=True, help_text="Rules are tried in this order (lowest first)")
+    position = models.PositiveIntegerField(
+        default=0, db_index=True, help_text="Rules are tried in this order (lowest first)"
+    )
     pattern = models.CharField(
         max_length=255,
         help_text="Glob over the repository name as the upstream knows it: library/*, myorg/*, * (every repository)",
     )
     upstream = models.ForeignKey(
-        Upstream, null=True, blank=True, on_delete=models.CASCADE, related_name="access_rules",
+        Upstream,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="access_rules",
         help_text="Only this upstream's repositories; empty: every upstream",
     )
     policy = models.CharField(max_length=16, choices=Policy.choices, default=Policy.AUTHENTICATED)

@@ -1,4 +1,5 @@
 """The network allow-list (MIRROR_ALLOWED_NETWORKS): which client addresses may use the mirror."""
+
 from __future__ import annotations
 
 from functools import lru_cache

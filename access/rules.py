@@ -5,12 +5,13 @@ MIRROR_ACCESS_DEFAULT_POLICY does, and its "public" has one exception: a reposit
 upstream serves only to the mirror's own account (private) needs a logged-in user, so the
 account's reach is never handed to anonymous clients unless an admin rule says public.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 import enum
 import fnmatch
-from typing import Callable, Sequence
 
 from django.conf import settings
 
@@ -20,7 +21,7 @@ from .credentials import Requester
 from .models import AccessRule, Policy
 
 RULES_SECONDS = 10.0  # how long a process trusts its copy of the rules (admin edits show after this)
-_rules: AnswerMemory[tuple["Rule", ...]] = AnswerMemory(4 * 1024 * 1024)
+_rules: AnswerMemory[tuple[Rule, ...]] = AnswerMemory(4 * 1024 * 1024)
 
 
 class Verdict(enum.Enum):
@@ -38,14 +39,18 @@ class Rule:
     group_ids: frozenset[int] = frozenset()
 
     def matches(self, upstream_id: int, repository: str) -> bool:
-        return (self.upstream_id is None or self.upstream_id == upstream_id) and fnmatch.fnmatchcase(repository, self.pattern)
+        return (self.upstream_id is None or self.upstream_id == upstream_id) and fnmatch.fnmatchcase(
+            repository, self.pattern
+        )
 
 
 def current_rules() -> tuple[Rule, ...]:
     found = _rules.get("rules")
     if found is None:
         found = tuple(
-            Rule(rule.pk, rule.pattern, rule.upstream_id, rule.policy, frozenset(group.pk for group in rule.groups.all()))
+            Rule(
+                rule.pk, rule.pattern, rule.upstream_id, rule.policy, frozenset(group.pk for group in rule.groups.all())
+            )
             for rule in AccessRule.objects.prefetch_related("groups").order_by("position", "pk")
         )
         _rules.put("rules", found, 256 * (len(found) + 1), ttl=RULES_SECONDS)

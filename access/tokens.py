@@ -5,16 +5,17 @@ the secret itself; the audience is MIRROR_AUTH_SERVICE and the issuer this mirro
 says who it was issued to (`sub`, empty for an anonymous client) and what was granted
 (`access`, as in Distribution's token specification).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 import hashlib
 import hmac
 import uuid
 
-import jwt
 from django.conf import settings
+import jwt
 
 ISSUER = "mirrorsite"
 ALGORITHM = "HS256"
@@ -43,11 +44,17 @@ def signing_key() -> bytes:
 def issue(subject: str, access: list[dict], *, lifetime: int | None = None, now: datetime | None = None) -> IssuedToken:
     """A signed token for `subject` (a username, or "" for anonymous)."""
     lifetime = settings.MIRROR_AUTH_TOKEN_LIFETIME if lifetime is None else lifetime
-    issued = (now or datetime.now(timezone.utc)).replace(microsecond=0)
+    issued = (now or datetime.now(UTC)).replace(microsecond=0)
     at = int(issued.timestamp())
     claims = {
-        "iss": ISSUER, "aud": settings.MIRROR_AUTH_SERVICE, "sub": subject,
-        "iat": at, "nbf": at, "exp": at + lifetime, "jti": uuid.uuid4().hex, "access": access,
+        "iss": ISSUER,
+        "aud": settings.MIRROR_AUTH_SERVICE,
+        "sub": subject,
+        "iat": at,
+        "nbf": at,
+        "exp": at + lifetime,
+        "jti": uuid.uuid4().hex,
+        "access": access,
     }
     return IssuedToken(jwt.encode(claims, signing_key(), algorithm=ALGORITHM), lifetime, issued)
 
@@ -56,8 +63,13 @@ def verify(token: str) -> dict:
     """The claims of a token this mirror issued and that is still valid, else InvalidToken."""
     try:
         return jwt.decode(
-            token, signing_key(), algorithms=[ALGORITHM], audience=settings.MIRROR_AUTH_SERVICE, issuer=ISSUER,
-            leeway=LEEWAY_SECONDS, options={"require": ["iss", "aud", "sub", "iat", "exp"]},
+            token,
+            signing_key(),
+            algorithms=[ALGORITHM],
+            audience=settings.MIRROR_AUTH_SERVICE,
+            issuer=ISSUER,
+            leeway=LEEWAY_SECONDS,
+            options={"require": ["iss", "aud", "sub", "iat", "exp"]},
         )
     except jwt.PyJWTError as error:
         raise InvalidToken(str(error)) from None

@@ -9,10 +9,11 @@ token itself names the requester, and every /v2/ request is judged again by the 
 token outlives no change of rules, groups or accounts. A request names at most
 MIRROR_AUTH_MAX_SCOPES scopes, so one request cannot make the mirror judge hundreds.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from django.conf import settings
 
@@ -83,7 +84,10 @@ def _may_pull(who: Requester, name: str) -> bool:
         route = routing.resolve(name, None)
         repository = cache.repository_name(route.upstream, route.name or "")
         verdict = rules.decide(
-            rules.current_rules(), route.upstream.pk, repository, who,
+            rules.current_rules(),
+            route.upstream.pk,
+            repository,
+            who,
             # What is recorded only: a repository never judged is not listed for an anonymous
             # client, and /v2/ asks the upstream when it is pulled.
             lambda: visibility.is_private(route.upstream, repository, ask=False),
@@ -91,4 +95,3 @@ def _may_pull(who: Requester, name: str) -> bool:
     except oci.RegistryError:  # no such registry, name or repository: nothing to grant
         return False
     return verdict is rules.Verdict.ALLOW
-

@@ -1,4 +1,5 @@
 """`/v2/token`: the mirror's token endpoint (client authentication, MIRROR_AUTH)."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -43,7 +44,9 @@ def token(request: HttpRequest) -> HttpResponse:
     except tokenservice.TokenRequestInvalid as error:
         return JsonResponse({"error": "invalid_request", "error_description": str(error)}, status=400)
     body = {
-        "token": issued.token, "access_token": issued.token, "expires_in": issued.expires_in,
+        "token": issued.token,
+        "access_token": issued.token,
+        "expires_in": issued.expires_in,
         "issued_at": issued.issued_at.isoformat().replace("+00:00", "Z"),
     }
     if oauth:

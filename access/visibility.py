@@ -10,6 +10,7 @@ holds, however old; with none, nothing is served to anonymous clients, and the c
 the upstream's failure (503, or its 429 with Retry-After). A failure is never remembered as
 an answer: the next request asks again, so the first one after the upstream recovers goes through.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,10 +21,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from registry import oci
-from registry.upstreams import accounts
-from registry.upstreams import failover
 from registry.memory import AnswerMemory
 from registry.models import Upstream
+from registry.upstreams import accounts, failover
 from registry.upstreams.client import CredentialsRejected, UpstreamClient
 
 from .models import RepositoryVisibility
@@ -136,7 +136,10 @@ def _anonymous_client(upstream: Upstream) -> UpstreamClient:
         found = _clients.get(upstream.pk)
         if found is None or found[0] != fingerprint:
             client = UpstreamClient(
-                upstream.url, connect_timeout=connect, read_timeout=read, verify=failover.verify_option(upstream),
+                upstream.url,
+                connect_timeout=connect,
+                read_timeout=read,
+                verify=failover.verify_option(upstream),
                 realm_hosts=realm_hosts,
             )
             found = _clients[upstream.pk] = (fingerprint, client)

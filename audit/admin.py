@@ -1,4 +1,5 @@
 """The audit log in the admin: read-only, filterable and searchable."""
+
 from __future__ import annotations
 
 from django.contrib import admin
@@ -11,8 +12,16 @@ from .models import PullRecord
 @admin.register(PullRecord)
 class PullRecordAdmin(ReadOnlyAdmin):
     list_display = (
-        "at", "username", "client_address", "method", "upstream", "repository", "reference", "short_digest",
-        "outcome", "status",
+        "at",
+        "username",
+        "client_address",
+        "method",
+        "upstream",
+        "repository",
+        "reference",
+        "short_digest",
+        "outcome",
+        "status",
     )
     list_filter = ("outcome", "upstream", "method", ("user", admin.RelatedOnlyFieldListFilter), "at")
     date_hierarchy = "at"

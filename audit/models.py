@@ -1,5 +1,6 @@
 """One row per manifest request a client made (and per blob read, if MIRROR_AUDIT_BLOBS is on):
 the audit log of pulls."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -22,7 +23,11 @@ class PullRecord(models.Model):
     at = models.DateTimeField(db_index=True, help_text="When the request was answered.")
     # The client's account, if it authenticated; the name stays when the account is deleted.
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         db_constraint=False,  # records are written in batches: a user deleted meanwhile is not an error
     )
     username = models.CharField(max_length=150, blank=True, db_index=True)
@@ -34,7 +39,9 @@ class PullRecord(models.Model):
     upstream = models.CharField(max_length=100, blank=True, db_index=True)
     repository = models.CharField(max_length=255, blank=True, db_index=True)
     reference = models.CharField(max_length=255, blank=True, help_text="The tag or digest asked for.")
-    digest = models.CharField(max_length=100, blank=True, db_index=True, help_text="The manifest or blob digest served.")
+    digest = models.CharField(
+        max_length=100, blank=True, db_index=True, help_text="The manifest or blob digest served."
+    )
     outcome = models.CharField(max_length=16, choices=Outcome.choices, db_index=True)
     status = models.PositiveSmallIntegerField()
 

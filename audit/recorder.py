@@ -13,12 +13,13 @@ Blob requests are recorded only with MIRROR_AUDIT_BLOBS on (`recorded_blob`): a 
 identified by its manifest request, and its layers multiply the rows by the number of layers;
 but only blob reads show who read which layer (say, through another repository's name).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 import functools
 import logging
 import threading
-from typing import Callable
 
 from django.conf import settings
 from django.db import DatabaseError, transaction

@@ -1,4 +1,5 @@
 """How long the audit log is kept: records older than MIRROR_AUDIT_RETENTION_DAYS go."""
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta

@@ -1,4 +1,5 @@
 """Celery tasks of the audit log (the beat schedule is in settings)."""
+
 from __future__ import annotations
 
 from celery import shared_task

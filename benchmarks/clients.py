@@ -3,18 +3,19 @@
 Given several replicas of a system, the clients of one measurement take them in turn.
 Every client process has a timeout and is killed when the run is interrupted.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 import hashlib
 import http.client
+from pathlib import Path
 import re
 import subprocess
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence
 
 import requests
 
@@ -30,15 +31,24 @@ class ProcResult:
     stderr: str
 
 
-def run_parallel(commands: Sequence[Sequence[str]], timeout: float, env: dict[str, str] | None = None) -> tuple[float, list[ProcResult]]:
+def run_parallel(
+    commands: Sequence[Sequence[str]], timeout: float, env: dict[str, str] | None = None
+) -> tuple[float, list[ProcResult]]:
     """Start every command at once; return (seconds until the last one ended, results)."""
     procs: list[subprocess.Popen[str]] = []
     try:
         start = time.monotonic()
         for cmd in commands:
-            procs.append(subprocess.Popen(
-                list(cmd), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    list(cmd),
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
         deadline = start + timeout
         results: list[ProcResult] = []
         for proc in procs:
@@ -59,12 +69,21 @@ def run_parallel(commands: Sequence[Sequence[str]], timeout: float, env: dict[st
 
 def skopeo_copy_cmd(skopeo: Skopeo, host: str, reference: str, dest: Path) -> list[str]:
     return [
-        skopeo.binary, "--policy", str(skopeo.policy), "copy", "--quiet", "--src-tls-verify=false", "--src-no-creds",
-        f"docker://{host}/{reference}", f"dir:{dest}",
+        skopeo.binary,
+        "--policy",
+        str(skopeo.policy),
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        "--src-no-creds",
+        f"docker://{host}/{reference}",
+        f"dir:{dest}",
     ]
 
 
-def skopeo_pulls(skopeo: Skopeo, hosts: Sequence[str], reference: str, dests: Sequence[Path], timeout: float) -> tuple[float, list[ProcResult]]:
+def skopeo_pulls(
+    skopeo: Skopeo, hosts: Sequence[str], reference: str, dests: Sequence[Path], timeout: float
+) -> tuple[float, list[ProcResult]]:
     """`len(dests)` simultaneous `skopeo copy` processes of one image, each into its own dir,
     the i-th from hosts[i % len(hosts)]."""
     cmds = [skopeo_copy_cmd(skopeo, hosts[i % len(hosts)], reference, d) for i, d in enumerate(dests)]
@@ -77,7 +96,9 @@ def curl_downloads(urls: Sequence[str], timeout: float) -> tuple[float, list[int
 
     Returns (seconds until the last finished, bytes each received, errors).
     """
-    cmds = [["curl", "-sS", "-f", "-L", "--noproxy", "*", "-o", "/dev/null", "-w", "%{size_download}", url] for url in urls]
+    cmds = [
+        ["curl", "-sS", "-f", "-L", "--noproxy", "*", "-o", "/dev/null", "-w", "%{size_download}", url] for url in urls
+    ]
     seconds, results = run_parallel(cmds, timeout)
     sizes, errors = [], []
     for r in results:
@@ -90,7 +111,9 @@ def curl_downloads(urls: Sequence[str], timeout: float) -> tuple[float, list[int
 def python_pull(session: requests.Session, base_url: str, image: ImageRef) -> None:
     """One pull the way a container client does it: ping, manifest by tag, every blob (digest checked)."""
     session.get(f"{base_url}/v2/", timeout=30).raise_for_status()
-    r = session.get(f"{base_url}/v2/{image.repository}/manifests/{image.tag}", headers={"Accept": MANIFEST_ACCEPT}, timeout=30)
+    r = session.get(
+        f"{base_url}/v2/{image.repository}/manifests/{image.tag}", headers={"Accept": MANIFEST_ACCEPT}, timeout=30
+    )
     r.raise_for_status()
     if "sha256:" + hashlib.sha256(r.content).hexdigest() != image.digest:
         raise RuntimeError(f"manifest of {image.reference} has the wrong digest")
@@ -188,6 +211,7 @@ def python_load(url: str, headers: dict[str, str], seconds: float, connections: 
 def http_load(kind: str, urls: Sequence[str], headers: dict[str, str], seconds: float, connections: int) -> LoadResult:
     """`connections` keep-alive connections spread evenly over `urls` (one per replica), all
     loaded at the same time; the requests and errors are summed."""
+
     def one(url: str, conns: int) -> LoadResult:
         if kind == "wrk":
             return wrk_load(url, headers, seconds, conns)

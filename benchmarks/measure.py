@@ -4,17 +4,24 @@ Upstream traffic is read from the upstream's own access log (and the token serve
 so it counts what really reached the upstream, whatever the system did. A system with several
 replicas is measured across all of them: the clients of a measurement take the replicas in turn.
 """
+
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 import shutil
 import statistics
 import time
-from collections import Counter
-from dataclasses import dataclass
-from typing import Sequence
 
 from benchmarks.clients import (
-    curl_downloads, http_load, new_session, python_pull, run_parallel, skopeo_copy_cmd, skopeo_pulls,
+    curl_downloads,
+    http_load,
+    new_session,
+    python_pull,
+    run_parallel,
+    skopeo_copy_cmd,
+    skopeo_pulls,
 )
 from benchmarks.memory import PeakMemory
 from benchmarks.params import MiB, Params
@@ -51,7 +58,9 @@ def _skopeo_once(bench: Bench, system: System, image: ImageRef, name: str, repli
         cmd = skopeo_copy_cmd(bench.stack.skopeo, system.host(replica), image.reference, dest)
         seconds, (result,) = run_parallel([cmd], bench.params.client_timeout, env=bench.stack.skopeo.env)
         if result.returncode != 0:
-            raise RuntimeError(f"skopeo copy {image.reference} from {system.key} failed: {result.stderr.strip()[-500:]}")
+            raise RuntimeError(
+                f"skopeo copy {image.reference} from {system.key} failed: {result.stderr.strip()[-500:]}"
+            )
         return seconds
     finally:
         shutil.rmtree(dest, ignore_errors=True)
@@ -80,15 +89,22 @@ def concurrent_cold_pulls(bench: Bench, system: System, image: ImageRef) -> dict
     mark = bench.stack.upstream.log_mark()
     try:
         with PeakMemory(system.pids()) as mem:
-            seconds, results = skopeo_pulls(bench.stack.skopeo, system.hosts, image.reference, dests, bench.params.client_timeout)
+            seconds, results = skopeo_pulls(
+                bench.stack.skopeo, system.hosts, image.reference, dests, bench.params.client_timeout
+            )
     finally:
         for d in dests:
             shutil.rmtree(d, ignore_errors=True)
     gets = blob_gets(bench, mark, [b.digest for b in image.blobs])
     failed = [r.stderr.strip()[-300:] for r in results if r.returncode != 0]
     return {
-        "seconds": seconds, "gets_per_blob": gets, "clients": n, "failed_clients": len(failed),
-        "failures": failed[:3], "peak_rss_mib": mem.peak_rss / MiB, "peak_pss_mib": mem.peak_pss / MiB,
+        "seconds": seconds,
+        "gets_per_blob": gets,
+        "clients": n,
+        "failed_clients": len(failed),
+        "failures": failed[:3],
+        "peak_rss_mib": mem.peak_rss / MiB,
+        "peak_pss_mib": mem.peak_pss / MiB,
     }
 
 
@@ -101,8 +117,11 @@ def blob_throughput(bench: Bench, system: System, clients: int) -> dict:
     seconds, sizes, errors = curl_downloads(urls, bench.params.client_timeout)
     short = sum(1 for s in sizes if s != blob.size)
     return {
-        "mib_per_s": sum(sizes) / MiB / seconds, "seconds": seconds, "clients": clients,
-        "incomplete": short, "errors": errors[:3],
+        "mib_per_s": sum(sizes) / MiB / seconds,
+        "seconds": seconds,
+        "clients": clients,
+        "incomplete": short,
+        "errors": errors[:3],
     }
 
 
@@ -120,7 +139,10 @@ def manifest_load(bench: Bench, system: System, by: str) -> dict:
     result = http_load(p.loadgen, urls, headers, p.manifest_seconds, p.manifest_connections)
     reached = len(upstream.requests_log(mark)) + upstream.token_server.request_count - tokens
     return {
-        "rps": result.rps, "requests": result.requests, "errors": result.errors, "seconds": result.seconds,
+        "rps": result.rps,
+        "requests": result.requests,
+        "errors": result.errors,
+        "seconds": result.seconds,
         "upstream_requests": reached,
     }
 
@@ -140,7 +162,10 @@ def tag_pulls(bench: Bench, system: System) -> dict:
     token_requests = upstream.token_server.request_count - tokens
     by_kind = Counter(f"{r.method} {r.status}" for r in log)
     return {
-        "upstream_requests": len(log) + token_requests, "registry_requests": dict(by_kind),
-        "token_requests": token_requests, "pulls": bench.params.tag_pulls, "seconds": elapsed,
+        "upstream_requests": len(log) + token_requests,
+        "registry_requests": dict(by_kind),
+        "token_requests": token_requests,
+        "pulls": bench.params.tag_pulls,
+        "seconds": elapsed,
         "within_mirror_ttl": elapsed < bench.stack.mirror_tag_ttl,
     }

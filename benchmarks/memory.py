@@ -3,6 +3,7 @@
 Plain /proc instead of psutil: Linux is the only target and it keeps the benchmark free of
 extra dependencies.
 """
+
 from __future__ import annotations
 
 import os
@@ -100,11 +101,13 @@ class PeakMemory:
             self._sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
         self._sample()  # one last look, so even a very short block has a sample

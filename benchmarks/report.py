@@ -1,14 +1,15 @@
 """Figures, targets and the report: a text table on stdout, JSON and Markdown under results/."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 import json
 import os
+from pathlib import Path
 import platform
 import re
 import subprocess
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 from benchmarks.params import Params
 
@@ -38,7 +39,9 @@ def figures(params: Params, setup: str = "single") -> list[Figure]:
         Figure("warm_pull_s", "Warm pull of the same image" + (" from the other replica" if scaled else ""), "s", 2),
         Figure("cold_pull_gets_per_blob", "Cold pull: upstream GETs per blob (max)", "", 0),
         Figure("concurrent_cold_s", f"{n} concurrent cold pulls{across}: time until all finish", "s", 2),
-        Figure("concurrent_cold_gets_per_blob", f"{n} concurrent cold pulls{across}: upstream GETs per blob (max)", "", 0),
+        Figure(
+            "concurrent_cold_gets_per_blob", f"{n} concurrent cold pulls{across}: upstream GETs per blob (max)", "", 0
+        ),
         *[
             Figure(f"blob_mib_s_{c}", f"Warm {large} blob, {c} client{'s' if c > 1 else ''}{via}", "MiB/s", 0)
             for c in params.blob_clients
@@ -48,7 +51,12 @@ def figures(params: Params, setup: str = "single") -> list[Figure]:
     ]
     if not scaled:
         out += [
-            Figure("tag_pulls_upstream_requests", f"Upstream requests for {params.tag_pulls} warm pulls of a tag (within the TTL)", "", 0),
+            Figure(
+                "tag_pulls_upstream_requests",
+                f"Upstream requests for {params.tag_pulls} warm pulls of a tag (within the TTL)",
+                "",
+                0,
+            ),
             Figure("peak_rss_mib", f"Peak memory (sum RSS), {top} clients on the {large} blob", "MiB", 0),
         ]
     return out
@@ -82,7 +90,9 @@ def _one_get_each(_v: dict, d: dict) -> bool | None:
 def targets(params: Params, setup: str = "single") -> list[Target]:
     n = params.concurrent_pulls
     if setup == "scaled":
-        return [Target(f"{n} concurrent cold pulls across both replicas: exactly 1 upstream GET per blob", _one_get_each)]
+        return [
+            Target(f"{n} concurrent cold pulls across both replicas: exactly 1 upstream GET per blob", _one_get_each)
+        ]
 
     def cold_pull(v: dict, _d: dict) -> bool | None:
         r = _ratio(v, "cold_pull_s")
@@ -102,7 +112,9 @@ def targets(params: Params, setup: str = "single") -> list[Target]:
     out = [Target(f"{n} concurrent cold pulls: exactly 1 upstream GET per blob", _one_get_each)]
     for c in (8, 32):
         if c in params.blob_clients:
-            out.append(Target(f"Warm blob throughput, {c} clients: >= 1.0x Distribution", _at_least(f"blob_mib_s_{c}", 1.0)))
+            out.append(
+                Target(f"Warm blob throughput, {c} clients: >= 1.0x Distribution", _at_least(f"blob_mib_s_{c}", 1.0))
+            )
     out += [
         Target("Cold pull of the multi-layer image: <= 1.1x Distribution's time", cold_pull),
         Target("Warm manifest GET by digest: >= 0.5x Distribution's req/s", _at_least("manifest_rps_digest", 0.5)),
@@ -144,8 +156,12 @@ def machine() -> dict:
     except OSError:
         pass
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kib / 1024 / 1024, 1),
-        "kernel": platform.release(), "os": os_name, "python": platform.python_version(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "os": os_name,
+        "python": platform.python_version(),
     }
 
 
@@ -180,7 +196,9 @@ def rows(section: dict) -> list[list[str]]:
     for f in section["figures"]:
         v = [section["systems"][s].get(f["key"]) for s in SYSTEMS]
         label = f"{f['label']} ({f['unit']})" if f["unit"] else f["label"]
-        out.append([label, _fmt(v[0], f["decimals"]), _fmt(v[1], f["decimals"]), _fmt_ratio(section["ratios"].get(f["key"]))])
+        out.append(
+            [label, _fmt(v[0], f["decimals"]), _fmt(v[1], f["decimals"]), _fmt_ratio(section["ratios"].get(f["key"]))]
+        )
     return out
 
 
@@ -198,7 +216,10 @@ def text_table(report: dict) -> str:
     for setup, section in sections(report):
         body = rows(section)
         widths = [max(len(r[i]) for r in [header, *body]) for i in range(4)]
-        line = lambda r: "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))  # noqa: E731
+
+        def line(r: list[str], widths: list[int] = widths) -> str:
+            return "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
+
         if setup == "scaled":
             out += ["", SCALED_TITLE, ""] if out else [SCALED_TITLE, ""]
         out += [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in body), "", "Targets:"]
@@ -214,9 +235,11 @@ def text_table(report: dict) -> str:
 def machine_line(report: dict) -> str:
     m = report["machine"]
     load = report.get("load_average_before")
-    return (f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']} ({m['os']}), "
-            f"load average {'?' if load is None else f'{load:.2f}'} before the run; "
-            f"Mirrorsite {report['versions']['mirrorsite']}, Distribution {report['versions']['distribution']}")
+    return (
+        f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']} ({m['os']}), "
+        f"load average {'?' if load is None else f'{load:.2f}'} before the run; "
+        f"Mirrorsite {report['versions']['mirrorsite']}, Distribution {report['versions']['distribution']}"
+    )
 
 
 def _program(cmdline: str) -> str:
@@ -241,8 +264,10 @@ def memory_note(report: dict) -> str | None:
     for cmdline, mib in peak["rss_at_peak_mib"]:
         groups.setdefault(_program(cmdline), []).append(mib)
     parts = [f"{name} {sum(v):.0f} MiB ({len(v)} process{'es' if len(v) > 1 else ''})" for name, v in groups.items()]
-    return (f"Mirrorsite's memory at its peak (RSS): {', '.join(parts)}; "
-            f"shared pages counted once (PSS) it is {peak['peak_pss_mib']:.0f} MiB.")
+    return (
+        f"Mirrorsite's memory at its peak (RSS): {', '.join(parts)}; "
+        f"shared pages counted once (PSS) it is {peak['peak_pss_mib']:.0f} MiB."
+    )
 
 
 def markdown(report: dict, heading: str = "###") -> str:
@@ -302,8 +327,16 @@ def _section(params: Params, setup: str, values: dict, details: dict) -> dict:
     }
 
 
-def build(params: Params, measured: dict[str, tuple[Params, dict, dict]], errors: list[str], started: str,
-          finished: str, duration: float, mirror_tag_ttl: int | None, load_before: float | None) -> dict:
+def build(
+    params: Params,
+    measured: dict[str, tuple[Params, dict, dict]],
+    errors: list[str],
+    started: str,
+    finished: str,
+    duration: float,
+    mirror_tag_ttl: int | None,
+    load_before: float | None,
+) -> dict:
     """`measured`: setup -> (its params, figures by system, details by system), for each setup run.
 
     The single-node figures sit at the top level (as before there was a scaled setup); the
@@ -322,7 +355,9 @@ def build(params: Params, measured: dict[str, tuple[Params, dict, dict]], errors
         "mirror_tag_ttl": mirror_tag_ttl,
         "setups": list(measured),
         **_section(single[0], "single", single[1], single[2]),
-        "scaled": None if scaled is None else {
+        "scaled": None
+        if scaled is None
+        else {
             "params": {"large_layer_mib": scaled[0].large_layer_mib, "blob_clients": scaled[0].blob_clients},
             **_section(scaled[0], "scaled", scaled[1], scaled[2]),
         },

@@ -7,14 +7,17 @@ upstream and both systems, measures both the same way, prints the tables, writes
 benchmarks/results/latest.{json,md} (the only home of dated figures).
 Exits non-zero when a measurement could not be made (not when a target is missed).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 import datetime as dt
+from pathlib import Path
 import signal
 import sys
 import time
-from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any
 
 if __package__ in (None, ""):  # run as a file: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,7 +51,7 @@ class Runner:
     def error(self, msg: str) -> None:
         self.errors.append(msg if self.setup == "single" else f"{self.setup}: {msg}")
 
-    def stack(self) -> ContextManager[Stack]:
+    def stack(self) -> AbstractContextManager[Stack]:
         p = self.params
         if self.setup == "scaled":
             return running_scaled_stack(p.scaled_database_url, p.scaled_redis_url, p.mirror_env, keep=p.keep_workdir)
@@ -75,8 +78,11 @@ class Runner:
             if p.keep_workdir:
                 self.say(f"keeping storage and logs in {stack.workdir}")
             systems = stack.systems
-            self.say(f"upstream {stack.upstream.host}, "
-                     + ", ".join(f"{s.key} {' '.join(s.hosts)}" for s in systems) + "; pushing images")
+            self.say(
+                f"upstream {stack.upstream.host}, "
+                + ", ".join(f"{s.key} {' '.join(s.hosts)}" for s in systems)
+                + "; pushing images"
+            )
             workload = prepare(stack.upstream, p, [s.key for s in systems])
             bench = Bench(stack, p, workload)
 
@@ -104,10 +110,16 @@ class Runner:
         runs: dict[str, list[dict]] = {s: [] for s in report.SYSTEMS}
         for r in range(self.params.rounds):
             for s in order(r):
-                res = self.step("cold pull", s, lambda s=s: measure.cold_then_warm_pull(bench, s, bench.workload.cold[s.key][r]))
+                res = self.step(
+                    "cold pull",
+                    s,
+                    lambda s=s, r=r: measure.cold_then_warm_pull(bench, s, bench.workload.cold[s.key][r]),
+                )
                 if res:
                     runs[s.key].append(res)
-                    self.say(f"cold/warm pull via {s.key}, round {r + 1}: {res['cold_s']:.2f} s / {res['warm_s']:.2f} s")
+                    self.say(
+                        f"cold/warm pull via {s.key}, round {r + 1}: {res['cold_s']:.2f} s / {res['warm_s']:.2f} s"
+                    )
         for key, rs in runs.items():
             if rs:
                 self.values[key]["cold_pull_s"] = median([x["cold_s"] for x in rs])
@@ -117,7 +129,11 @@ class Runner:
 
     def concurrent(self, bench: Bench, order: Callable[[int], list[System]]) -> None:
         for s in order(0):
-            res = self.step("concurrent cold pulls", s, lambda s=s: measure.concurrent_cold_pulls(bench, s, bench.workload.crowd[s.key]))
+            res = self.step(
+                "concurrent cold pulls",
+                s,
+                lambda s=s: measure.concurrent_cold_pulls(bench, s, bench.workload.crowd[s.key]),
+            )
             if not res:
                 continue
             gets = list(res["gets_per_blob"].values())
@@ -125,9 +141,13 @@ class Runner:
             self.values[s.key]["concurrent_cold_gets_per_blob"] = max(gets)
             self.details[s.key]["concurrent_cold"] = res
             if res["failed_clients"]:
-                self.error(f"concurrent cold pulls ({s.key}): {res['failed_clients']} of {res['clients']} clients failed: {res['failures'][:1]}")
-            self.say(f"{res['clients']} concurrent cold pulls via {s.key}: {res['seconds']:.2f} s, "
-                     f"upstream GETs per blob {sorted(gets)}, {res['failed_clients']} failed")
+                self.error(
+                    f"concurrent cold pulls ({s.key}): {res['failed_clients']} of {res['clients']} clients failed: {res['failures'][:1]}"
+                )
+            self.say(
+                f"{res['clients']} concurrent cold pulls via {s.key}: {res['seconds']:.2f} s, "
+                f"upstream GETs per blob {sorted(gets)}, {res['failed_clients']} failed"
+            )
 
     def throughput(self, bench: Bench, order: Callable[[int], list[System]]) -> None:
         # Memory is sampled while the most clients pull (when the setup reports it).
@@ -136,25 +156,33 @@ class Runner:
             runs: dict[str, list[dict]] = {s: [] for s in report.SYSTEMS}
             for r in range(self.params.rounds):
                 for s in order(r):
-                    def one(s: System = s) -> dict:
+
+                    def one(s: System = s, clients: int = clients) -> dict:
                         if clients != top:
                             return measure.blob_throughput(bench, s, clients)
                         with PeakMemory(s.pids()) as mem:  # the memory figure: while the most clients pull
                             res = measure.blob_throughput(bench, s, clients)
-                        res.update(peak_rss_mib=mem.peak_rss / MiB, peak_pss_mib=mem.peak_pss / MiB,
-                                   memory_samples=mem.samples,
-                                   rss_at_peak_mib=[(n, round(b / MiB, 1)) for n, b in mem.breakdown])
+                        res.update(
+                            peak_rss_mib=mem.peak_rss / MiB,
+                            peak_pss_mib=mem.peak_pss / MiB,
+                            memory_samples=mem.samples,
+                            rss_at_peak_mib=[(n, round(b / MiB, 1)) for n, b in mem.breakdown],
+                        )
                         return res
 
                     res = self.step(f"blob throughput x{clients}", s, one)
                     if not res:
                         continue
                     if res["incomplete"]:
-                        self.error(f"blob throughput x{clients} ({s.key}): {res['incomplete']} incomplete downloads {res['errors'][:1]}")
+                        self.error(
+                            f"blob throughput x{clients} ({s.key}): {res['incomplete']} incomplete downloads {res['errors'][:1]}"
+                        )
                         continue
                     runs[s.key].append(res)
-                    self.say(f"{clients} clients on the large blob via {s.key}: {res['mib_per_s']:.0f} MiB/s"
-                             + (f", peak RSS {res['peak_rss_mib']:.0f} MiB" if clients == top else ""))
+                    self.say(
+                        f"{clients} clients on the large blob via {s.key}: {res['mib_per_s']:.0f} MiB/s"
+                        + (f", peak RSS {res['peak_rss_mib']:.0f} MiB" if clients == top else "")
+                    )
             for key, rs in runs.items():
                 if not rs:
                     continue
@@ -166,19 +194,21 @@ class Runner:
     def manifests(self, bench: Bench, order: Callable[[int], list[System]]) -> None:
         for i, by in enumerate(("digest", "tag")):
             for s in order(i):
-                res = self.step(f"manifest by {by}", s, lambda s=s: measure.manifest_load(bench, s, by))
+                res = self.step(f"manifest by {by}", s, lambda s=s, by=by: measure.manifest_load(bench, s, by))
                 if not res:
                     continue
                 self.values[s.key][f"manifest_rps_{by}"] = res["rps"]
                 self.details[s.key][f"manifest_{by}"] = res
                 if res["errors"]:
                     self.error(f"manifest by {by} ({s.key}): {res['errors']} of {res['requests']} requests failed")
-                self.say(f"manifest by {by} via {s.key}: {res['rps']:.0f} req/s, "
-                         f"{res['upstream_requests']} upstream requests meanwhile")
+                self.say(
+                    f"manifest by {by} via {s.key}: {res['rps']:.0f} req/s, "
+                    f"{res['upstream_requests']} upstream requests meanwhile"
+                )
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,18 +11,19 @@ their own) sharing one database, one Redis and another bucket, both buckets on o
 
 Both systems pull from the upstream with the same account.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 import contextlib
+from dataclasses import dataclass
 import os
+from pathlib import Path
 import shutil
 import subprocess
 import sys
 import tempfile
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterator
 
 from tests.support.celery_worker import forget_keys
 from tests.support.databases import ProcessDatabase
@@ -51,8 +52,11 @@ class DistributionProxy(UpstreamRegistry):
         self.remote = remote  # set first: the parent's __init__ writes the config
         self.storage = storage
         super().__init__(
-            remote.token_server, username=remote.username, password=remote.password,
-            service=remote.service, workdir=workdir,
+            remote.token_server,
+            username=remote.username,
+            password=remote.password,
+            service=remote.service,
+            workdir=workdir,
         )
 
     def config(self) -> dict:
@@ -64,11 +68,14 @@ class DistributionProxy(UpstreamRegistry):
             config["storage"].update(self.storage)
         config["storage"]["cache"] = {"blobdescriptor": "inmemory"}
         config["http"] = {
-            "addr": self.host, "secret": "mirrorsite-bench-http-secret",
+            "addr": self.host,
+            "secret": "mirrorsite-bench-http-secret",
             "headers": {"X-Content-Type-Options": ["nosniff"]},
         }
         config["proxy"] = {
-            "remoteurl": self.remote.url, "username": self.remote.username, "password": self.remote.password,
+            "remoteurl": self.remote.url,
+            "username": self.remote.username,
+            "password": self.remote.password,
         }
         return config
 
@@ -96,7 +103,12 @@ def mirror_setting(mirror: MirrorProcess, name: str) -> str:
     """A Django setting as the running mirror sees it (same environment, same data dir)."""
     out = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", f"from django.conf import settings; print(settings.{name})"],
-        cwd=PROJECT_ROOT, env=mirror.env, capture_output=True, text=True, timeout=60, check=True,
+        cwd=PROJECT_ROOT,
+        env=mirror.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return out.stdout.strip().splitlines()[-1]
 
@@ -124,13 +136,22 @@ class Stack:
     def systems(self) -> list[System]:
         ds, ms = self.distributions, self.mirrors
         return [
-            System("distribution", "Distribution (proxy)", tuple(d.host for d in ds),
-                   lambda: [d._proc.pid if d._proc else -1 for d in ds], lambda: all(d.running for d in ds),
-                   lambda: "\n".join(d.log_tail() for d in ds)),
-            System("mirrorsite", "Mirrorsite", tuple(m.host for m in ms),
-                   lambda: [m.process.pid if m.process else -1 for m in ms],
-                   lambda: all(m.process is not None and m.process.poll() is None for m in ms),
-                   lambda: "\n".join(m.log_tail() for m in ms)),
+            System(
+                "distribution",
+                "Distribution (proxy)",
+                tuple(d.host for d in ds),
+                lambda: [d._proc.pid if d._proc else -1 for d in ds],
+                lambda: all(d.running for d in ds),
+                lambda: "\n".join(d.log_tail() for d in ds),
+            ),
+            System(
+                "mirrorsite",
+                "Mirrorsite",
+                tuple(m.host for m in ms),
+                lambda: [m.process.pid if m.process else -1 for m in ms],
+                lambda: all(m.process is not None and m.process.poll() is None for m in ms),
+                lambda: "\n".join(m.log_tail() for m in ms),
+            ),
         ]
 
     @property
@@ -151,13 +172,20 @@ def running_stack(mirror_env: dict[str, str] | None = None, keep: bool = False) 
         stack.callback(mirror.database.drop)
         stack.callback(mirror.stop)
         mirror.start()
-        yield Stack(workdir, upstream, [distribution], [mirror], Skopeo(_mkdir(workdir / "skopeo")),
-                    int(mirror_setting(mirror, "MIRROR_TAG_TTL")))
+        yield Stack(
+            workdir,
+            upstream,
+            [distribution],
+            [mirror],
+            Skopeo(_mkdir(workdir / "skopeo")),
+            int(mirror_setting(mirror, "MIRROR_TAG_TTL")),
+        )
 
 
 @contextlib.contextmanager
-def running_scaled_stack(database_url: str, redis_url: str, mirror_env: dict[str, str] | None = None,
-                         keep: bool = False, replicas: int = 2) -> Iterator[Stack]:
+def running_scaled_stack(
+    database_url: str, redis_url: str, mirror_env: dict[str, str] | None = None, keep: bool = False, replicas: int = 2
+) -> Iterator[Stack]:
     """The scaled setup: `replicas` Distribution proxies on one S3 bucket and `replicas`
     Mirrorsite processes on one database (`database_url`; a fresh one of that name prefix, or
     a shared SQLite file when it is not PostgreSQL), one Redis (`redis_url`, keys under a
@@ -165,14 +193,23 @@ def running_scaled_stack(database_url: str, redis_url: str, mirror_env: dict[str
     with _upstream_side(keep) as (stack, workdir, upstream):
         s3 = S3Server(_mkdir(workdir / "s3")).start()
         stack.callback(s3.stop)
-        distribution_storage = {"s3": {
-            "bucket": s3.create_bucket("distribution"), "region": REGION, "regionendpoint": s3.url,
-            "accesskey": ACCESS_KEY_ID, "secretkey": SECRET_ACCESS_KEY, "secure": False, "v4auth": True,
-            "rootdirectory": "/registry",
-        }}
+        distribution_storage = {
+            "s3": {
+                "bucket": s3.create_bucket("distribution"),
+                "region": REGION,
+                "regionendpoint": s3.url,
+                "accesskey": ACCESS_KEY_ID,
+                "secretkey": SECRET_ACCESS_KEY,
+                "secure": False,
+                "v4auth": True,
+                "rootdirectory": "/registry",
+            }
+        }
         distributions = []
         for i in range(replicas):
-            distributions.append(DistributionProxy(upstream, str(_mkdir(workdir / f"distribution-{i}")), distribution_storage))
+            distributions.append(
+                DistributionProxy(upstream, str(_mkdir(workdir / f"distribution-{i}")), distribution_storage)
+            )
             stack.callback(distributions[-1].stop)
             distributions[-1].start()
         run_id = uuid.uuid4().hex[:12]
@@ -197,8 +234,14 @@ def running_scaled_stack(database_url: str, redis_url: str, mirror_env: dict[str
             mirror.launch()
         for mirror in mirrors:
             mirror.wait_until_serving()
-        yield Stack(workdir, upstream, distributions, mirrors, Skopeo(_mkdir(workdir / "skopeo")),
-                    int(mirror_setting(mirrors[0], "MIRROR_TAG_TTL")))
+        yield Stack(
+            workdir,
+            upstream,
+            distributions,
+            mirrors,
+            Skopeo(_mkdir(workdir / "skopeo")),
+            int(mirror_setting(mirrors[0], "MIRROR_TAG_TTL")),
+        )
 
 
 @contextlib.contextmanager
@@ -210,28 +253,39 @@ def _upstream_side(keep: bool) -> Iterator[tuple[contextlib.ExitStack, Path, Ups
         if not keep:
             stack.callback(shutil.rmtree, workdir, True)
         token_server = TokenServer(
-            users={UPSTREAM_USER: UPSTREAM_PASSWORD}, issuer="mirrorsite-bench-token-issuer",
+            users={UPSTREAM_USER: UPSTREAM_PASSWORD},
+            issuer="mirrorsite-bench-token-issuer",
             workdir=str(_mkdir(workdir / "token")),
         ).start()
         stack.callback(token_server.stop)
         upstream = UpstreamRegistry(
-            token_server, username=UPSTREAM_USER, password=UPSTREAM_PASSWORD, service="bench-upstream",
+            token_server,
+            username=UPSTREAM_USER,
+            password=UPSTREAM_PASSWORD,
+            service="bench-upstream",
             workdir=str(_mkdir(workdir / "upstream")),
         ).start()
         stack.callback(upstream.stop)
         yield stack, workdir, upstream
 
 
-def _bench_mirror(data_dir: Path, upstream: UpstreamRegistry, env: dict[str, str] | None,
-                  database: ProcessDatabase | None = None) -> MirrorProcess:
+def _bench_mirror(
+    data_dir: Path, upstream: UpstreamRegistry, env: dict[str, str] | None, database: ProcessDatabase | None = None
+) -> MirrorProcess:
     """A Mirrorsite process (not started) with production defaults, not the e2e tests' settings."""
-    mirror = MirrorProcess(data_dir, upstream.url, username=upstream.username, password=upstream.password,
-                           database=database)
+    mirror = MirrorProcess(
+        data_dir, upstream.url, username=upstream.username, password=upstream.password, database=database
+    )
     # Drop inherited overrides; pull times are buffered as in production.
     for key in list(mirror.env):
         if key.startswith(_MIRROR_ENV_PREFIXES) and key not in (
-            "MIRROR_DATA_DIR", "REGISTRY_HTTP_ADDR", "REGISTRY_PROXY_REMOTEURL", "REGISTRY_PROXY_USERNAME",
-            "REGISTRY_PROXY_PASSWORD", "MIRROR_UPSTREAM_LIBRARY_PREFIX", "DJANGO_SETTINGS_MODULE",
+            "MIRROR_DATA_DIR",
+            "REGISTRY_HTTP_ADDR",
+            "REGISTRY_PROXY_REMOTEURL",
+            "REGISTRY_PROXY_USERNAME",
+            "REGISTRY_PROXY_PASSWORD",
+            "MIRROR_UPSTREAM_LIBRARY_PREFIX",
+            "DJANGO_SETTINGS_MODULE",
             "DATABASE_URL",  # the run's own (SQLite in the data directory, or a fresh PostgreSQL database)
             "DJANGO_SECRET_KEY",  # MirrorProcess's own: on PostgreSQL the mirror is a deployment and wants one
         ):

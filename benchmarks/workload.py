@@ -4,10 +4,11 @@ Every cold measurement gets its own image (own seed, so no blob is shared) per s
 round: both systems start cold on identical sizes, and neither profits from the other's pull.
 Only digests and sizes are kept; the bytes are dropped once pushed.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from benchmarks.params import MiB, Params
 from tests.support.images import build_image, push_built

@@ -6,6 +6,7 @@
 - Repositories and tags: the registry's admins, with the bytes each holds.
 - Upstream events: errors and digest mismatches, read-only.
 """
+
 from __future__ import annotations
 
 from django import forms
@@ -23,14 +24,26 @@ from registry.models import PrefetchJob, Repository, Tag
 from . import figures
 from .models import UpstreamEvent
 
-COMMON_PLATFORMS = ["linux/amd64", "linux/arm64", "linux/arm/v7", "linux/arm/v6", "linux/386", "linux/ppc64le", "linux/s390x", "linux/riscv64"]
+COMMON_PLATFORMS = [
+    "linux/amd64",
+    "linux/arm64",
+    "linux/arm/v7",
+    "linux/arm/v6",
+    "linux/386",
+    "linux/ppc64le",
+    "linux/s390x",
+    "linux/riscv64",
+]
 ADD_FIELDS = ["image", "platform_choices", "platform_list"]
 
 
 class PrefetchImageForm(PrefetchForm):
     platform_choices = forms.MultipleChoiceField(
-        label="Platforms", required=False, choices=[(p, p) for p in COMMON_PLATFORMS],
-        widget=forms.CheckboxSelectMultiple, help_text="None chosen, none typed below: every platform of the image.",
+        label="Platforms",
+        required=False,
+        choices=[(p, p) for p in COMMON_PLATFORMS],
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None chosen, none typed below: every platform of the image.",
     )
 
     def __init__(self, *args, **kwargs):

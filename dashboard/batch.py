@@ -5,6 +5,7 @@ the same batch goes to the database whichever way it travelled.
 Upstreams are named by their `Upstream.name`, or by URL where only the URL is known (the
 upstream client); the database writer resolves URLs to names.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -42,7 +43,7 @@ class CallStats:
         self.micros += int(seconds * 1_000_000)
         self.buckets[bucket_index(seconds)] += 1
 
-    def merge(self, other: "CallStats") -> None:
+    def merge(self, other: CallStats) -> None:
         self.count += other.count
         self.micros += other.micros
         self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
@@ -81,7 +82,7 @@ class Batch:
         else:
             self.events.append(event)
 
-    def merge(self, other: "Batch") -> None:
+    def merge(self, other: Batch) -> None:
         for key, counter in other.counters.items():
             self.counters.setdefault(key, Counter()).update(counter)
         for key, stats in other.calls.items():
@@ -113,7 +114,7 @@ class Batch:
         return [json.dumps(event) for event in self.events]
 
     @classmethod
-    def from_fields(cls, counters: dict, calls: dict, events: list, dropped_events: int = 0) -> "Batch":
+    def from_fields(cls, counters: dict, calls: dict, events: list, dropped_events: int = 0) -> Batch:
         """The inverse of the *_fields methods (Redis answers bytes; both are accepted)."""
         batch = cls(dropped_events=dropped_events)
         for raw, amount in counters.items():
@@ -131,4 +132,3 @@ class Batch:
         for item in events:
             batch.event(json.loads(item))
         return batch
-

@@ -3,11 +3,12 @@
 A chart is stacked bars (one stack per point) with optional lines over them, a value axis
 with four grid lines, a legend, and a tooltip (<title>) on every bar and point.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 import math
-from typing import Callable, Sequence
 
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe

@@ -8,11 +8,12 @@ Definitions (docs/dashboard.md repeats them):
   clients would have downloaded from the upstream without the mirror, less what the mirror
   downloaded itself (prefetches included).
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, date, datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Count, OuterRef, QuerySet, Subquery, Sum
@@ -20,7 +21,16 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from registry.models import (
-    AccountSwitch, Blob, GcRun, Manifest, ManifestReference, PrefetchJob, Repository, RepositoryBlob, Tag, Upstream,
+    AccountSwitch,
+    Blob,
+    GcRun,
+    Manifest,
+    ManifestReference,
+    PrefetchJob,
+    Repository,
+    RepositoryBlob,
+    Tag,
+    Upstream,
     UpstreamAccount,
 )
 
@@ -43,10 +53,10 @@ class Totals:
     bytes_from_upstream: int = 0
 
     @classmethod
-    def of(cls, row: dict) -> "Totals":
+    def of(cls, row: dict) -> Totals:
         return cls(**{name: int(row.get(name) or 0) for name in COUNTERS})
 
-    def add(self, other: "Totals") -> None:
+    def add(self, other: Totals) -> None:
         for name in COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
@@ -65,7 +75,9 @@ class Totals:
 
     def as_dict(self) -> dict:
         return {
-            **asdict(self), "hit_rate": self.hit_rate, "byte_hit_rate": self.byte_hit_rate,
+            **asdict(self),
+            "hit_rate": self.hit_rate,
+            "byte_hit_rate": self.byte_hit_rate,
             "bandwidth_saved": self.bandwidth_saved,
         }
 
@@ -92,7 +104,7 @@ def summary(now: datetime | None = None, **filters) -> dict[str, Totals]:
 def hourly_series(now: datetime | None = None, hours: int = 24, **filters) -> list[tuple[datetime, Totals]]:
     """One point per hour, oldest first, the current hour last."""
     now = now or timezone.now()
-    current = now.astimezone(dt_timezone.utc).replace(minute=0, second=0, microsecond=0)
+    current = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     starts = [current - timedelta(hours=hours - 1 - index) for index in range(hours)]
     rows = _filtered(HourlyStat.objects.filter(start__gte=starts[0]), filters).values("start").annotate(**_SUMS)
     by_start = {row["start"]: Totals.of(row) for row in rows}
@@ -101,15 +113,15 @@ def hourly_series(now: datetime | None = None, hours: int = 24, **filters) -> li
 
 def daily_series(now: datetime | None = None, days: int = 30, **filters) -> list[tuple[date, Totals]]:
     """One point per UTC day, oldest first, today last: daily buckets plus the hourly ones."""
-    today = (now or timezone.now()).astimezone(dt_timezone.utc).date()
+    today = (now or timezone.now()).astimezone(UTC).date()
     dates = [today - timedelta(days=days - 1 - index) for index in range(days)]
     by_day: dict[date, Totals] = defaultdict(Totals)
     for row in _filtered(DailyStat.objects.filter(day__gte=dates[0]), filters).values("day").annotate(**_SUMS):
         by_day[row["day"]].add(Totals.of(row))
-    first = datetime.combine(dates[0], datetime.min.time(), dt_timezone.utc)
+    first = datetime.combine(dates[0], datetime.min.time(), UTC)
     hourly = (
         _filtered(HourlyStat.objects.filter(start__gte=first), filters)
-        .annotate(day=TruncDate("start", tzinfo=dt_timezone.utc))
+        .annotate(day=TruncDate("start", tzinfo=UTC))
         .values("day")
         .annotate(**_SUMS)
     )
@@ -215,7 +227,7 @@ def image_sizes() -> list[ImageSize]:
     repositories = dict(Repository.objects.values_list("pk", "name"))
 
     images = []
-    for root, (repository_id, digest, size, pulled) in manifests.items():
+    for root, (repository_id, digest, _size, _pulled) in manifests.items():
         if root in has_parent:
             continue
         members = [root] + children.get(root, [])
@@ -232,10 +244,19 @@ def image_bytes(manifest_id: int) -> int:
     manifest = Manifest.objects.filter(pk=manifest_id).values("repository_id", "size").first()
     if manifest is None:
         return 0
-    children = ManifestReference.objects.filter(manifest_id=manifest_id, kind=ManifestReference.Kind.MANIFEST).values("digest")
-    members = [manifest_id, *Manifest.objects.filter(repository_id=manifest["repository_id"], digest__in=children).values_list("pk", flat=True)]
+    children = ManifestReference.objects.filter(manifest_id=manifest_id, kind=ManifestReference.Kind.MANIFEST).values(
+        "digest"
+    )
+    members = [
+        manifest_id,
+        *Manifest.objects.filter(repository_id=manifest["repository_id"], digest__in=children).values_list(
+            "pk", flat=True
+        ),
+    ]
     manifest_bytes = Manifest.objects.filter(pk__in=members).aggregate(total=Sum("size"))["total"] or 0
-    digests = ManifestReference.objects.filter(manifest_id__in=members, kind=ManifestReference.Kind.BLOB).values("digest")
+    digests = ManifestReference.objects.filter(manifest_id__in=members, kind=ManifestReference.Kind.BLOB).values(
+        "digest"
+    )
     return manifest_bytes + (Blob.objects.filter(digest__in=digests).aggregate(total=Sum("size"))["total"] or 0)
 
 
@@ -305,9 +326,22 @@ class AccountFigures:
 
 
 ACCOUNT_FIELDS = (
-    "upstream_id", "username", "enabled", "position", "ratelimit_limit", "ratelimit_remaining", "ratelimit_window",
-    "ratelimit_seen_at", "verification", "verification_message", "verified_at", "rejected_at", "cooldown_until",
-    "requests_made", "pulls_made", "last_used_at",
+    "upstream_id",
+    "username",
+    "enabled",
+    "position",
+    "ratelimit_limit",
+    "ratelimit_remaining",
+    "ratelimit_window",
+    "ratelimit_seen_at",
+    "verification",
+    "verification_message",
+    "verified_at",
+    "rejected_at",
+    "cooldown_until",
+    "requests_made",
+    "pulls_made",
+    "last_used_at",
 )
 
 
@@ -322,21 +356,36 @@ def accounts() -> list[AccountFigures]:
         switch = AccountSwitch.objects.filter(upstream=upstream).order_by("-at", "-pk").first()
         last_switch = (
             f"{switch.from_label or '-'} → {switch.to_label or '-'} ({switch.reason}), {switch.at:%Y-%m-%d %H:%M} UTC"
-            if switch else ""
+            if switch
+            else ""
         )
-        for account in UpstreamAccount.objects.filter(upstream=upstream).only(*ACCOUNT_FIELDS).order_by("position", "username"):
+        for account in (
+            UpstreamAccount.objects.filter(upstream=upstream).only(*ACCOUNT_FIELDS).order_by("position", "username")
+        ):
             result.append(
                 AccountFigures(
-                    id=account.pk, upstream=upstream.name, upstream_url=upstream.url, username=account.username,
-                    in_use=account.username == in_use, enabled=account.enabled,
-                    ratelimit_limit=account.ratelimit_limit, ratelimit_remaining=account.ratelimit_remaining,
-                    ratelimit_window=account.ratelimit_window, ratelimit_seen_at=account.ratelimit_seen_at,
-                    verification=account.verification, verification_message=account.verification_message,
-                    verified_at=account.verified_at, rejected_at=account.rejected_at,
-                    cooldown_until=account.cooldown_until, requests_made=account.requests_made,
-                    pulls_made=account.pulls_made, last_used_at=account.last_used_at,
-                    upstream_reachable=upstream.reachable, upstream_checked_at=upstream.checked_at,
-                    upstream_message=upstream.check_message, last_switch=last_switch,
+                    id=account.pk,
+                    upstream=upstream.name,
+                    upstream_url=upstream.url,
+                    username=account.username,
+                    in_use=account.username == in_use,
+                    enabled=account.enabled,
+                    ratelimit_limit=account.ratelimit_limit,
+                    ratelimit_remaining=account.ratelimit_remaining,
+                    ratelimit_window=account.ratelimit_window,
+                    ratelimit_seen_at=account.ratelimit_seen_at,
+                    verification=account.verification,
+                    verification_message=account.verification_message,
+                    verified_at=account.verified_at,
+                    rejected_at=account.rejected_at,
+                    cooldown_until=account.cooldown_until,
+                    requests_made=account.requests_made,
+                    pulls_made=account.pulls_made,
+                    last_used_at=account.last_used_at,
+                    upstream_reachable=upstream.reachable,
+                    upstream_checked_at=upstream.checked_at,
+                    upstream_message=upstream.check_message,
+                    last_switch=last_switch,
                 )
             )
     return sorted(result, key=lambda figures: not figures.in_use)

@@ -7,11 +7,12 @@ upstreams and their accounts, so they are served only to clients in MIRROR_MONIT
 MIRROR_METRICS_TOKEN set, only to a client presenting `Authorization: Bearer <token>`, from
 wherever it is.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 import json
-from typing import Iterator
 
 from django.conf import settings
 from django.db.models import Count, Sum
@@ -20,8 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from access.networks import monitoring_admitted, presents_metrics_token
-from registry.storage.blobstore import default_store
 from registry.models import Blob, GcRun, Manifest, Repository, Upstream, UpstreamAccount
+from registry.storage.blobstore import default_store
 
 from .batch import LATENCY_BUCKETS
 from .models import TotalStat, UpstreamCalls
@@ -74,9 +75,12 @@ def _request_counters() -> Iterator[Metric]:
 
 
 def _upstream_calls() -> Iterator[Metric]:
-    requests = CounterMetricFamily("mirrorsite_upstream_requests", "Requests to upstreams, by answer", labels=["upstream", "status"])
+    requests = CounterMetricFamily(
+        "mirrorsite_upstream_requests", "Requests to upstreams, by answer", labels=["upstream", "status"]
+    )
     latency = HistogramMetricFamily(
-        "mirrorsite_upstream_request_duration_seconds", "Upstream latency until the answer's headers",
+        "mirrorsite_upstream_request_duration_seconds",
+        "Upstream latency until the answer's headers",
         labels=["upstream", "status"],
     )
     merged: dict[tuple[str, str], list] = defaultdict(lambda: [0, 0.0, [0] * (len(LATENCY_BUCKETS) + 1)])
@@ -99,10 +103,13 @@ def _upstream_calls() -> Iterator[Metric]:
 
 def _upstream_gauges() -> Iterator[Metric]:
     remaining = GaugeMetricFamily(
-        "mirrorsite_upstream_ratelimit_remaining", "Pulls left in the window, as the upstream last said",
+        "mirrorsite_upstream_ratelimit_remaining",
+        "Pulls left in the window, as the upstream last said",
         labels=["upstream", "account"],
     )
-    limit = GaugeMetricFamily("mirrorsite_upstream_ratelimit_limit", "Pulls allowed per window", labels=["upstream", "account"])
+    limit = GaugeMetricFamily(
+        "mirrorsite_upstream_ratelimit_limit", "Pulls allowed per window", labels=["upstream", "account"]
+    )
     for name, username, left, allowed in UpstreamAccount.objects.values_list(
         "upstream__name", "username", "ratelimit_remaining", "ratelimit_limit"
     ):
@@ -110,7 +117,9 @@ def _upstream_gauges() -> Iterator[Metric]:
             remaining.add_metric([name, username], left)
         if allowed is not None:
             limit.add_metric([name, username], allowed)
-    up = GaugeMetricFamily("mirrorsite_upstream_up", "1 when the upstream answered when last asked", labels=["upstream"])
+    up = GaugeMetricFamily(
+        "mirrorsite_upstream_up", "1 when the upstream answered when last asked", labels=["upstream"]
+    )
     for name, reachable in Upstream.objects.filter(reachable__isnull=False).values_list("name", "reachable"):
         up.add_metric([name], 1 if reachable else 0)
     yield from (remaining, limit, up)
@@ -122,8 +131,12 @@ def _cache_gauges() -> Iterator[Metric]:
     yield GaugeMetricFamily("mirrorsite_cache_blobs", "Blobs stored", value=blobs["count"])
     yield GaugeMetricFamily("mirrorsite_cache_manifests", "Manifests cached", value=Manifest.objects.count())
     yield GaugeMetricFamily("mirrorsite_cache_repositories", "Repositories cached", value=Repository.objects.count())
-    yield GaugeMetricFamily("mirrorsite_cache_quota_bytes", "MIRROR_CACHE_MAX_BYTES (0: none)", value=settings.MIRROR_CACHE_MAX_BYTES)
-    yield GaugeMetricFamily("mirrorsite_fills_in_progress", "Blob downloads from the upstream under way", value=fills_in_progress())
+    yield GaugeMetricFamily(
+        "mirrorsite_cache_quota_bytes", "MIRROR_CACHE_MAX_BYTES (0: none)", value=settings.MIRROR_CACHE_MAX_BYTES
+    )
+    yield GaugeMetricFamily(
+        "mirrorsite_fills_in_progress", "Blob downloads from the upstream under way", value=fills_in_progress()
+    )
 
 
 def fills_in_progress() -> int:
@@ -140,12 +153,19 @@ def fills_in_progress() -> int:
 
 def _gc_counters() -> Iterator[Metric]:
     runs = GcRun.objects.aggregate(
-        runs=Count("pk"), manifests=Sum("manifests_deleted"), blobs=Sum("blobs_deleted"),
-        freed=Sum("bytes_freed"), temp=Sum("temp_bytes_freed"),
+        runs=Count("pk"),
+        manifests=Sum("manifests_deleted"),
+        blobs=Sum("blobs_deleted"),
+        freed=Sum("bytes_freed"),
+        temp=Sum("temp_bytes_freed"),
     )
     yield CounterMetricFamily("mirrorsite_gc_runs", "Garbage collections and evictions run", value=runs["runs"])
     yield CounterMetricFamily("mirrorsite_evicted_manifests", "Manifests evicted", value=int(runs["manifests"] or 0))
-    yield CounterMetricFamily("mirrorsite_evicted_blobs", "Blobs deleted by garbage collection", value=int(runs["blobs"] or 0))
     yield CounterMetricFamily(
-        "mirrorsite_gc_freed_bytes", "Bytes freed by garbage collection", value=int(runs["freed"] or 0) + int(runs["temp"] or 0)
+        "mirrorsite_evicted_blobs", "Blobs deleted by garbage collection", value=int(runs["blobs"] or 0)
+    )
+    yield CounterMetricFamily(
+        "mirrorsite_gc_freed_bytes",
+        "Bytes freed by garbage collection",
+        value=int(runs["freed"] or 0) + int(runs["temp"] or 0),
     )

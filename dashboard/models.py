@@ -5,6 +5,7 @@ buckets; hourly buckets older than MIRROR_STATS_HOURLY_DAYS are moved into daily
 figure over any window is the sum of both tables (a row is in one or the other, never both).
 Repositories and upstreams are kept by name: statistics outlive the cached content.
 """
+
 from __future__ import annotations
 
 from django.db import models
@@ -41,7 +42,9 @@ class Counters(models.Model):
     errors = models.PositiveBigIntegerField(default=0, help_text="Answered with an error status")
     pulls = models.PositiveBigIntegerField(default=0, help_text="Manifest requests by tag")
     bytes_served = models.PositiveBigIntegerField(default=0, help_text="Body bytes sent to clients")
-    bytes_from_cache = models.PositiveBigIntegerField(default=0, help_text="Of bytes served, those of hits and stale serves")
+    bytes_from_cache = models.PositiveBigIntegerField(
+        default=0, help_text="Of bytes served, those of hits and stale serves"
+    )
     bytes_from_upstream = models.PositiveBigIntegerField(default=0, help_text="Bytes downloaded from the upstream")
 
     class Meta:
@@ -53,7 +56,9 @@ class HourlyStat(Counters):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["start", "upstream", "repository", "account", "kind"], name="unique_hourly_stat")
+            models.UniqueConstraint(
+                fields=["start", "upstream", "repository", "account", "kind"], name="unique_hourly_stat"
+            )
         ]
         indexes = [models.Index(fields=["start"])]
 
@@ -63,7 +68,9 @@ class DailyStat(Counters):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["day", "upstream", "repository", "account", "kind"], name="unique_daily_stat")
+            models.UniqueConstraint(
+                fields=["day", "upstream", "repository", "account", "kind"], name="unique_daily_stat"
+            )
         ]
         indexes = [models.Index(fields=["day"])]
 

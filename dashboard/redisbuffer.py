@@ -6,6 +6,7 @@ drain whose database write fails pushes the counts back. Only flush threads and 
 talk to Redis, never a request, through the process's client (registry.redisclients: short
 timeouts; while Redis is known down it is not asked).
 """
+
 from __future__ import annotations
 
 from django.conf import settings

@@ -14,8 +14,10 @@ What the pull path tells:
   is about, and that it had to fetch content from the upstream (with the bytes downloaded);
 - `upstream_call(...)` comes from the upstream client: every request, its answer and latency.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 import functools
@@ -23,7 +25,7 @@ import json
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -89,13 +91,17 @@ def _count(upstream: str, repository: str, account: str, kind: str, **amounts: i
 
 def _event(kind: str, message: str, *, upstream: str = "", account: str = "", repository: str = "") -> None:
     event = {
-        "at": time.time(), "kind": kind, "upstream": upstream, "account": account,
-        "repository": repository, "message": message[:500],
+        "at": time.time(),
+        "kind": kind,
+        "upstream": upstream,
+        "account": account,
+        "repository": repository,
+        "message": message[:500],
     }
     _apply(lambda batch: batch.event(event))
 
 
-def account_in_use(upstream: "Upstream") -> str:
+def account_in_use(upstream: Upstream) -> str:
     """The username the mirror pulls from this upstream with ("" is anonymous)."""
     try:
         from registry.proxy.cache import upstream_client
@@ -110,7 +116,7 @@ def account_in_use(upstream: "Upstream") -> str:
 @dataclass
 class _Request:
     kind: str
-    upstream: "Upstream | None" = None
+    upstream: Upstream | None = None
     repository: str = ""
     used_upstream: bool = False
 
@@ -124,7 +130,7 @@ def current() -> _Request | None:
 
 
 @_never_raises
-def target(upstream: "Upstream", repository: str) -> None:
+def target(upstream: Upstream, repository: str) -> None:
     """The request being answered is about this repository of this upstream."""
     state = _current.get()
     if state is not None:
@@ -132,7 +138,7 @@ def target(upstream: "Upstream", repository: str) -> None:
 
 
 @_never_raises
-def upstream_used(upstream: "Upstream", repository: str, kind: str, downloaded: int = 0) -> None:
+def upstream_used(upstream: Upstream, repository: str, kind: str, downloaded: int = 0) -> None:
     """Content was fetched from the upstream (a manifest GET, a blob fill, a blob HEAD for a
     blob not cached): the request being answered, if any, is a miss."""
     state = _current.get()
@@ -203,8 +209,12 @@ def _finish(state: _Request, request: HttpRequest, kwargs: dict, response: HttpR
     sent = 0 if request.method == "HEAD" else _body_size(request, kwargs, response)
     by_tag = state.kind == MANIFEST and ":" not in kwargs.get("reference", ":")
     _count(
-        **where, requests=1, **{outcome: 1}, bytes_served=sent,
-        bytes_from_cache=sent if outcome != "misses" else 0, pulls=1 if by_tag else 0,
+        **where,
+        requests=1,
+        **{outcome: 1},
+        bytes_served=sent,
+        bytes_from_cache=sent if outcome != "misses" else 0,
+        pulls=1 if by_tag else 0,
     )
 
 
@@ -247,7 +257,13 @@ def _bad_upstream_content(where: dict, response: HttpResponse) -> None:
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         code, message = "", "the upstream sent unusable content"
     kind = "digest_mismatch" if code in MISMATCH_CODES and "match" in message else "upstream_error"
-    _event(kind, f"{where['repository']}: {message}", upstream=where["upstream"], account=where["account"], repository=where["repository"])
+    _event(
+        kind,
+        f"{where['repository']}: {message}",
+        upstream=where["upstream"],
+        account=where["account"],
+        repository=where["repository"],
+    )
 
 
 class _CountingStream:
@@ -260,7 +276,7 @@ class _CountingStream:
         self._sent = 0
         self._done = False
 
-    def __iter__(self) -> "_CountingStream":
+    def __iter__(self) -> _CountingStream:
         return self
 
     def __next__(self) -> bytes:
@@ -291,7 +307,13 @@ class _CountingStream:
 
         kind = "digest_mismatch" if isinstance(error, UpstreamDigestMismatch) else "upstream_error"
         message = getattr(error, "message", None) or type(error).__name__
-        _event(kind, f"{where['repository']}: {message}", upstream=where["upstream"], account=where["account"], repository=where["repository"])
+        _event(
+            kind,
+            f"{where['repository']}: {message}",
+            upstream=where["upstream"],
+            account=where["account"],
+            repository=where["repository"],
+        )
 
 
 # --- flushing ------------------------------------------------------------------------------------
@@ -339,16 +361,24 @@ flushing.register("statistics", flush, "MIRROR_STATS_FLUSH_INTERVAL")  # server 
 
 
 # --- receivers of registry's signals (connected in DashboardConfig.ready) --------------------------
-def on_repository_targeted(sender, *, upstream: "Upstream", repository: str, **_) -> None:
+def on_repository_targeted(sender, *, upstream: Upstream, repository: str, **_) -> None:
     target(upstream, repository)
 
 
-def on_upstream_fetched(sender, *, upstream: "Upstream", repository: str, kind: str, downloaded: int, **_) -> None:
+def on_upstream_fetched(sender, *, upstream: Upstream, repository: str, kind: str, downloaded: int, **_) -> None:
     upstream_used(upstream, repository, kind, downloaded)
 
 
 def on_upstream_called(
-    sender, *, upstream_url: str, account: str, method: str, url: str, status: int | None, seconds: float,
-    error: str, **_,
+    sender,
+    *,
+    upstream_url: str,
+    account: str,
+    method: str,
+    url: str,
+    status: int | None,
+    seconds: float,
+    error: str,
+    **_,
 ) -> None:
     upstream_call(upstream_url, account, method, url, status, seconds, error)

@@ -5,10 +5,11 @@ A batch is written in one transaction, so a failed write leaves nothing half-add
 batch can be sent again. Counters are added with UPDATE … SET n = n + k: any number of
 processes may write at once.
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from datetime import date, datetime, time, timedelta, timezone as dt_timezone
+from datetime import UTC, date, datetime, time, timedelta
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -18,7 +19,7 @@ from django.utils import timezone
 
 from registry.models import Upstream
 
-from .batch import Batch, CallKey, CallStats, LATENCY_BUCKETS
+from .batch import LATENCY_BUCKETS, Batch, CallKey, CallStats
 from .models import COUNTERS, DailyStat, HourlyStat, TotalStat, UpstreamCalls, UpstreamEvent
 
 EVENTS_KEPT = 1000
@@ -35,7 +36,7 @@ def write(batch: Batch) -> None:
             if not amounts:
                 continue
             upstream = _name(key.upstream, names)
-            start = datetime.fromtimestamp(key.hour, dt_timezone.utc)
+            start = datetime.fromtimestamp(key.hour, UTC)
             lookup = {"upstream": upstream, "repository": key.repository, "account": key.account, "kind": key.kind}
             _add(HourlyStat, {"start": start, **lookup}, amounts)
             totals[(upstream, key.account, key.kind)].update(amounts)
@@ -71,7 +72,7 @@ def _add_calls(key: CallKey, stats: CallStats) -> None:
 def _add_events(batch: Batch, names: dict[str, str]) -> None:
     rows = [
         UpstreamEvent(
-            at=datetime.fromtimestamp(float(event.get("at", 0)), dt_timezone.utc),
+            at=datetime.fromtimestamp(float(event.get("at", 0)), UTC),
             kind=event.get("kind", UpstreamEvent.Kind.UPSTREAM_ERROR),
             upstream=_name(str(event.get("upstream", "")), names),
             account=str(event.get("account", ""))[:200],
@@ -83,7 +84,8 @@ def _add_events(batch: Batch, names: dict[str, str]) -> None:
     if batch.dropped_events:
         rows.append(
             UpstreamEvent(
-                at=timezone.now(), kind=UpstreamEvent.Kind.UPSTREAM_ERROR,
+                at=timezone.now(),
+                kind=UpstreamEvent.Kind.UPSTREAM_ERROR,
                 message=f"{batch.dropped_events} more events like these were not kept",
             )
         )
@@ -107,12 +109,14 @@ def roll_up(now: datetime | None = None) -> int:
     number of hourly rows moved. A row is moved (added, then deleted) in one transaction, so it
     is counted once whether a figure reads it as hourly or as daily."""
     now = now or timezone.now()
-    cutoff = datetime.combine(now.date() - timedelta(days=settings.MIRROR_STATS_HOURLY_DAYS), time.min, dt_timezone.utc)
+    cutoff = datetime.combine(now.date() - timedelta(days=settings.MIRROR_STATS_HOURLY_DAYS), time.min, UTC)
     moved = 0
     for day in _days_before(cutoff):
-        start = datetime.combine(day, time.min, dt_timezone.utc)
+        start = datetime.combine(day, time.min, UTC)
         with transaction.atomic():
-            rows = list(HourlyStat.objects.select_for_update().filter(start__gte=start, start__lt=start + timedelta(days=1)))
+            rows = list(
+                HourlyStat.objects.select_for_update().filter(start__gte=start, start__lt=start + timedelta(days=1))
+            )
             sums: dict[tuple, Counter[str]] = defaultdict(Counter)
             for row in rows:
                 sums[(row.upstream, row.repository, row.account, row.kind)].update(
@@ -132,7 +136,7 @@ def _days_before(cutoff: datetime) -> list[date]:
     first = HourlyStat.objects.filter(start__lt=cutoff).order_by("start").values_list("start", flat=True).first()
     if first is None:
         return []
-    days, day = [], first.astimezone(dt_timezone.utc).date()
+    days, day = [], first.astimezone(UTC).date()
     while day < cutoff.date():
         days.append(day)
         day += timedelta(days=1)

@@ -3,6 +3,7 @@
 Worker processes flush their own recorded statistics from a thread (started when the process
 starts) and once more when they stop (mirrorsite.celery).
 """
+
 from __future__ import annotations
 
 from celery import shared_task

@@ -3,10 +3,12 @@
 Staff only: the view is wrapped by the admin site's own login check. Everything on it is read
 at request time from the statistics tables and the cache's models; charts are SVG drawn here.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from django.contrib import admin
 from django.http import HttpRequest
@@ -30,7 +32,11 @@ def index(request: HttpRequest) -> TemplateResponse:
         **admin.site.each_context(request),
         "title": "Dashboard",
         "now": now,
-        "windows": [("Last 24 hours", windows["24h"]), ("Last 7 days", windows["7d"]), ("Last 30 days", windows["30d"])],
+        "windows": [
+            ("Last 24 hours", windows["24h"]),
+            ("Last 7 days", windows["7d"]),
+            ("Last 30 days", windows["30d"]),
+        ],
         "day": windows["24h"],
         "charts": [
             ("Requests, hourly (last 24 hours)", _requests_chart(hourly, _hour_label)),

@@ -7,6 +7,7 @@ the user name's count.
 The address is the real client's (MIRROR_TRUSTED_PROXIES), so a forged X-Forwarded-For cannot
 spread guesses over made-up addresses.
 """
+
 from __future__ import annotations
 
 import logging

@@ -5,6 +5,7 @@ workers publish, the embedded worker consumes): a message is written under a sta
 and renamed into the queue folder, so a consumer never reads half a message, and a consumer
 claims one by renaming it, so exactly one consumer gets it.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The Celery application: workers run what nobody is waiting for."""
+
 import os
 
 from celery import Celery

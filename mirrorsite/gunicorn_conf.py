@@ -6,6 +6,7 @@ thread only waits on the socket; misses are filled by a thread and followed by t
 With REGISTRY_HTTP_TLS_CERTIFICATE and REGISTRY_HTTP_TLS_KEY the server speaks HTTPS itself
 (Distribution's names), at the cost of sendfile: TLS bytes go through Python.
 """
+
 import os
 
 bind = [os.environ.get("REGISTRY_HTTP_ADDR", "0.0.0.0:5000")]

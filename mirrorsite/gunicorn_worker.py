@@ -23,6 +23,7 @@ with `tls-verify=false` try HTTPS first and fall back to HTTP only when that fai
 Distribution), instead of waiting for their handshake timeout. When the server speaks TLS
 itself, the handshake is also made in the event loop.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict, deque
@@ -33,7 +34,8 @@ import ssl
 import time
 from urllib.parse import urlsplit
 
-from gunicorn import http, sock as gunicorn_sock, util
+from gunicorn import http, util
+from gunicorn import sock as gunicorn_sock
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 TLS_HANDSHAKE_RECORD = 0x16
@@ -149,7 +151,9 @@ class MirrorWorker(ThreadWorker):
         if self.ssl_context is not None:
             try:
                 conn.sock = self.ssl_context.wrap_socket(
-                    sock, server_side=True, do_handshake_on_connect=False,
+                    sock,
+                    server_side=True,
+                    do_handshake_on_connect=False,
                     suppress_ragged_eofs=self.cfg.suppress_ragged_eofs,
                 )
             except (OSError, ValueError):
@@ -217,7 +221,9 @@ class MirrorWorker(ThreadWorker):
                 return None
             except ssl.SSLWantWriteError:  # rare: the socket's send buffer is full
                 with self._lock:
-                    self.poller.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, partial(self._on_request_bytes, conn))
+                    self.poller.modify(
+                        sock, selectors.EVENT_READ | selectors.EVENT_WRITE, partial(self._on_request_bytes, conn)
+                    )
                 return None
             conn.handshaken = True
             with self._lock:
@@ -286,5 +292,7 @@ class MirrorWorker(ThreadWorker):
                 self.reading.popleft()
                 if conn.deadline != deadline:
                     continue  # stale
-            self.log.debug("closing a connection from %s: no complete request headers in %ss", conn.client, self.header_timeout)
+            self.log.debug(
+                "closing a connection from %s: no complete request headers in %ss", conn.client, self.header_timeout
+            )
             self._drop(conn)

@@ -6,7 +6,8 @@ one loopback and the private ranges: where load balancers, orchestrators and scr
 presenting the MIRROR_METRICS_TOKEN; others get 403. It never names an account (an account is
 its id).
 """
-from datetime import datetime, timezone
+
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -15,10 +16,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 import redis
 
 from access.networks import monitoring_admitted
-from registry.storage.blobstore import StorageUnavailable, default_store
-from registry.models import Upstream
-
 from registry import redisclients
+from registry.models import Upstream
+from registry.storage.blobstore import StorageUnavailable, default_store
 
 # Reported, never a reason to be unready: statistics wait in memory for their Redis; without
 # REDIS_URL's Redis the replica still serves (single flight on this machine's file locks, its
@@ -98,7 +98,7 @@ def _fallbacks(checks: dict[str, str]) -> dict[str, str]:
     if not checks.get("redis", "").startswith("error"):
         return {}
     since = redisclients.breaker(settings.REDIS_URL).health().down_since
-    when = f" since {datetime.fromtimestamp(since, timezone.utc).isoformat(timespec='seconds')}" if since else ""
+    when = f" since {datetime.fromtimestamp(since, UTC).isoformat(timespec='seconds')}" if since else ""
     return {
         "locks": f"single flight on this machine's file locks (Redis unavailable{when})",
         "upstream_tokens": "kept by each process, not shared",

@@ -4,9 +4,10 @@ No name, tag, filter or search term contains one, and PostgreSQL cannot even com
 that does (the query would fail with a 500). A 400 in the format of the part of the site asked:
 registry JSON on /v2/, `{"detail": ...}` elsewhere (the REST API's own error shape).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 

@@ -4,6 +4,7 @@ The embedded default (no environment at all) is a complete mirror of Docker Hub 
 everything (SQLite database, blobs, temporary files, generated secret key) under
 MIRROR_DATA_DIR. docs/configuration.md lists every variable.
 """
+
 import os
 from pathlib import Path
 import secrets
@@ -84,11 +85,7 @@ TEMPLATES = [
 # PostgreSQL: seconds a statement may run before the server cancels it (0 = no limit). Sent as a
 # connection option; set 0 behind a pooler that refuses startup options (PgBouncer).
 MIRROR_DATABASE_STATEMENT_TIMEOUT = env.float("MIRROR_DATABASE_STATEMENT_TIMEOUT", default=60.0)
-DATABASES = {
-    "default": env.db_url(
-        "DATABASE_URL", default=f"sqlite:///{MIRROR_DATA_DIR / 'db.sqlite3'}"
-    )
-}
+DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{MIRROR_DATA_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Tests run fills in threads beside the test: a file (not shared-cache memory) lets
     # them use the same WAL and busy-timeout rules as production.
@@ -106,7 +103,12 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # connect_timeout; TCP keepalives notice a server whose machine or network went away.
     _postgres = DATABASES["default"].setdefault("OPTIONS", {})
     _postgres.setdefault("connect_timeout", 5)
-    for _name, _value in (("keepalives", 1), ("keepalives_idle", 30), ("keepalives_interval", 10), ("keepalives_count", 3)):
+    for _name, _value in (
+        ("keepalives", 1),
+        ("keepalives_idle", 30),
+        ("keepalives_interval", 10),
+        ("keepalives_count", 3),
+    ):
         _postgres.setdefault(_name, _value)
     if MIRROR_DATABASE_STATEMENT_TIMEOUT > 0 and "options" not in _postgres:
         # The server cancels a statement running longer (a lock wait, a runaway query).
@@ -405,7 +407,8 @@ SPECTACULAR_SETTINGS = {
 # buckets are rolled up every hour.
 if MIRROR_STATS_REDIS_URL:
     CELERY_BEAT_SCHEDULE["flush-statistics"] = {
-        "task": "dashboard.flush_stats", "schedule": float(MIRROR_STATS_FLUSH_INTERVAL or 60)
+        "task": "dashboard.flush_stats",
+        "schedule": float(MIRROR_STATS_FLUSH_INTERVAL or 60),
     }
 CELERY_BEAT_SCHEDULE["roll-up-statistics"] = {"task": "dashboard.roll_up_stats", "schedule": 3600.0}
 
@@ -479,15 +482,19 @@ CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
     # The REST API's throttles (access/apiauth.py): shared through Redis when configured.
     "api-throttle": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
-         "KEY_PREFIX": MIRROR_REDIS_KEY_PREFIX + "api-throttle",
-         # The timeouts of every Redis client (registry/redisclients.py): an API call never hangs.
-         "OPTIONS": {"socket_timeout": MIRROR_REDIS_TIMEOUT, "socket_connect_timeout": MIRROR_REDIS_TIMEOUT}}
-        if REDIS_URL else
-        {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "api-throttle"}
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": MIRROR_REDIS_KEY_PREFIX + "api-throttle",
+            # The timeouts of every Redis client (registry/redisclients.py): an API call never hangs.
+            "OPTIONS": {"socket_timeout": MIRROR_REDIS_TIMEOUT, "socket_connect_timeout": MIRROR_REDIS_TIMEOUT},
+        }
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "api-throttle"}
     ),
 }
 # The API's schema documents the error answers of every operation too (fuzzed against it).
 SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
-    "drf_spectacular.hooks.postprocess_schema_enums", "dashboard.api.errorschema.document_error_answers",
+    "drf_spectacular.hooks.postprocess_schema_enums",
+    "dashboard.api.errorschema.document_error_answers",
 ]

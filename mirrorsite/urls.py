@@ -3,12 +3,13 @@ from django.urls import include, path, re_path
 
 from access import views as access_views
 from audit.recorder import recorded, recorded_blob
-from dashboard import metrics as dashboard_metrics, stats, views as dashboard_views
+from dashboard import metrics as dashboard_metrics
+from dashboard import stats
+from dashboard import views as dashboard_views
 from registry import signals
 from registry.api import views as registry_views
 
-from . import health
-from . import adminlogin
+from . import adminlogin, health
 
 # Repository names contain slashes, so they are matched loosely here and validated
 # against the OCI grammar in the views (a bad name is NAME_INVALID, not a 404). `[\s\S]`, not

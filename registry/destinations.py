@@ -15,13 +15,14 @@ host it merely names (in a redirect's Location, in a challenge's realm) is not:
   Ports do not matter: the host is the unit of trust (Distribution's token service often
   listens on another port of the registry's host).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 import ipaddress
 import re
 import socket
-from typing import Iterable
 from urllib.parse import SplitResult, urljoin, urlsplit
 
 from requests.adapters import HTTPAdapter
@@ -49,7 +50,9 @@ def address_class(address: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
     for kind, test in (
-        ("loopback", ip.is_loopback), ("link-local", ip.is_link_local), ("unspecified", ip.is_unspecified),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("unspecified", ip.is_unspecified),
         ("multicast", ip.is_multicast),
     ):
         if test:
@@ -79,7 +82,7 @@ def valid_url(url: str) -> SplitResult | None:
         return None
     try:
         parts = urlsplit(url)
-        parts.port  # a malformed port raises here
+        _ = parts.port  # a malformed port raises here
     except ValueError:
         return None
     if parts.scheme not in ("http", "https") or not _host(parts) or parts.username is not None:
@@ -95,7 +98,7 @@ class Destinations:
     realm_hosts: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, upstream_url: str, realm_hosts: Iterable[str] = ()) -> "Destinations":
+    def of(cls, upstream_url: str, realm_hosts: Iterable[str] = ()) -> Destinations:
         return cls(upstream_url, frozenset(host.rstrip(".").lower() for host in realm_hosts if host))
 
     @property
@@ -157,7 +160,9 @@ class Destinations:
         if host == self.home:
             if parts.scheme == "https" or upstream.scheme == "http":
                 return None
-            return f"the upstream's token realm on {host} is plain HTTP while the upstream is HTTPS; no credentials sent"
+            return (
+                f"the upstream's token realm on {host} is plain HTTP while the upstream is HTTPS; no credentials sent"
+            )
         if host in self.realm_hosts:
             if parts.scheme == "https":
                 return None

@@ -7,14 +7,15 @@ thread per buffer flushes it every interval. They call `flush_all()` as they exi
 stop loses nothing and a crash at most one interval. A flush must keep (or drop, and log)
 what it cannot write; a failing flush is logged here and never stops the thread.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 import logging
 import os
 import threading
 import time
-from typing import Callable
 
 from django.conf import settings
 from django.db import close_old_connections

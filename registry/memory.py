@@ -6,18 +6,20 @@ the cache meanwhile). Tags are kept only for what is left of their TTL, so a pro
 longer than the database would let it. Every process has its own memory; nothing here is
 needed for correctness, only for speed.
 """
+
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 import threading
 import time
-from typing import Generic, Hashable, TypeVar
+from typing import Generic, TypeVar
 
 from cachetools import LRUCache
 
 T = TypeVar("T")
 
-_all_memories: list["AnswerMemory"] = []
+_all_memories: list[AnswerMemory] = []
 
 
 @dataclass(frozen=True)

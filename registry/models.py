@@ -3,6 +3,7 @@
 Bytes of blobs live in the blob store (content-addressed files); manifests are small and
 their bytes are kept here, byte for byte, so a manifest hit is one query.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -52,7 +53,7 @@ class Managed(models.TextChoices):
 
 
 class UpstreamManager(models.Manager["Upstream"]):
-    def default(self) -> "Upstream":
+    def default(self) -> Upstream:
         """The upstream unprefixed requests go to: the one at REGISTRY_PROXY_REMOTEURL.
 
         Looked up by URL, so pointing the mirror at another registry starts a separate cache
@@ -75,7 +76,10 @@ class UpstreamManager(models.Manager["Upstream"]):
                     )
             except IntegrityError:  # another process created it first
                 upstream = self.get(url=url)
-        elif upstream.managed_by != Managed.FILE and (upstream.library_prefix, upstream.hosts) != (library_prefix, hosts):
+        elif upstream.managed_by != Managed.FILE and (upstream.library_prefix, upstream.hosts) != (
+            library_prefix,
+            hosts,
+        ):
             # The file, when it names this URL, says these itself.
             upstream.library_prefix, upstream.hosts = library_prefix, hosts
             upstream.save(update_fields=["library_prefix", "hosts"])
@@ -83,7 +87,7 @@ class UpstreamManager(models.Manager["Upstream"]):
         return upstream
 
 
-def _seed_environment_account(upstream: "Upstream") -> None:
+def _seed_environment_account(upstream: Upstream) -> None:
     """The account of REGISTRY_PROXY_USERNAME/PASSWORD, first in line; without one, the
     anonymous account, unless the upstream has accounts of its own (file or admin)."""
     from registry import secrets
@@ -97,7 +101,10 @@ def _seed_environment_account(upstream: "Upstream") -> None:
             try:
                 with transaction.atomic():
                     keep = UpstreamAccount.objects.create(
-                        upstream=upstream, username=username, position=0, managed_by=Managed.ENVIRONMENT,
+                        upstream=upstream,
+                        username=username,
+                        position=0,
+                        managed_by=Managed.ENVIRONMENT,
                         secret=secrets.encrypt(password) if username else "",
                     )
             except IntegrityError:  # another process created it first
@@ -106,7 +113,11 @@ def _seed_environment_account(upstream: "Upstream") -> None:
             keep.managed_by = Managed.ENVIRONMENT
             keep.set_secret(password)
             keep.save(update_fields=["managed_by", "secret", "rejected_at"])
-    stale = [account.pk for account in accounts.filter(managed_by=Managed.ENVIRONMENT) if keep is None or account.pk != keep.pk]
+    stale = [
+        account.pk
+        for account in accounts.filter(managed_by=Managed.ENVIRONMENT)
+        if keep is None or account.pk != keep.pk
+    ]
     if stale:  # REGISTRY_PROXY_USERNAME changed: its old account goes
         UpstreamAccount.objects.filter(pk__in=stale).delete()
 
@@ -121,11 +132,13 @@ class Upstream(models.Model):
     name = models.SlugField(max_length=64, unique=True)
     url = models.URLField(max_length=500, unique=True, help_text="Base URL, e.g. https://registry-1.docker.io")
     hosts = models.CharField(
-        max_length=500, blank=True,
+        max_length=500,
+        blank=True,
         help_text="Registry host names it answers for, comma-separated (containerd's ?ns=, e.g. docker.io, ghcr.io)",
     )
     alias = models.CharField(
-        max_length=64, blank=True,
+        max_length=64,
+        blank=True,
         help_text="Path prefix that selects it: /v2/<alias>/<repository>/... (e.g. ghcr); empty for none",
     )
     library_prefix = models.BooleanField(
@@ -136,30 +149,49 @@ class Upstream(models.Model):
     )
     stale_policy = models.CharField(max_length=10, choices=StalePolicy.choices, default=StalePolicy.SERVE)
     max_staleness = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Seconds since the last revalidation a tag may be served stale; empty: MIRROR_TAG_MAX_STALENESS"
+        null=True,
+        blank=True,
+        help_text="Seconds since the last revalidation a tag may be served stale; empty: MIRROR_TAG_MAX_STALENESS",
     )
     allow_repositories = models.TextField(
-        blank=True, help_text="Patterns (library/*, myorg/*), one per line: only matching repositories; empty allows all"
+        blank=True,
+        help_text="Patterns (library/*, myorg/*), one per line: only matching repositories; empty allows all",
     )
-    deny_repositories = models.TextField(blank=True, help_text="Patterns, one per line: never these repositories (wins over allow)")
+    deny_repositories = models.TextField(
+        blank=True, help_text="Patterns, one per line: never these repositories (wins over allow)"
+    )
     realm_hosts = models.CharField(
-        max_length=500, blank=True,
+        max_length=500,
+        blank=True,
         help_text="Other hosts whose token realm may receive this upstream's account credentials (over HTTPS only), "
         "comma-separated; empty: auth.docker.io for Docker Hub, none otherwise. The upstream's own host always may.",
     )
     tls_verify = models.BooleanField(default=True, help_text="Verify the upstream's certificate (off: insecure)")
-    ca_certificates = models.TextField(blank=True, help_text="PEM certificates to trust for this upstream (instead of the system's)")
-    connect_timeout = models.FloatField(null=True, blank=True, help_text="Seconds; empty: MIRROR_UPSTREAM_CONNECT_TIMEOUT")
+    ca_certificates = models.TextField(
+        blank=True, help_text="PEM certificates to trust for this upstream (instead of the system's)"
+    )
+    connect_timeout = models.FloatField(
+        null=True, blank=True, help_text="Seconds; empty: MIRROR_UPSTREAM_CONNECT_TIMEOUT"
+    )
     read_timeout = models.FloatField(null=True, blank=True, help_text="Seconds; empty: MIRROR_UPSTREAM_READ_TIMEOUT")
     max_connections = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Connections each server process may have open to it; empty: MIRROR_UPSTREAM_MAX_CONNECTIONS"
+        null=True,
+        blank=True,
+        help_text="Connections each server process may have open to it; empty: MIRROR_UPSTREAM_MAX_CONNECTIONS",
     )
     managed_by = models.CharField(max_length=12, choices=Managed.choices, default=Managed.ADMIN, editable=False)
     active_account = models.ForeignKey(
-        "UpstreamAccount", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False,
+        "UpstreamAccount",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
         help_text="The account pulls go through now",
     )
-    reachable = models.BooleanField(null=True, editable=False, help_text="Whether the upstream answered when last asked")
+    reachable = models.BooleanField(
+        null=True, editable=False, help_text="Whether the upstream answered when last asked"
+    )
     checked_at = models.DateTimeField(null=True, blank=True, editable=False)
     check_message = models.CharField(max_length=300, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -267,7 +299,9 @@ class UpstreamAccount(models.Model):
     verification_message = models.CharField(max_length=300, blank=True, editable=False)
     verified_at = models.DateTimeField(null=True, blank=True, editable=False)
     requests_made = models.BigIntegerField(default=0, editable=False, help_text="Upstream requests made with it")
-    pulls_made = models.BigIntegerField(default=0, editable=False, help_text="Manifest GETs (what Docker Hub counts as pulls)")
+    pulls_made = models.BigIntegerField(
+        default=0, editable=False, help_text="Manifest GETs (what Docker Hub counts as pulls)"
+    )
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
@@ -302,7 +336,9 @@ class AccountSwitch(models.Model):
     """The mirror moved an upstream's pulls from one account to another, and why."""
 
     upstream = models.ForeignKey(Upstream, on_delete=models.CASCADE, related_name="account_switches")
-    from_account = models.ForeignKey(UpstreamAccount, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    from_account = models.ForeignKey(
+        UpstreamAccount, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     to_account = models.ForeignKey(UpstreamAccount, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     from_label = models.CharField(max_length=200, blank=True)
     to_label = models.CharField(max_length=200, blank=True)
@@ -363,9 +399,7 @@ class ManifestReference(models.Model):
     size = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["manifest", "digest", "kind"], name="unique_manifest_reference")
-        ]
+        constraints = [models.UniqueConstraint(fields=["manifest", "digest", "kind"], name="unique_manifest_reference")]
 
 
 class Tag(models.Model):
@@ -393,7 +427,11 @@ class Blob(models.Model):
     # mirror's account: such bytes reach another repository's clients only if they may read
     # this one, or once that repository's upstream has delivered them itself.
     origin = models.ForeignKey(
-        "Repository", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        "Repository",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         help_text="The repository its bytes were first downloaded through",
     )
     origin_private = models.BooleanField(

@@ -10,14 +10,15 @@ not per request, and /readyz reports it.
 Callers that have a fallback (locks: this machine's file locks; the token cache: each process's
 own tokens; statistics: the database) use `guarded` and take their fallback on RedisError.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 import logging
 import threading
 import time
-from typing import Iterator
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -112,7 +113,9 @@ class Breaker:
             "Redis %s unavailable (%s): single flight falls back to this machine's file locks, upstream "
             "tokens are not shared, statistics go to the database, until it answers again "
             "(asked again every %.0f s)",
-            _without_password(self.url), type(error).__name__, self.retry_after,
+            _without_password(self.url),
+            type(error).__name__,
+            self.retry_after,
         )
 
     def succeeded(self) -> None:
@@ -122,7 +125,9 @@ class Breaker:
                 return
             outage = time.time() - health.down_since
             self._health = Health()
-        logger.warning("Redis %s answers again (after %.0f s): shared locks and tokens resume", _without_password(self.url), outage)
+        logger.warning(
+            "Redis %s answers again (after %.0f s): shared locks and tokens resume", _without_password(self.url), outage
+        )
 
     def health(self) -> Health:
         with self._lock:

@@ -6,6 +6,7 @@ MIRROR_SECRET_KEY_FALLBACKS still decrypt, so the key can be rotated: set the ne
 the old one to the fallbacks, and secrets are re-encrypted when next written. Plain secrets
 exist only in memory, on their way to an upstream; nothing here logs them.
 """
+
 from __future__ import annotations
 
 import base64
@@ -46,7 +47,9 @@ def decrypt(token: str) -> str:
     try:
         return cipher().decrypt(token.encode("ascii")).decode()
     except (InvalidToken, UnicodeError, ValueError):
-        raise SecretUnreadable("the stored secret cannot be decrypted with MIRROR_SECRET_KEY (or its fallbacks)") from None
+        raise SecretUnreadable(
+            "the stored secret cannot be decrypted with MIRROR_SECRET_KEY (or its fallbacks)"
+        ) from None
 
 
 def decrypt_or_none(token: str) -> str | None:

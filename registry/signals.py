@@ -5,6 +5,7 @@ connect receivers to these signals in their `AppConfig.ready()`. The pull path s
 the small functions below, so a call site reads as what happened. Receivers run in the
 sending thread and must not raise: what they record never fails a pull.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -31,11 +32,11 @@ upstream_fetched = Signal()
 upstream_called = Signal()
 
 
-def target(upstream: "Upstream", repository: str) -> None:
+def target(upstream: Upstream, repository: str) -> None:
     repository_targeted.send(None, upstream=upstream, repository=repository)
 
 
-def upstream_used(upstream: "Upstream", repository: str, kind: str, downloaded: int = 0) -> None:
+def upstream_used(upstream: Upstream, repository: str, kind: str, downloaded: int = 0) -> None:
     upstream_fetched.send(None, upstream=upstream, repository=repository, kind=kind, downloaded=downloaded)
 
 
@@ -43,6 +44,12 @@ def upstream_call(
     upstream_url: str, account: str, method: str, url: str, status: int | None, seconds: float, error: str = ""
 ) -> None:
     upstream_called.send(
-        None, upstream_url=upstream_url, account=account, method=method, url=url, status=status,
-        seconds=seconds, error=error,
+        None,
+        upstream_url=upstream_url,
+        account=account,
+        method=method,
+        url=url,
+        status=status,
+        seconds=seconds,
+        error=error,
     )

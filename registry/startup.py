@@ -6,12 +6,13 @@ out at once) would otherwise migrate together, and all but one would fail on a t
 just created. On PostgreSQL they queue on a session advisory lock; on SQLite on an flock of a
 file beside the database, which every process sharing the database sees.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 import fcntl
 from pathlib import Path
-from typing import Iterator
 
 from django.db import connection
 

@@ -7,19 +7,19 @@ Everything listens on 127.0.0.1, ephemeral ports only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 import itertools
 import os
-from dataclasses import dataclass, field
-from typing import Iterator
 
 import pytest
 
 from tests.support.databases import check_server, drop_created_databases, is_postgres, session_database_url
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.fault_proxy import FaultProxy
+from tests.support.images import PushedImage, PushedIndex, push_image, push_index, retag
 from tests.support.s3_server import S3Server
 from tests.support.skopeo import Skopeo
-from tests.support.images import PushedImage, PushedIndex, push_image, push_index, retag
 from tests.support.token_server import TokenServer
 from tests.support.upstream_registry import UpstreamRegistry
 
@@ -67,11 +67,19 @@ class SessionImages:
 # can behave differently on PostgreSQL: it touches the database, in this process or a mirror's.
 SERVER_FIXTURES = frozenset({"upstream", "token_server", "images", "fake_upstream", "s3_server", "proxy", "hub"})
 DATABASE_FIXTURES = frozenset({"db", "transactional_db", "django_db_blocker_unblocked", "admin_client", "admin_user"})
-CLIENT_MODULES = frozenset({
-    "tests/e2e/test_podman.py", "tests/e2e/test_containerd.py", "tests/e2e/test_skopeo_clients.py",
-    "tests/e2e/test_dashboard_browser.py", "tests/e2e/test_make_run.py", "tests/e2e/test_nginx_front.py",
-    "tests/e2e/test_tls.py", "tests/e2e/test_conformance.py", "tests/benchmarks/test_bench_smoke.py",
-})
+CLIENT_MODULES = frozenset(
+    {
+        "tests/e2e/test_podman.py",
+        "tests/e2e/test_containerd.py",
+        "tests/e2e/test_skopeo_clients.py",
+        "tests/e2e/test_dashboard_browser.py",
+        "tests/e2e/test_make_run.py",
+        "tests/e2e/test_nginx_front.py",
+        "tests/e2e/test_tls.py",
+        "tests/e2e/test_conformance.py",
+        "tests/benchmarks/test_bench_smoke.py",
+    }
+)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -168,8 +176,12 @@ def images(upstream: UpstreamRegistry) -> SessionImages:
     small = push_image(upstream, "library/small", "1", layer_sizes=[100 * 1024], seed=1)
     big = push_image(upstream, "library/big", "1", layer_sizes=[4 * MB, 6 * MB, 8 * MB, 10 * MB, 12 * MB], seed=2)
     multi = push_index(
-        upstream, "library/multi", "1", platforms=[("linux", "amd64"), ("linux", "arm64")],
-        layer_sizes=[100 * 1024], seed=3,
+        upstream,
+        "library/multi",
+        "1",
+        platforms=[("linux", "amd64"), ("linux", "arm64")],
+        layer_sizes=[100 * 1024],
+        seed=3,
     )
     moving = push_image(upstream, "library/moving", "latest", layer_sizes=[100 * 1024], seed=4)
     private = push_image(upstream, "private/secret", "1", layer_sizes=[100 * 1024], seed=5)
@@ -183,7 +195,6 @@ def fake_upstream() -> Iterator[FakeUpstream]:
     fake = FakeUpstream().start()
     yield fake
     fake.stop()
-
 
 
 @pytest.fixture(scope="session")

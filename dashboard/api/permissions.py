@@ -1,5 +1,6 @@
 """Who may use the REST API: active staff read; a write also needs the Django permissions
 the view names for its method (the same ones the admin's actions ask for)."""
+
 from __future__ import annotations
 
 from rest_framework.permissions import SAFE_METHODS, BasePermission

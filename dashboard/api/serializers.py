@@ -1,12 +1,12 @@
 """What the REST API reads and writes. Every field is declared: an upstream account's secret
 is no field of any serializer here, so no response can carry it."""
+
 from __future__ import annotations
 
 from django.db.models import Q
 from rest_framework import serializers
 
-from registry.jobs import pins
-from registry.jobs import prefetch
+from registry.jobs import pins, prefetch
 from registry.jobs.gc import format_bytes
 from registry.jobs.imageref import ImageRef, ImageRefInvalid, parse_image, parse_platforms
 from registry.models import GcRun, Manifest, Pin, PrefetchJob, Repository, Tag
@@ -168,16 +168,39 @@ class PrefetchJobSerializer(serializers.ModelSerializer):
     name = serializers.CharField(source="__str__", read_only=True)
     status_display = serializers.CharField(source="get_status_display", read_only=True)
     finished = serializers.BooleanField(read_only=True)
-    progress = serializers.SerializerMethodField(help_text="Share of the bytes done, 0 to 1; null before the size is known")
+    progress = serializers.SerializerMethodField(
+        help_text="Share of the bytes done, 0 to 1; null before the size is known"
+    )
     progress_text = serializers.SerializerMethodField()
 
     class Meta:
         model = PrefetchJob
         fields = [
-            "id", "image", "platforms", "upstream", "repository", "reference", "name", "status", "status_display",
-            "finished", "progress", "progress_text", "message", "errors", "digest", "manifests_fetched",
-            "blobs_total", "blobs_done", "bytes_total", "bytes_done", "bytes_downloaded", "requested_by",
-            "created_at", "started_at", "finished_at",
+            "id",
+            "image",
+            "platforms",
+            "upstream",
+            "repository",
+            "reference",
+            "name",
+            "status",
+            "status_display",
+            "finished",
+            "progress",
+            "progress_text",
+            "message",
+            "errors",
+            "digest",
+            "manifests_fetched",
+            "blobs_total",
+            "blobs_done",
+            "bytes_total",
+            "bytes_done",
+            "bytes_downloaded",
+            "requested_by",
+            "created_at",
+            "started_at",
+            "finished_at",
         ]
         read_only_fields = [name for name in fields if name not in ("image", "platforms")]
 
@@ -190,7 +213,9 @@ class PrefetchJobSerializer(serializers.ModelSerializer):
 
     def create(self, validated_data: dict) -> PrefetchJob:
         user = self.context["request"].user
-        return prefetch.enqueue(validated_data["image"], validated_data.get("platforms", []), requested_by=user.get_username())
+        return prefetch.enqueue(
+            validated_data["image"], validated_data.get("platforms", []), requested_by=user.get_username()
+        )
 
 
 class PinSerializer(serializers.ModelSerializer):
@@ -206,8 +231,10 @@ class PinSerializer(serializers.ModelSerializer):
     def create(self, validated_data: dict) -> Pin:
         user = self.context["request"].user
         return pins.pin(
-            validated_data["image"], whole_repository=validated_data["all_tags"],
-            created_by=user.get_username(), note=validated_data.get("note", ""),
+            validated_data["image"],
+            whole_repository=validated_data["all_tags"],
+            created_by=user.get_username(),
+            note=validated_data.get("note", ""),
         )
 
 
@@ -215,9 +242,20 @@ class GcRunSerializer(serializers.ModelSerializer):
     class Meta:
         model = GcRun
         fields = [
-            "id", "started_at", "finished_at", "trigger", "store_bytes_before", "store_bytes_after",
-            "manifests_deleted", "tags_deleted", "repositories_deleted", "blobs_deleted", "bytes_freed",
-            "temp_files_deleted", "temp_bytes_freed", "evicted",
+            "id",
+            "started_at",
+            "finished_at",
+            "trigger",
+            "store_bytes_before",
+            "store_bytes_after",
+            "manifests_deleted",
+            "tags_deleted",
+            "repositories_deleted",
+            "blobs_deleted",
+            "bytes_freed",
+            "temp_files_deleted",
+            "temp_bytes_freed",
+            "evicted",
         ]
 
 

@@ -1,4 +1,5 @@
 """Routes of the REST API (mounted at /api/), its OpenAPI schema and browsable docs."""
+
 from __future__ import annotations
 
 from django.urls import path, re_path

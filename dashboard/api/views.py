@@ -3,14 +3,15 @@
 Authentication by token (`Authorization: Token …`) or the admin's session; every view is for
 active staff, and writes need the permission named in `write_permissions`.
 """
+
 from __future__ import annotations
 
-from datetime import datetime, time, timezone as dt_timezone
+from datetime import UTC, datetime, time
 
 from django.db.models import Count
 from django.http import JsonResponse
-from django.views.decorators.csrf import csrf_exempt
 from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
@@ -65,12 +66,14 @@ class SeriesView(APIView):
         if period == "daily":
             days = _bounded(request, "days", 30, 400)
             points = [
-                {"start": datetime.combine(day, time.min, dt_timezone.utc), "totals": totals}
+                {"start": datetime.combine(day, time.min, UTC), "totals": totals}
                 for day, totals in figures.daily_series(days=days, **filters)
             ]
         elif period == "hourly":
             hours = _bounded(request, "hours", 24, 192)
-            points = [{"start": start, "totals": totals} for start, totals in figures.hourly_series(hours=hours, **filters)]
+            points = [
+                {"start": start, "totals": totals} for start, totals in figures.hourly_series(hours=hours, **filters)
+            ]
         else:
             return Response({"period": ["hourly or daily"]}, status=status.HTTP_400_BAD_REQUEST)
         return Response(serializers.SeriesSerializer({"period": period, "points": points}).data)
@@ -191,7 +194,10 @@ class EvictionView(APIView):
 
     write_permissions = {"POST": ["registry.delete_manifest"]}
 
-    @extend_schema(request=serializers.EvictionSerializer, responses={200: serializers.EvictionSerializer, 409: OpenApiTypes.OBJECT})
+    @extend_schema(
+        request=serializers.EvictionSerializer,
+        responses={200: serializers.EvictionSerializer, 409: OpenApiTypes.OBJECT},
+    )
     def post(self, request: Request) -> Response:
         payload = serializers.EvictionSerializer(data=request.data)
         payload.is_valid(raise_exception=True)

@@ -1,4 +1,5 @@
 """Formatting for the dashboard's templates."""
+
 from __future__ import annotations
 
 from django import template

@@ -4,6 +4,7 @@ What was cached is read-only here; staff act on it through actions: pin and unpi
 collection never evicts a pinned image), evict now, prefetch. Prefetch jobs are added here
 too, and garbage collection runs are listed with what they freed.
 """
+
 from __future__ import annotations
 
 from django import forms
@@ -58,7 +59,9 @@ class CacheActions:
     @admin.action(description="Unpin", permissions=["pin"])
     def unpin(self, request: HttpRequest, queryset: QuerySet) -> None:
         removed = [image for image in self.images(queryset) if pins.unpin(image)]
-        self.message_user(request, f"Unpinned {len(removed)}" + (f": {', '.join(map(str, removed))}" if removed else ""))
+        self.message_user(
+            request, f"Unpinned {len(removed)}" + (f": {', '.join(map(str, removed))}" if removed else "")
+        )
 
     @admin.action(description="Evict now (with their images)", permissions=["evict"])
     def evict(self, request: HttpRequest, queryset: QuerySet) -> None:
@@ -145,7 +148,11 @@ class ManifestAdmin(CacheActions, ReadOnlyAdmin):
 
     def images(self, queryset: QuerySet) -> list[ImageRef]:
         return [
-            ImageRef(manifest.repository.upstream, manifest.repository.name, oci.Reference(digest=oci.parse_digest(manifest.digest)))
+            ImageRef(
+                manifest.repository.upstream,
+                manifest.repository.name,
+                oci.Reference(digest=oci.parse_digest(manifest.digest)),
+            )
             for manifest in queryset.select_related("repository__upstream")
         ]
 
@@ -239,13 +246,23 @@ class PrefetchJobAdmin(admin.ModelAdmin):
         for old in queryset.select_related("upstream"):
             reference = oci.parse_reference(old.reference)
             image = ImageRef(old.upstream, old.repository, reference)
-            jobs.append(prefetch.enqueue(image, parse_platforms([old.platforms]), requested_by=request.user.get_username()))
+            jobs.append(
+                prefetch.enqueue(image, parse_platforms([old.platforms]), requested_by=request.user.get_username())
+            )
         self.message_user(request, f"Queued {len(jobs)} prefetch jobs: {', '.join(str(job.pk) for job in jobs)}")
 
 
 @admin.register(GcRun)
 class GcRunAdmin(ReadOnlyAdmin):
-    list_display = ("started_at", "trigger", "freed", "blobs_deleted", "manifests_deleted", "temp_files_deleted", "store_bytes_after")
+    list_display = (
+        "started_at",
+        "trigger",
+        "freed",
+        "blobs_deleted",
+        "manifests_deleted",
+        "temp_files_deleted",
+        "store_bytes_after",
+    )
     readonly_fields = [field.name for field in GcRun._meta.fields]
 
     @admin.display(description="freed")

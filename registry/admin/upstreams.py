@@ -6,6 +6,7 @@ written again at every start. A secret is write-only: the form takes a new one, 
 shows the stored one (only whether there is one). Status (verification, rate limit, the
 account in use, account switches) is read-only.
 """
+
 from __future__ import annotations
 
 from django import forms
@@ -16,18 +17,27 @@ from django.http import HttpRequest
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
 
-from registry.upstreams import accounts
-from registry.upstreams import routing
-from registry.upstreams import verification
 from registry.models import AccountSwitch, Managed, Upstream, UpstreamAccount
+from registry.upstreams import accounts, routing, verification
 
 UPSTREAM_STATUS = ("managed_by", "active_account", "reachable", "checked_at", "check_message", "created_at")
 # What each source writes, so the admin shows it read-only.
 ENVIRONMENT_FIELDS = ("url", "hosts", "library_prefix")
 ACCOUNT_STATUS = (
-    "managed_by", "has_secret", "verification", "verification_message", "verified_at", "rejected_at", "cooldown_until",
-    "ratelimit_remaining", "ratelimit_limit", "ratelimit_window", "ratelimit_seen_at",
-    "requests_made", "pulls_made", "last_used_at",
+    "managed_by",
+    "has_secret",
+    "verification",
+    "verification_message",
+    "verified_at",
+    "rejected_at",
+    "cooldown_until",
+    "ratelimit_remaining",
+    "ratelimit_limit",
+    "ratelimit_window",
+    "ratelimit_seen_at",
+    "requests_made",
+    "pulls_made",
+    "last_used_at",
 )
 
 
@@ -39,7 +49,16 @@ def _changed(upstream: Upstream) -> None:
 
 class AccountInline(admin.TabularInline):
     model = UpstreamAccount
-    fields = ("label", "position", "enabled", "has_secret", "verification", "verified_at", "ratelimit_remaining", "cooldown_until")
+    fields = (
+        "label",
+        "position",
+        "enabled",
+        "has_secret",
+        "verification",
+        "verified_at",
+        "ratelimit_remaining",
+        "cooldown_until",
+    )
     readonly_fields = fields
     extra = 0
     show_change_link = True
@@ -77,9 +96,19 @@ class UpstreamAdmin(admin.ModelAdmin):
     fieldsets = (
         ("Routing", {"fields": ("name", "url", "hosts", "alias", "library_prefix")}),
         ("Cache", {"fields": ("tag_ttl", "stale_policy", "max_staleness", "allow_repositories", "deny_repositories")}),
-        ("Connection", {"fields": (
-            "tls_verify", "ca_certificates", "connect_timeout", "read_timeout", "max_connections", "realm_hosts",
-        )}),
+        (
+            "Connection",
+            {
+                "fields": (
+                    "tls_verify",
+                    "ca_certificates",
+                    "connect_timeout",
+                    "read_timeout",
+                    "max_connections",
+                    "realm_hosts",
+                )
+            },
+        ),
         ("Status", {"fields": UPSTREAM_STATUS}),
     )
     inlines = [AccountInline, SwitchInline]
@@ -121,7 +150,9 @@ class AccountForm(forms.ModelForm):
     """The secret is write-only: a new one replaces the stored one, an empty field keeps it."""
 
     new_secret = forms.CharField(
-        label="Password or access token", required=False, strip=False,
+        label="Password or access token",
+        required=False,
+        strip=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text="Write-only: stored encrypted, never shown. Leave empty to keep the stored one.",
     )
@@ -136,9 +167,22 @@ class AccountForm(forms.ModelForm):
 class UpstreamAccountAdmin(admin.ModelAdmin):
     form = AccountForm
     list_display = (
-        "label", "upstream", "position", "enabled", "in_use", "has_secret", "verification", "verified_at",
-        "ratelimit_remaining", "ratelimit_limit", "ratelimit_window", "ratelimit_seen_at", "cooldown_until",
-        "requests_made", "pulls_made", "last_used_at",
+        "label",
+        "upstream",
+        "position",
+        "enabled",
+        "in_use",
+        "has_secret",
+        "verification",
+        "verified_at",
+        "ratelimit_remaining",
+        "ratelimit_limit",
+        "ratelimit_window",
+        "ratelimit_seen_at",
+        "cooldown_until",
+        "requests_made",
+        "pulls_made",
+        "last_used_at",
     )
     list_filter = ("upstream", "enabled", "verification")
     search_fields = ("username", "upstream__name")
@@ -164,7 +208,9 @@ class UpstreamAccountAdmin(admin.ModelAdmin):
     def get_fields(self, request, obj: UpstreamAccount | None = None):
         if obj is not None and obj.managed_by != Managed.ADMIN:
             return ("upstream", "username", "position", "enabled") + ACCOUNT_STATUS
-        return ("upstream", "username", "new_secret", "clear_secret", "position", "enabled") + (ACCOUNT_STATUS if obj else ())
+        return ("upstream", "username", "new_secret", "clear_secret", "position", "enabled") + (
+            ACCOUNT_STATUS if obj else ()
+        )
 
     def get_readonly_fields(self, request, obj: UpstreamAccount | None = None):
         if obj is not None and obj.managed_by == Managed.FILE:
@@ -206,8 +252,11 @@ class UpstreamAccountAdmin(admin.ModelAdmin):
             old = account.upstream.active_account
             Upstream.objects.filter(pk=account.upstream_id).update(active_account=account)
             AccountSwitch.objects.create(
-                upstream=account.upstream, from_account=old, to_account=account,
-                from_label=old.label if old else "", to_label=account.label,
+                upstream=account.upstream,
+                from_account=old,
+                to_account=account,
+                from_label=old.label if old else "",
+                to_label=account.label,
                 reason=f"chosen in the admin by {request.user.get_username()}",
             )
             accounts.forget(account.upstream)

@@ -1,14 +1,15 @@
 """How registry answers are put on the wire: error JSON, common headers, byte ranges, files."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 import functools
 import io
 import logging
 import os
-import re
 from pathlib import Path
-from typing import Callable
+import re
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
@@ -98,8 +99,12 @@ def registry_endpoint(view: Callable[..., HttpResponse]) -> Callable[..., HttpRe
         except DEPENDENCY_ERRORS as error:
             # The mirror's own database, bucket or Redis failed or timed out: the client may
             # retry (or another replica may serve), it did nothing wrong and nothing crashed.
-            logger.warning("%s %s: %s unavailable: %s", request.method, request.path, _dependency(error), type(error).__name__)
-            response = error_response(oci.Unavailable(f"the mirror's {_dependency(error)} is unavailable"), request.method)
+            logger.warning(
+                "%s %s: %s unavailable: %s", request.method, request.path, _dependency(error), type(error).__name__
+            )
+            response = error_response(
+                oci.Unavailable(f"the mirror's {_dependency(error)} is unavailable"), request.method
+            )
         except Exception:
             logger.exception("unexpected error serving %s %s", request.method, request.path)
             response = error_response(oci.RegistryError("internal error"), request.method)
@@ -207,7 +212,9 @@ def blob_file_response(path: Path, size: int, byte_range: ByteRange | None) -> F
     return _window_response(lambda start, length: FileSlice(path, start, length), size, byte_range)
 
 
-def _window_response(open_window: Callable[[int, int], object], size: int, byte_range: ByteRange | None) -> FileResponse:
+def _window_response(
+    open_window: Callable[[int, int], object], size: int, byte_range: ByteRange | None
+) -> FileResponse:
     """The whole blob, or its range with 206: from a readable body `open_window(start, length)`."""
     window = byte_range or ByteRange(0, size - 1)
     response = FileResponse(

@@ -1,4 +1,5 @@
 """The /v2/ pull API: parse and validate, call the cache, turn the result into a response."""
+
 from __future__ import annotations
 
 from urllib.parse import quote, urlencode
@@ -7,12 +8,12 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
 from registry import oci
+from registry.api.policy import authorize, readable_repositories, repository_is_private
+from registry.api.responses import blob_hit_response, error_response, parse_range, registry_endpoint
+from registry.models import Upstream
 from registry.proxy import cache
 from registry.upstreams import routing
-from registry.models import Upstream
-from registry.api.policy import authorize, readable_repositories, repository_is_private
 from registry.upstreams.routing import Route
-from registry.api.responses import blob_hit_response, error_response, parse_range, registry_endpoint
 
 STALE_WARNING = '110 mirrorsite "Response is Stale"'
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -40,9 +41,7 @@ def manifest(request: HttpRequest, name: str, reference: str) -> HttpResponse:
     parsed = oci.parse_reference(reference)
     authorize(request, route)
     result = cache.get_manifest(route.upstream, route.name, parsed)
-    response = HttpResponse(
-        b"" if request.method == "HEAD" else result.content, content_type=result.media_type
-    )
+    response = HttpResponse(b"" if request.method == "HEAD" else result.content, content_type=result.media_type)
     response["Content-Length"] = str(len(result.content))
     response["Docker-Content-Digest"] = result.digest
     response["ETag"] = f'"{result.digest}"'
@@ -141,9 +140,7 @@ def referrers(request: HttpRequest, name: str, digest: str) -> HttpResponse:
     authorize(request, route)
     oci.parse_digest(digest)
     # Upstream referrers are not proxied yet: an empty index is a valid answer.
-    return JsonResponse(
-        {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": []}, content_type=oci.OCI_INDEX
-    )
+    return JsonResponse({"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": []}, content_type=oci.OCI_INDEX)
 
 
 @registry_endpoint

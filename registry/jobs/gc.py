@@ -17,26 +17,27 @@ manifests before their blobs, a blob's file before its rows. A client that finds
 fetches the blob from the upstream again; a client that got a manifest recently finds its
 blobs, since neither the manifest nor the blobs are out of the grace period.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 import fcntl
 import logging
 from pathlib import Path
-from typing import Iterator
 
 from django.conf import settings
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from registry.jobs import inventory as inventory_module
-from registry.storage import locks
 from registry import oci
-from registry.storage.blobstore import AbandonedUpload, BlobStore, default_store
+from registry.jobs import inventory as inventory_module
 from registry.jobs.inventory import Image, Inventory
 from registry.models import Blob, GcRun, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, TagPullCount
+from registry.storage import locks
+from registry.storage.blobstore import AbandonedUpload, BlobStore, default_store
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,9 @@ class _Planner:
                 self._evict(image, f"not pulled for {_age(self.plan.now - image.last_used)}")
         for image in self.inventory.images:
             if image.pinned and image.last_used < cutoff:
-                self.plan.notes.append(f"kept {image.describe()}: pinned (not pulled for {_age(self.plan.now - image.last_used)})")
+                self.plan.notes.append(
+                    f"kept {image.describe()}: pinned (not pulled for {_age(self.plan.now - image.last_used)})"
+                )
 
     def evict_over_quota(self) -> None:
         limit = settings.MIRROR_CACHE_MAX_BYTES
@@ -180,7 +183,9 @@ class _Planner:
             if stat.st_mtime < cutoff:
                 self.plan.temp_files.append((path, stat.st_size))
         # An upload older than the longest fill has no live owner.
-        oldest_live = self.plan.now - timedelta(seconds=max(settings.MIRROR_FILL_TIMEOUT, settings.MIRROR_GC_TEMP_FILE_AGE))
+        oldest_live = self.plan.now - timedelta(
+            seconds=max(settings.MIRROR_FILL_TIMEOUT, settings.MIRROR_GC_TEMP_FILE_AGE)
+        )
         self.plan.uploads = store.abandoned_uploads(started_before=oldest_live)
         manifests_left: dict[int, int] = {}
         for pk, repository_id in self.inventory.repository_of.items():
@@ -312,7 +317,9 @@ def _delete_blob(store: BlobStore, digest: str, cutoff: datetime) -> int | None:
 
 
 # --- one collection -------------------------------------------------------------------------
-def collect(*, dry_run: bool = False, trigger: str = "command", store: BlobStore | None = None) -> tuple[Plan, GcRun | None]:
+def collect(
+    *, dry_run: bool = False, trigger: str = "command", store: BlobStore | None = None
+) -> tuple[Plan, GcRun | None]:
     """Plan, and unless a dry run, delete and record what was freed."""
     store = store or default_store()
     if dry_run:
@@ -356,7 +363,10 @@ def record(the_plan: Plan, freed: Freed, started: datetime, trigger: str) -> GcR
     )
     logger.info(
         "gc: freed %s in %d blobs, %d manifests, %d temporary files",
-        format_bytes(freed.bytes + freed.temp_bytes), freed.blobs, freed.manifests, freed.temp_files,
+        format_bytes(freed.bytes + freed.temp_bytes),
+        freed.blobs,
+        freed.manifests,
+        freed.temp_files,
     )
     return run
 

@@ -3,11 +3,12 @@
 `postgres:17`, `library/postgres@sha256:…`, `docker.io/library/postgres:17` (a registry host
 first selects the configured upstream of that host), and platforms like `linux/arm64/v8`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 import json
-from typing import Iterable
 from urllib.parse import urlsplit
 
 from registry import oci
@@ -37,7 +38,7 @@ def parse_image(text: str, upstream: Upstream | None = None) -> ImageRef:
     if not digest:
         slash, colon = name.rfind("/"), name.rfind(":")
         if colon > slash:
-            name, tag = name[:colon], name[colon + 1:]
+            name, tag = name[:colon], name[colon + 1 :]
     first, _, rest = name.partition("/")
     if rest and ("." in first or ":" in first or first == "localhost"):
         upstream, name = _upstream_for_host(first), rest
@@ -55,7 +56,11 @@ def _upstream_for_host(host: str) -> Upstream:
     host = host.lower()
     for upstream in Upstream.objects.order_by("pk"):
         upstream_host = urlsplit(upstream.url).netloc.lower()
-        if host == upstream_host or host in upstream.host_names() or (host in DOCKER_HUB_HOSTS and is_docker_hub(upstream.url)):
+        if (
+            host == upstream_host
+            or host in upstream.host_names()
+            or (host in DOCKER_HUB_HOSTS and is_docker_hub(upstream.url))
+        ):
             return upstream
     raise ImageRefInvalid(f"{host} is not a configured upstream")
 
@@ -102,7 +107,11 @@ def index_entries(content: bytes) -> list[dict] | None:
     _, children = oci.manifest_references(content)
     if not children:
         return None
-    return [entry for entry in json.loads(content)["manifests"] if isinstance(entry, dict) and entry.get("digest") in children]
+    return [
+        entry
+        for entry in json.loads(content)["manifests"]
+        if isinstance(entry, dict) and entry.get("digest") in children
+    ]
 
 
 def platform_of(entry: dict) -> Platform | None:

@@ -6,6 +6,7 @@ tag points at, or a manifest pulled by digest) together with the child manifests
 at. Its last use is the latest pull or caching of any of its manifests.
 A manifest shared by two images belongs to both.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -14,8 +15,8 @@ from datetime import datetime
 
 from registry import oci
 from registry.jobs import pins
-from registry.storage.blobstore import BlobStore
 from registry.models import Blob, Manifest, ManifestReference, Repository, Tag
+from registry.storage.blobstore import BlobStore
 
 
 @dataclass

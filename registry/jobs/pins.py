@@ -1,4 +1,5 @@
 """Pins: images garbage collection never evicts, whatever their age or the store's size."""
+
 from __future__ import annotations
 
 from django.db.models import Q

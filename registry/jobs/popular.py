@@ -6,6 +6,7 @@ prefetched (the platforms cached before) and pointed at its new image, so the ne
 pulls it from cache. A run spends at most MIRROR_POPULAR_BUDGET upstream manifest GETs, and
 stops when the upstream's rate limit is nearly spent or the upstream is unavailable.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,12 +18,11 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from registry import oci
-from registry.proxy import cache
 from registry.jobs import prefetch
-from registry.proxy import pulltimes
-from registry.upstreams import ratelimit
 from registry.jobs.imageref import ImageRef, Platform, index_entries, platform_of
 from registry.models import Manifest, PrefetchJob, Tag, TagPullCount
+from registry.proxy import cache, pulltimes
+from registry.upstreams import ratelimit
 
 logger = logging.getLogger(__name__)
 

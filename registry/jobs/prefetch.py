@@ -7,28 +7,26 @@ progress. What is cached already costs no upstream GET, so a second prefetch is 
 Transient upstream errors are retried with exponential backoff; the job stops, saying why,
 when the upstream's rate limit is nearly spent.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 import json
 import logging
 import time
-from typing import Callable, Iterable
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
-from registry import flushing
-
-from registry import oci
-from registry.proxy import cache
-from registry.proxy import pulltimes
-from registry.upstreams import ratelimit
-from registry.storage.blobstore import default_store
+from registry import flushing, oci
 from registry.jobs.imageref import ImageRef, Platform, format_platforms, index_entries, parse_platforms, platform_of
 from registry.models import Manifest, PrefetchJob, Tag
+from registry.proxy import cache, pulltimes
+from registry.storage.blobstore import default_store
+from registry.upstreams import ratelimit
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +71,9 @@ def send(job: PrefetchJob) -> None:
     except Exception as error:  # the broker is down: say so on the job rather than lose it silently
         logger.exception("could not enqueue prefetch job %s", job.pk)
         PrefetchJob.objects.filter(pk=job.pk).update(
-            status=PrefetchJob.Status.FAILED, message=f"could not reach the task queue: {error}", finished_at=timezone.now()
+            status=PrefetchJob.Status.FAILED,
+            message=f"could not reach the task queue: {error}",
+            finished_at=timezone.now(),
         )
         raise
 
@@ -91,7 +91,9 @@ def resume_stalled() -> list[int]:
     for job in stalled:
         # Claim it (its updated_at as seen) so two schedulers do not both send it.
         if PrefetchJob.objects.filter(pk=job.pk, updated_at=job.updated_at).update(updated_at=now):
-            logger.warning("prefetch %s (job %s) made no progress since %s: sending it again", job, job.pk, job.updated_at)
+            logger.warning(
+                "prefetch %s (job %s) made no progress since %s: sending it again", job, job.pk, job.updated_at
+            )
             send(job)
             resumed.append(job.pk)
     return resumed
@@ -134,14 +136,19 @@ class _Prefetch:
             self._save(force=True)
             failed = [digest for digest, size in blobs.items() if not self._blob(digest, size)]
             if failed:
-                job.status, job.message = PrefetchJob.Status.FAILED, f"{len(failed)} of {len(blobs)} blobs could not be fetched"
+                job.status, job.message = (
+                    PrefetchJob.Status.FAILED,
+                    f"{len(failed)} of {len(blobs)} blobs could not be fetched",
+                )
             else:
                 job.status = PrefetchJob.Status.SUCCEEDED
         except Stopped as stop:
             job.status, job.message = PrefetchJob.Status.STOPPED, str(stop)
         except oci.TooManyRequests as error:
             job.status = PrefetchJob.Status.STOPPED
-            job.message = f"upstream rate limit reached: {error.message} (tried {settings.MIRROR_PREFETCH_ATTEMPTS} times)"
+            job.message = (
+                f"upstream rate limit reached: {error.message} (tried {settings.MIRROR_PREFETCH_ATTEMPTS} times)"
+            )
         except oci.RegistryError as error:
             job.status, job.message = PrefetchJob.Status.FAILED, f"{error.code}: {error.message}"
         except Exception as error:
@@ -166,7 +173,11 @@ class _Prefetch:
             return [result]
         if depth > 1:
             return []  # an index nested deeper than one level is no image layout in use
-        chosen = [entry for entry in entries if not self.platforms or any(p.matches(entry.get("platform")) for p in self.platforms)]
+        chosen = [
+            entry
+            for entry in entries
+            if not self.platforms or any(p.matches(entry.get("platform")) for p in self.platforms)
+        ]
         if self.platforms and not chosen:
             offered = sorted({str(platform_of(entry) or "unknown") for entry in entries})
             raise oci.ManifestUnknown(f"no manifest for {self.job.platforms} in the index; it has {', '.join(offered)}")

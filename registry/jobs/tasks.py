@@ -1,12 +1,12 @@
 """Celery tasks: thin wrappers, the work is in prefetch, popular and gc."""
+
 from __future__ import annotations
 
 import logging
 
 from celery import shared_task
 
-from registry.jobs import gc
-from registry.jobs import popular
+from registry.jobs import gc, popular
 from registry.jobs import prefetch as prefetching
 from registry.upstreams import verification
 

@@ -3,6 +3,7 @@
 Everything a client sends is checked here before it touches storage or the network, so a
 name or digest that reaches the blob store or an upstream URL is known to be well formed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -125,7 +126,7 @@ class Digest:
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.encoded}"
 
-    def hasher(self) -> "hashlib._Hash":
+    def hasher(self) -> hashlib._Hash:
         return hashlib.new(self.algorithm)
 
     def matches(self, content: bytes) -> bool:
@@ -224,14 +225,16 @@ def manifest_media_type(content: bytes, declared: str | None) -> str:
         raise ManifestInvalid("upstream manifest is not a JSON object")
     media_type = document.get("mediaType")
     if media_type is not None and media_type not in MANIFEST_MEDIA_TYPES:
-        raise ManifestInvalid("upstream manifest declares a media type that is not a manifest's",
-                              {"mediaType": str(media_type)[:100]})
+        raise ManifestInvalid(
+            "upstream manifest declares a media type that is not a manifest's", {"mediaType": str(media_type)[:100]}
+        )
     header = (declared or "").split(";")[0].strip().lower()
     if header in MANIFEST_MEDIA_TYPES:
         return header
     if header not in ("", "application/json"):
-        raise ManifestInvalid("upstream manifest sent with a media type that is not a manifest's",
-                              {"contentType": header[:100]})
+        raise ManifestInvalid(
+            "upstream manifest sent with a media type that is not a manifest's", {"contentType": header[:100]}
+        )
     if media_type is not None:
         return media_type
     if "manifests" in document:

@@ -5,32 +5,31 @@ HTTP requests, so the views, the Celery tasks and the tests all call the same fu
 Names given to these functions are as clients send them; `Upstream.upstream_name` maps them
 to the upstream's own (`alpine` → `library/alpine` on Docker Hub).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-import json
 from datetime import timedelta
+import json
 import logging
 import time
-from typing import Callable, Iterator
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
-from registry import signals
-
-from registry import oci
-from registry.upstreams import failover
-from registry.storage import locks
-from registry.proxy import pulltimes
-from registry.storage.blobstore import BlobLocation, BlobStore, default_store
-from registry.upstreams.failover import FailoverClient
-from registry.proxy.fills import BlobFills, UpstreamDigestMismatch
+from registry import oci, signals
 from registry.memory import AnswerMemory
 from registry.models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, Upstream
+from registry.proxy import pulltimes
+from registry.proxy.fills import BlobFills, UpstreamDigestMismatch
+from registry.storage import locks
+from registry.storage.blobstore import BlobLocation, BlobStore, default_store
+from registry.upstreams import failover
 from registry.upstreams.client import BlobDownload, CredentialsRejected, UpstreamUnavailable
+from registry.upstreams.failover import FailoverClient
 
 logger = logging.getLogger(__name__)
 
@@ -298,8 +297,16 @@ def _store_manifest(upstream: Upstream, repo_name: str, digest: str, response) -
             if created:
                 sizes = _descriptor_sizes(response.content)
                 ManifestReference.objects.bulk_create(
-                    [ManifestReference(manifest=manifest, digest=d, kind=ManifestReference.Kind.BLOB, size=sizes.get(d)) for d in blobs]
-                    + [ManifestReference(manifest=manifest, digest=d, kind=ManifestReference.Kind.MANIFEST) for d in children],
+                    [
+                        ManifestReference(
+                            manifest=manifest, digest=d, kind=ManifestReference.Kind.BLOB, size=sizes.get(d)
+                        )
+                        for d in blobs
+                    ]
+                    + [
+                        ManifestReference(manifest=manifest, digest=d, kind=ManifestReference.Kind.MANIFEST)
+                        for d in children
+                    ],
                     ignore_conflicts=True,
                 )
                 _link_blobs(repository, blobs)
@@ -476,8 +483,11 @@ def _descriptor_size(upstream: Upstream, repo_name: str, digest: oci.Digest) -> 
     """The blob's size as a cached manifest of this repository describes it."""
     return (
         ManifestReference.objects.filter(
-            manifest__repository__upstream=upstream, manifest__repository__name=repo_name,
-            digest=str(digest), kind=ManifestReference.Kind.BLOB, size__isnull=False,
+            manifest__repository__upstream=upstream,
+            manifest__repository__name=repo_name,
+            digest=str(digest),
+            kind=ManifestReference.Kind.BLOB,
+            size__isnull=False,
         )
         .values_list("size", flat=True)
         .first()
@@ -508,7 +518,9 @@ def _readable(link: RepositoryBlob | None, digest: oci.Digest, reader: BlobReade
         if blob is not None:
             if not blob.origin_private:
                 return True
-            return blob.origin is not None and _asks(reader.may_read, blob.origin.upstream, blob.origin.name, failed=False)
+            return blob.origin is not None and _asks(
+                reader.may_read, blob.origin.upstream, blob.origin.name, failed=False
+            )
         if time.monotonic() > deadline:  # recorded nowhere (its bookkeeping failed): provenance unknown
             return False
         time.sleep(pause)
@@ -575,7 +587,9 @@ def _link_of(upstream: Upstream, repo_name: str, digest: oci.Digest) -> Reposito
 def _link_delivered(repository: Repository, digest: oci.Digest) -> None:
     RepositoryBlob.objects.bulk_create(
         [RepositoryBlob(repository=repository, digest=str(digest), delivered=True)],
-        update_conflicts=True, unique_fields=["repository", "digest"], update_fields=["delivered"],
+        update_conflicts=True,
+        unique_fields=["repository", "digest"],
+        update_fields=["delivered"],
     )
 
 

@@ -17,15 +17,16 @@ A fill whose owner died (killed process, expired Redis lock) is taken over by a 
 a fill that failed (upstream error, digest mismatch) leaves a failure record, and its
 followers end with a clean error instead of waiting.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 import json
 import logging
 import os
 import threading
 import time
-from typing import Callable, Iterator
 
 from django.db import connections
 
@@ -98,7 +99,7 @@ class BlobFills:
 
     def follow(
         self, digest: oci.Digest, open_download: OpenDownload, on_commit: OnCommit, source: str = ""
-    ) -> "Follower | None":
+    ) -> Follower | None:
         """A follower of the digest's fill (started here if nobody is filling, through `source`),
         or None when the blob turned out to be committed already."""
         sidecar = Sidecar(self.store, digest)
@@ -139,7 +140,12 @@ class BlobFills:
         raise UpstreamUnavailable("timed out waiting for another download of this blob")
 
     def start_fill(
-        self, digest: oci.Digest, sidecar: Sidecar, lock: locks.Lock, open_download: OpenDownload, on_commit: OnCommit,
+        self,
+        digest: oci.Digest,
+        sidecar: Sidecar,
+        lock: locks.Lock,
+        open_download: OpenDownload,
+        on_commit: OnCommit,
         source: str = "",
     ) -> FillState:
         """Open the upstream download and hand it to a fill thread; we hold `lock`."""
@@ -278,7 +284,10 @@ class Follower:
                     self.state = state  # a newer fill of the same digest: same bytes, new file
                     continue
                 if (
-                    state is not None and state.temp == self.state.temp and state.verified and state.failed is None
+                    state is not None
+                    and state.temp == self.state.temp
+                    and state.verified
+                    and state.failed is None
                     and not self.state.verified
                 ):
                     self.state = state  # our fill's bytes are verified: the end may go
@@ -290,7 +299,9 @@ class Follower:
                             "upstream sent bytes that do not match the digest", {"digest": str(self.digest)}
                         )
                     if state.failed == "size":
-                        raise BlobSizeInvalid("upstream sent more bytes than the blob may have", {"digest": str(self.digest)})
+                        raise BlobSizeInvalid(
+                            "upstream sent more bytes than the blob may have", {"digest": str(self.digest)}
+                        )
                     raise FillFailed("the upstream download of this blob failed", {"digest": str(self.digest)})
                 lock = locks.named_lock(f"fill:{self.digest}")
                 if lock.try_acquire():
@@ -311,7 +322,6 @@ class Follower:
         finally:
             if fd is not None:
                 os.close(fd)
-
 
     def _committed(self) -> bool:
         """The blob is in the store and its fill has finished its bookkeeping (the fill

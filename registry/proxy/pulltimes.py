@@ -8,15 +8,16 @@ Pulls of a tag are also counted per day in the same flush (TagPullCount): the mo
 tags are kept fresh by the workers. Their own pulls (prefetch, refresh) run `uncounted()`, so
 keeping a tag fresh never makes it look popular.
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 import logging
 import threading
 import time
-from typing import Iterator
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, models, transaction
@@ -24,7 +25,6 @@ from django.db.models import F
 from django.utils import timezone
 
 from registry import flushing
-
 from registry.models import Tag, TagPullCount
 
 logger = logging.getLogger(__name__)

@@ -12,16 +12,17 @@ incomplete upload).
 Filesystem layout: `<root>/blobs/<algorithm>/<first two hex>/<hex>`, published with an atomic
 rename of the temporary file (same filesystem).
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 import functools
 import os
 from pathlib import Path
 import tempfile
-from typing import Callable, Iterator
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -140,14 +141,14 @@ class BlobFill(ABC):
         finally:
             self.temp_path.unlink(missing_ok=True)
 
-    def _written(self) -> None:
+    def _written(self) -> None:  # noqa: B027 (a hook: most stores need nothing here)
         """A chunk was appended to the temporary file."""
 
     @abstractmethod
     def _publish(self):
         """Make the verified bytes of the temporary file the stored blob."""
 
-    def _discard(self) -> None:
+    def _discard(self) -> None:  # noqa: B027 (a hook: most stores need nothing here)
         """Drop whatever was sent to the store before the fill was abandoned."""
 
 
@@ -202,7 +203,7 @@ class BlobStore(ABC):
 
 # --- the filesystem --------------------------------------------------------------------------
 class FilesystemFill(BlobFill):
-    def __init__(self, store: "FilesystemStore", digest: Digest, expected_size: int | None):
+    def __init__(self, store: FilesystemStore, digest: Digest, expected_size: int | None):
         super().__init__(store.tmp_dir, digest, expected_size)
         self.store = store
 

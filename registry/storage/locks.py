@@ -8,6 +8,7 @@ registry.redisclients: timeouts and a circuit breaker) the file lock alone is ta
 flight shrinks to this machine, and nothing waits on Redis or fails because of it. Holding the
 file lock in both cases keeps one owner per machine across Redis going away or coming back.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -185,7 +186,9 @@ def named_lock(name: str) -> Lock:
     local = FileLock(directory, name)
     if not settings.REDIS_URL:
         return local
-    return SharedLock(local, RedisLock(settings.REDIS_URL, name, settings.MIRROR_REDIS_KEY_PREFIX, settings.MIRROR_LOCK_TTL))
+    return SharedLock(
+        local, RedisLock(settings.REDIS_URL, name, settings.MIRROR_REDIS_KEY_PREFIX, settings.MIRROR_LOCK_TTL)
+    )
 
 
 class LockTimeout(Exception):

@@ -15,8 +15,10 @@ Hits are answered with a redirect to a presigned GET (MIRROR_S3_SERVE=redirect: 
 skip the mirror, the client asks its range of the bucket itself) or streamed through the
 mirror with the requested range (MIRROR_S3_SERVE=stream).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +28,6 @@ import logging
 import os
 from pathlib import Path
 import socket
-from typing import Iterator
 import uuid
 
 import boto3
@@ -35,6 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from registry.oci import Digest
 from registry.storage.blobstore import (
     READ_SIZE,
     AbandonedUpload,
@@ -45,7 +47,6 @@ from registry.storage.blobstore import (
     StorageUnavailable,
     Streamed,
 )
-from registry.oci import Digest
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class S3Config:
     read_timeout: float = 15.0
 
     @classmethod
-    def from_settings(cls) -> "S3Config":
+    def from_settings(cls) -> S3Config:
         return cls(
             bucket=settings.MIRROR_S3_BUCKET,
             endpoint_url=settings.MIRROR_S3_ENDPOINT_URL,
@@ -130,7 +131,7 @@ class S3Fill(BlobFill):
 
     releases_before_commit = True  # followers may read the verified end while the upload completes
 
-    def __init__(self, store: "S3Store", digest: Digest, expected_size: int | None):
+    def __init__(self, store: S3Store, digest: Digest, expected_size: int | None):
         super().__init__(store.tmp_dir, digest, expected_size)
         self.store = store
         self.key = store.key(digest)
@@ -152,9 +153,13 @@ class S3Fill(BlobFill):
     def _queue_part(self, length: int) -> None:
         if self.upload_id is None:
             client, bucket = self.store.client, self.store.config.bucket
-            self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.key, ContentType=CONTENT_TYPE)["UploadId"]
+            self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.key, ContentType=CONTENT_TYPE)[
+                "UploadId"
+            ]
             self._reader = os.open(self.temp_path, os.O_RDONLY)
-            self._uploader = ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix=f"part-{self.digest.encoded[:12]}")
+            self._uploader = ThreadPoolExecutor(
+                max_workers=UPLOAD_THREADS, thread_name_prefix=f"part-{self.digest.encoded[:12]}"
+            )
         number = len(self._uploads) + 1
         upload = self._uploader.submit(self._send_part, number, self._queued, length)
         upload.add_done_callback(self._note_failure)
@@ -208,7 +213,9 @@ class S3Fill(BlobFill):
         if self.upload_id is None:
             return
         try:
-            self.store.client.abort_multipart_upload(Bucket=self.store.config.bucket, Key=self.key, UploadId=self.upload_id)
+            self.store.client.abort_multipart_upload(
+                Bucket=self.store.config.bucket, Key=self.key, UploadId=self.upload_id
+            )
         except (BotoCoreError, ClientError) as error:
             # Still invisible; garbage collection aborts it later.
             logger.warning("could not abort the upload of %s: %s", self.digest, error)
@@ -302,7 +309,7 @@ class S3Store(BlobStore):
         blobs = f"{self.prefix}blobs/"
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.config.bucket, Prefix=blobs):
             for item in page.get("Contents", ()):
-                parts = item["Key"][len(blobs):].split("/")
+                parts = item["Key"][len(blobs) :].split("/")
                 if len(parts) == 3:  # algorithm/ab/hex
                     sizes[f"{parts[0]}:{parts[2]}"] = item["Size"]
         return sizes
@@ -313,12 +320,17 @@ class S3Store(BlobStore):
         paginator = self.client.get_paginator("list_multipart_uploads")
         for page in paginator.paginate(Bucket=self.config.bucket, Prefix=blobs):
             for upload in page.get("Uploads", ()):
-                parts = upload["Key"][len(blobs):].split("/")
+                parts = upload["Key"][len(blobs) :].split("/")
                 if upload["Initiated"] < started_before and len(parts) == 3:
-                    found.append(AbandonedUpload(
-                        f"{parts[0]}:{parts[2]}", upload["Key"], upload["UploadId"], upload["Initiated"],
-                        self._uploaded_bytes(upload),
-                    ))
+                    found.append(
+                        AbandonedUpload(
+                            f"{parts[0]}:{parts[2]}",
+                            upload["Key"],
+                            upload["UploadId"],
+                            upload["Initiated"],
+                            self._uploaded_bytes(upload),
+                        )
+                    )
         return found
 
     def _uploaded_bytes(self, upload: dict) -> int:

@@ -11,6 +11,7 @@ Each process keeps a snapshot of the accounts for a few seconds and applies what
 (a rejection, a 429, a rate-limit header) to the snapshot and the database at once, so it
 acts on it before the next snapshot; other processes follow within seconds.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from registry.upstreams.client import RETRY_AFTER_MAX, RateLimit
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_SECONDS = 5.0
-_snapshots: AnswerMemory["Snapshot"] = AnswerMemory(4 * 1024 * 1024)
+_snapshots: AnswerMemory[Snapshot] = AnswerMemory(4 * 1024 * 1024)
 
 
 @dataclass
@@ -75,8 +76,15 @@ class Snapshot:
 
 def state_of(account: UpstreamAccount) -> AccountState:
     return AccountState(
-        account.pk, account.username, account.secret, account.rejected_at is not None, account.cooldown_until,
-        account.ratelimit_remaining, account.ratelimit_limit, account.ratelimit_window, account.ratelimit_seen_at,
+        account.pk,
+        account.username,
+        account.secret,
+        account.rejected_at is not None,
+        account.cooldown_until,
+        account.ratelimit_remaining,
+        account.ratelimit_limit,
+        account.ratelimit_window,
+        account.ratelimit_seen_at,
     )
 
 
@@ -116,13 +124,15 @@ def in_order(upstream: Upstream) -> list[AccountState]:
     now = timezone.now()
     states = snap.accounts
     active_index = next((i for i, s in enumerate(states) if s.pk == snap.active), None)
-    rotated = states if active_index is None else states[active_index + 1:] + states[: active_index + 1]
+    rotated = states if active_index is None else states[active_index + 1 :] + states[: active_index + 1]
     candidates = [s for s in rotated if not s.cooling(now)]
     good = [s for s in candidates if not s.rejected and not s.nearly_out(now)]
     active = next((s for s in good if s.pk == snap.active), None)
     if active is not None:  # the one in use stays while it is good
         good = [active] + [s for s in good if s is not active]
-    low = sorted((s for s in candidates if not s.rejected and s.nearly_out(now)), key=lambda s: -(s.pulls_left(now) or 0))
+    low = sorted(
+        (s for s in candidates if not s.rejected and s.nearly_out(now)), key=lambda s: -(s.pulls_left(now) or 0)
+    )
     if good or low or len(candidates) < len(states):
         return good + low
     return candidates  # every account was rejected: try them again, in order
@@ -162,11 +172,17 @@ def activate(upstream: Upstream, state: AccountState) -> None:
     else:  # disabled meanwhile: not in the snapshot, still in the database
         username = UpstreamAccount.objects.filter(pk=previous).values_list("username", flat=True).first()
         old_label = username or "anonymous"
-    logger.warning("upstream %s: pulls now go through account %s instead of %s: %s", upstream.name, state.label, old_label, reason)
+    logger.warning(
+        "upstream %s: pulls now go through account %s instead of %s: %s", upstream.name, state.label, old_label, reason
+    )
     try:
         AccountSwitch.objects.create(
-            upstream=upstream, from_account_id=previous, to_account_id=state.pk,
-            from_label=old_label, to_label=state.label, reason=reason,
+            upstream=upstream,
+            from_account_id=previous,
+            to_account_id=state.pk,
+            from_label=old_label,
+            to_label=state.label,
+            reason=reason,
         )
     except (DatabaseError, IntegrityError):
         logger.warning("could not record the account switch of %s", upstream.name, exc_info=True)
@@ -223,10 +239,18 @@ def note_ratelimit(upstream: Upstream, account_id: int, ratelimit: RateLimit) ->
     now = timezone.now()
     for state in snapshot(upstream).accounts:
         if state.pk == account_id:
-            state.remaining, state.limit, state.window, state.seen_at = ratelimit.remaining, ratelimit.limit, ratelimit.window, now
+            state.remaining, state.limit, state.window, state.seen_at = (
+                ratelimit.remaining,
+                ratelimit.limit,
+                ratelimit.window,
+                now,
+            )
     _save(
-        account_id, ratelimit_limit=ratelimit.limit, ratelimit_remaining=ratelimit.remaining,
-        ratelimit_window=ratelimit.window, ratelimit_seen_at=now,
+        account_id,
+        ratelimit_limit=ratelimit.limit,
+        ratelimit_remaining=ratelimit.remaining,
+        ratelimit_window=ratelimit.window,
+        ratelimit_seen_at=now,
     )
 
 

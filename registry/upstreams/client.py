@@ -11,25 +11,25 @@ and only to where destinations.py allows; a redirect of a manifest, tag list, to
 (digests, sizes, rate limits, Retry-After). Every call has timeouts, and every failure is
 turned into the registry error a client should see.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 import json
 import logging
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import requests
-import urllib3
 from requests.adapters import HTTPAdapter
+import urllib3
 from urllib3.util.retry import Retry
 
-from registry import signals
-
-from registry import oci
+from registry import oci, signals
 from registry.destinations import DestinationRefused, Destinations, GuardedAdapter, default_realm_hosts
 
 if TYPE_CHECKING:
@@ -81,7 +81,13 @@ def make_session(max_connections: int = 64, destinations: Destinations | None = 
     session = requests.Session()
     # Retry only what never reached the upstream; a HEAD is never turned into a GET.
     retry = Retry(
-        total=2, connect=2, read=0, status=0, other=0, backoff_factor=0.2, allowed_methods=None,
+        total=2,
+        connect=2,
+        read=0,
+        status=0,
+        other=0,
+        backoff_factor=0.2,
+        allowed_methods=None,
         respect_retry_after_header=False,  # a 429 or 503 is the caller's to handle (stale serve, backoff)
     )
     options = dict(pool_connections=4, pool_maxsize=max_connections, pool_block=True, max_retries=retry)
@@ -164,7 +170,7 @@ class UpstreamClient:
         verify: bool | str = True,
         on_ratelimit: Callable[[RateLimit], None] | None = None,
         session: requests.Session | None = None,
-        shared_tokens: "SharedTokens | None" = None,
+        shared_tokens: SharedTokens | None = None,
         realm_hosts: tuple[str, ...] | list[str] | None = None,
     ):
         self.url = url.rstrip("/")
@@ -195,9 +201,7 @@ class UpstreamClient:
             return UpstreamResponse(response.status_code, response.headers)
 
     def get_manifest(self, name: str, reference: str) -> UpstreamResponse:
-        response = self._send(
-            "GET", name, f"manifests/{reference}", {"Accept": oci.MANIFEST_ACCEPT}, stream=True
-        )
+        response = self._send("GET", name, f"manifests/{reference}", {"Accept": oci.MANIFEST_ACCEPT}, stream=True)
         with response:
             self._raise_for_status(response, oci.ManifestUnknown, "manifest unknown to upstream")
             content = self._read_limited(response, oci.MANIFEST_MAX_BYTES)
@@ -210,7 +214,7 @@ class UpstreamClient:
             self._raise_for_status(response, oci.BlobUnknown, "blob unknown to upstream")
             return UpstreamResponse(response.status_code, response.headers)
 
-    def open_blob(self, name: str, digest: str) -> "BlobDownload":
+    def open_blob(self, name: str, digest: str) -> BlobDownload:
         response = self._send("GET", name, f"blobs/{digest}", {}, stream=True, follow_redirects=True)
         try:
             self._raise_for_status(response, oci.BlobUnknown, "blob unknown to upstream")
@@ -219,7 +223,9 @@ class UpstreamClient:
             raise
         return BlobDownload(response)
 
-    def get_tags(self, name: str, n: int | None, last: str | None, max_bytes: int = 16 * 1024 * 1024) -> UpstreamResponse:
+    def get_tags(
+        self, name: str, n: int | None, last: str | None, max_bytes: int = 16 * 1024 * 1024
+    ) -> UpstreamResponse:
         params = {key: value for key, value in (("n", n), ("last", last)) if value is not None}
         response = self._send("GET", name, "tags/list", {"Accept": "application/json"}, params=params, stream=True)
         with response:
@@ -257,7 +263,14 @@ class UpstreamClient:
 
     # --- transport -----------------------------------------------------------------------------
     def _send(
-        self, method: str, name: str, path: str, headers: dict[str, str], *, stream: bool = False, params=None,
+        self,
+        method: str,
+        name: str,
+        path: str,
+        headers: dict[str, str],
+        *,
+        stream: bool = False,
+        params=None,
         follow_redirects: bool = False,
     ) -> requests.Response:
         url = f"{self.url}/v2/{name}/{path}"
@@ -317,7 +330,14 @@ class UpstreamClient:
         return True
 
     def _request(
-        self, method: str, url: str, headers: dict[str, str], stream: bool, params=None, *, follow_redirects: bool = False,
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        stream: bool,
+        params=None,
+        *,
+        follow_redirects: bool = False,
     ) -> requests.Response:
         """One call. Redirects are followed (by hand, without Authorization after the first
         hop) only when `follow_redirects` (blobs), and only where destinations.py allows;
@@ -326,8 +346,14 @@ class UpstreamClient:
             started = time.monotonic()
             try:
                 response = self.session.request(
-                    method, url, headers=headers, params=params, stream=stream,
-                    allow_redirects=False, timeout=self.timeout, verify=self.verify,
+                    method,
+                    url,
+                    headers=headers,
+                    params=params,
+                    stream=stream,
+                    allow_redirects=False,
+                    timeout=self.timeout,
+                    verify=self.verify,
                 )
             except DestinationRefused as refusal:
                 logger.warning("upstream %s %s refused: %s", method, _redact(url), refusal)
@@ -378,8 +404,13 @@ class UpstreamClient:
             params["service"] = service
         try:
             response = self.session.get(
-                realm, params=params, auth=self._credentials, stream=True,
-                timeout=self.timeout, verify=self.verify, allow_redirects=False,
+                realm,
+                params=params,
+                auth=self._credentials,
+                stream=True,
+                timeout=self.timeout,
+                verify=self.verify,
+                allow_redirects=False,
             )
         except DestinationRefused as refused:
             raise RealmRefused(str(refused)) from None

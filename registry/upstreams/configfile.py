@@ -29,6 +29,7 @@ longer lists are kept and handed to the admin. An entry with the URL of
 REGISTRY_PROXY_REMOTEURL configures the default upstream; REGISTRY_PROXY_USERNAME's account
 stays first in line there.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -38,21 +39,36 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.text import slugify
+import yaml
 
 from registry import secrets
-from registry.upstreams import accounts
-from registry.upstreams import routing
 from registry.models import HOST_RE, REALM_HOST_RE, Managed, Upstream, UpstreamAccount, default_hosts, is_docker_hub
+from registry.upstreams import accounts, routing
 
 logger = logging.getLogger(__name__)
 
 UPSTREAM_KEYS = {
-    "url", "name", "hosts", "alias", "tag_ttl", "stale_policy", "max_staleness", "allow", "deny", "realm_hosts", "tls_verify",
-    "ca_bundle", "ca_certificates", "connect_timeout", "read_timeout", "max_connections", "library_prefix", "accounts",
+    "url",
+    "name",
+    "hosts",
+    "alias",
+    "tag_ttl",
+    "stale_policy",
+    "max_staleness",
+    "allow",
+    "deny",
+    "realm_hosts",
+    "tls_verify",
+    "ca_bundle",
+    "ca_certificates",
+    "connect_timeout",
+    "read_timeout",
+    "max_connections",
+    "library_prefix",
+    "accounts",
 }
 ACCOUNT_KEYS = {"username", "anonymous", "password", "password_env", "password_file", "enabled"}
 

@@ -9,30 +9,36 @@ remembered for a short while (negative.py), and whether the upstream answers is 
 a limit on open connections shared by all its accounts, and the token realm hosts its
 credentials may go to (destinations.py).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 import hashlib
 import logging
 import os
 from pathlib import Path
 import threading
-from typing import Callable, TypeVar
+from typing import TypeVar
 
-import urllib3
 from django.conf import settings
 from django.utils import timezone
+import urllib3
 
 from registry import oci
-from registry.upstreams import accounts
-from registry.upstreams import usage as accountusage
-from registry.upstreams import negative
-from registry.upstreams import reachability
-from registry.upstreams import tokencache
-from registry.upstreams.accounts import AccountState
-from registry.models import Upstream
 from registry.destinations import Destinations
+from registry.models import Upstream
 from registry.secrets import SecretUnreadable, decrypt
-from registry.upstreams.client import BlobDownload, CredentialsRejected, UpstreamClient, UpstreamResponse, UpstreamUnavailable, make_session
+from registry.upstreams import accounts, negative, reachability, tokencache
+from registry.upstreams import usage as accountusage
+from registry.upstreams.accounts import AccountState
+from registry.upstreams.client import (
+    BlobDownload,
+    CredentialsRejected,
+    UpstreamClient,
+    UpstreamResponse,
+    UpstreamUnavailable,
+    make_session,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +74,16 @@ def account_client(upstream: Upstream, state: AccountState, session=None, on_rat
     connect, read = upstream.timeouts()
     password = decrypt(state.secret) if state.secret else ""
     return UpstreamClient(
-        upstream.url, state.username, password, connect_timeout=connect, read_timeout=read,
-        verify=verify_option(upstream), on_ratelimit=on_ratelimit, session=session,
-        shared_tokens=tokencache.shared_tokens(), realm_hosts=upstream.token_realm_hosts(),
+        upstream.url,
+        state.username,
+        password,
+        connect_timeout=connect,
+        read_timeout=read,
+        verify=verify_option(upstream),
+        on_ratelimit=on_ratelimit,
+        session=session,
+        shared_tokens=tokencache.shared_tokens(),
+        realm_hosts=upstream.token_realm_hosts(),
     )
 
 
@@ -111,7 +124,9 @@ class FailoverClient:
     def open_blob(self, name: str, digest: str) -> BlobDownload:
         return self._call("GET", "blob", name, None, lambda client: client.open_blob(name, digest))
 
-    def get_tags(self, name: str, n: int | None, last: str | None, max_bytes: int = 16 * 1024 * 1024) -> UpstreamResponse:
+    def get_tags(
+        self, name: str, n: int | None, last: str | None, max_bytes: int = 16 * 1024 * 1024
+    ) -> UpstreamResponse:
         return self._call("GET", "tags", name, None, lambda client: client.get_tags(name, n, last, max_bytes))
 
     # --- accounts, one after the other -------------------------------------------------------------
@@ -179,7 +194,9 @@ class FailoverClient:
             client = self._clients.get(key)
             if client is None:
                 client = account_client(
-                    self.upstream, state, session=self.session,
+                    self.upstream,
+                    state,
+                    session=self.session,
                     on_ratelimit=lambda ratelimit, pk=state.pk: accounts.note_ratelimit(self.upstream, pk, ratelimit),
                 )
                 self._clients = {k: v for k, v in self._clients.items() if k[0] != state.pk}  # a changed secret
@@ -197,8 +214,13 @@ _failover_lock = threading.Lock()
 def _fingerprint(upstream: Upstream) -> tuple:
     """What the client is built from: a change makes a new client (new connections, tokens)."""
     return (
-        upstream.url, upstream.tls_verify, upstream.ca_certificates, upstream.timeouts(), upstream.connection_limit(),
-        tuple(upstream.token_realm_hosts()), settings.MIRROR_DATA_DIR,
+        upstream.url,
+        upstream.tls_verify,
+        upstream.ca_certificates,
+        upstream.timeouts(),
+        upstream.connection_limit(),
+        tuple(upstream.token_realm_hosts()),
+        settings.MIRROR_DATA_DIR,
     )
 
 

@@ -6,6 +6,7 @@ a repository the upstream said it does not know (404 NAME_UNKNOWN, or the 401/40
 answers for repositories that do not exist) for any tag of it. Each process remembers its
 own answers: at worst one upstream request per process and period.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from registry import oci
 from registry.memory import AnswerMemory
 from registry.upstreams.client import CredentialsRejected
 
-_answers: AnswerMemory["Remembered"] = AnswerMemory(4 * 1024 * 1024)
+_answers: AnswerMemory[Remembered] = AnswerMemory(4 * 1024 * 1024)
 
 # Answers about a whole repository, and about one reference in it.
 REPOSITORY_ANSWERS = (oci.NameUnknown, oci.Unauthorized, oci.Denied)

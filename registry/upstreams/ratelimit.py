@@ -6,13 +6,14 @@ upstream has more than MIRROR_PREFETCH_RATELIMIT_RESERVE pulls left: the rest be
 clients. (Pulls themselves move on to the next account at MIRROR_ACCOUNT_RATELIMIT_RESERVE,
 see accounts.py.)
 """
+
 from __future__ import annotations
 
 from django.conf import settings
 from django.utils import timezone
 
-from registry.upstreams.accounts import state_of
 from registry.models import Upstream, UpstreamAccount
+from registry.upstreams.accounts import state_of
 
 
 def nearly_spent(upstream: Upstream) -> str | None:

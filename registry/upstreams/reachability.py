@@ -4,6 +4,7 @@ Requests and account verification both report here. The upstream's row is writte
 this process saw changes, and otherwise at most once a minute, so a busy mirror does not
 write it on every request.
 """
+
 from __future__ import annotations
 
 import logging

@@ -11,6 +11,7 @@
 A namespace or host prefix no upstream answers for is a 404 NAME_UNKNOWN. Only upstream
 records are ever contacted: nothing a client sends becomes part of an upstream's address.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from registry.memory import AnswerMemory
 from registry.models import Upstream
 
 TABLE_SECONDS = 10.0  # how long a process trusts its copy of the upstreams (admin edits show after this)
-_tables: AnswerMemory["Table"] = AnswerMemory(4 * 1024 * 1024)
+_tables: AnswerMemory[Table] = AnswerMemory(4 * 1024 * 1024)
 
 
 class UnknownRegistry(oci.NameUnknown):
@@ -98,6 +99,4 @@ def route(request: HttpRequest, name: str | None) -> Route:
 
 
 def _unknown(registry: str) -> UnknownRegistry:
-    return UnknownRegistry(
-        "no upstream of this mirror answers for this registry", {"registry": registry[:255]}
-    )
+    return UnknownRegistry("no upstream of this mirror answers for this registry", {"registry": registry[:255]})

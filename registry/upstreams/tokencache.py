@@ -7,6 +7,7 @@ token per repository, not N. Tokens are stored encrypted like account secrets (s
 Redis never holds a usable credential in clear. Without Redis each process keeps its own
 (UpstreamClient's memory). A Redis that fails is a cache miss, never a failed pull.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,9 +18,7 @@ import time
 from django.conf import settings
 import redis
 
-from registry import redisclients
-
-from registry import secrets
+from registry import redisclients, secrets
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +57,9 @@ class SharedTokens:
         entry = json.dumps({"token": token, "expires_at": time.time() + seconds})
         try:
             with redisclients.guarded(self.redis_url) as client:
-                client.set(self.key(upstream_url, username, scope), secrets.encrypt(entry), px=max(int(seconds * 1000), 1))
+                client.set(
+                    self.key(upstream_url, username, scope), secrets.encrypt(entry), px=max(int(seconds * 1000), 1)
+                )
         except redisclients.OUTAGE_ERRORS:
             pass  # kept by this process only, meanwhile
         except redis.RedisError as error:

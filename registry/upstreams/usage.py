@@ -6,6 +6,7 @@ counts them against the rate limit. Counts are added to the account's row at mos
 MIRROR_PULL_TIME_FLUSH_INTERVAL seconds and when a server worker exits, so no request waits
 on a database write for them.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -19,7 +20,6 @@ from django.db.models import F
 from django.utils import timezone
 
 from registry import flushing
-
 from registry.models import UpstreamAccount
 from registry.signals import upstream_request
 
@@ -38,8 +38,13 @@ def record(upstream_id: int, account_id: int, username: str, method: str, kind: 
             _pulls[account_id] += 1
     try:
         upstream_request.send(
-            sender=UpstreamAccount, upstream_id=upstream_id, account_id=account_id, username=username,
-            method=method, kind=kind, outcome=outcome,
+            sender=UpstreamAccount,
+            upstream_id=upstream_id,
+            account_id=account_id,
+            username=username,
+            method=method,
+            kind=kind,
+            outcome=outcome,
         )
     except Exception:  # a listener's failure never fails a pull
         logger.exception("upstream_request listener failed")
@@ -59,7 +64,8 @@ def flush() -> None:
     for account_id, count in requests.items():
         try:
             UpstreamAccount.objects.filter(pk=account_id).update(
-                requests_made=F("requests_made") + count, pulls_made=F("pulls_made") + pulls.get(account_id, 0),
+                requests_made=F("requests_made") + count,
+                pulls_made=F("pulls_made") + pulls.get(account_id, 0),
                 last_used_at=now,
             )
         except DatabaseError:

@@ -6,18 +6,18 @@ mirror refuses to send credentials to, before a client does.
 An account found rejected is left aside until it verifies again; if it was the one in use,
 the next account takes over at once. Verifying downloads nothing and is never a pull.
 """
+
 from __future__ import annotations
 
 import logging
 
 from django.utils import timezone
 
-from registry.upstreams import accounts
-from registry.upstreams import reachability
-from registry.upstreams.failover import account_client
 from registry.models import Upstream, UpstreamAccount
 from registry.secrets import SecretUnreadable
+from registry.upstreams import accounts, reachability
 from registry.upstreams.client import CredentialsRejected, UpstreamRefused, UpstreamUnavailable
+from registry.upstreams.failover import account_client
 
 logger = logging.getLogger(__name__)
 

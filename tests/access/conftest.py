@@ -1,9 +1,10 @@
 """The access tests' mirror: the session's real upstream (token auth, a private repository),
 in this process, with users and groups of its own."""
+
 from __future__ import annotations
 
-import pytest
 from django.contrib.auth.models import Group, User
+import pytest
 
 from tests.dashboard.conftest import hub, store  # noqa: F401  (the same mirror of the session's upstream)
 

@@ -1,5 +1,6 @@
 """The REST API's credentials and throttles: API tokens counted by the password-guessing
 limiter per address, requests throttled per client, and neither failing when Redis is down."""
+
 from __future__ import annotations
 
 from django.contrib.auth.models import User
@@ -45,7 +46,10 @@ def test_a_good_token_gives_its_attempt_back(limits, staff_token):
 
 
 def test_requests_are_throttled_per_user(settings, staff_token):
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"anon": "3/minute", "user": "3/minute"}}
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"anon": "3/minute", "user": "3/minute"},
+    }
     from rest_framework.settings import api_settings
     from rest_framework.throttling import SimpleRateThrottle
 
@@ -62,8 +66,11 @@ def test_requests_are_throttled_per_user(settings, staff_token):
 def test_a_throttle_whose_redis_is_down_lets_the_api_answer(settings, staff_token):
     settings.CACHES = {
         **settings.CACHES,
-        "api-throttle": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:9/0",
-                         "OPTIONS": {"socket_connect_timeout": 1}},
+        "api-throttle": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:9/0",
+            "OPTIONS": {"socket_connect_timeout": 1},
+        },
     }
     settings.REDIS_URL = "redis://127.0.0.1:9/0"
     assert api("192.0.2.12", staff_token).get("/api/stats/summary/").status_code == 200

@@ -1,5 +1,6 @@
 """The password-guessing limiter (access/attempts.py): atomic under parallel guesses, in the
 database and in Redis, refusing before any password is hashed, and failing soft."""
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor

@@ -1,9 +1,10 @@
 """Who may pull what through /v2/, in this process against the session's real upstream
 (Distribution with token auth; private/secret is served only to the mirror's account)."""
+
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 import json
 
 import pytest
@@ -151,8 +152,15 @@ def test_api_token_as_password(client, hub, images, alice, auth_on):
 
 def test_oauth_password_grant(client, alice, auth_on):
     response = client.post(
-        "/v2/token", {"grant_type": "password", "username": "alice", "password": "alice-password",
-                      "service": "mirror.test", "scope": "repository:library/small:pull", "client_id": "containerd"},
+        "/v2/token",
+        {
+            "grant_type": "password",
+            "username": "alice",
+            "password": "alice-password",
+            "service": "mirror.test",
+            "scope": "repository:library/small:pull",
+            "client_id": "containerd",
+        },
     )
     assert response.status_code == 200
     assert tokens.verify(response.json()["access_token"])["sub"] == "alice"
@@ -170,7 +178,7 @@ def test_basic_on_v2_can_be_turned_off(client, settings, hub, images, alice, aut
 
 
 def test_expired_forged_and_tampered_tokens_are_refused(client, hub, images, alice, auth_on):
-    expired = tokens.issue("alice", [], lifetime=30, now=datetime.now(timezone.utc) - timedelta(minutes=2)).token
+    expired = tokens.issue("alice", [], lifetime=30, now=datetime.now(UTC) - timedelta(minutes=2)).token
     good = token_for(client, basic("alice", "alice-password"))
     header, payload, signature = good.split(".")
     forged = tokens.jwt.encode(tokens.verify(good), b"not the mirror's key", algorithm="HS256")
@@ -224,7 +232,7 @@ def test_missing_repository_is_404_as_the_upstream_tells_anonymous_clients(clien
 
 def test_upstream_down_no_answer_no_anonymous_pull(client, settings, hub, images):
     RepositoryVisibility.objects.create(
-        upstream=hub, repository="library/small", public=True, checked_at=datetime.now(timezone.utc) - timedelta(days=9)
+        upstream=hub, repository="library/small", public=True, checked_at=datetime.now(UTC) - timedelta(days=9)
     )
     assert get(client, PUBLIC).status_code == 200, "an old answer, while the upstream answers, is asked again"
     images.upstream.stop()

@@ -1,7 +1,7 @@
 import ipaddress
 
-import pytest
 from django.test import RequestFactory
+import pytest
 
 from access.clientaddress import client_address, parse_address
 
@@ -43,8 +43,14 @@ def test_trusted_proxy_without_header_is_the_client(trusted):
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("192.0.2.1:5000", "192.0.2.1"), ("[2001:db8::1]:443", "2001:db8::1"), ("::ffff:192.0.2.5", "192.0.2.5"),
-     ("2001:db8::2", "2001:db8::2"), ("", None), ("example.com", None)],
+    [
+        ("192.0.2.1:5000", "192.0.2.1"),
+        ("[2001:db8::1]:443", "2001:db8::1"),
+        ("::ffff:192.0.2.5", "192.0.2.5"),
+        ("2001:db8::2", "2001:db8::2"),
+        ("", None),
+        ("example.com", None),
+    ],
 )
 def test_parse_address(text, expected):
     got = parse_address(text)

@@ -1,4 +1,5 @@
 """MIRROR_ALLOWED_NETWORKS: clients outside get 403 on everything but /healthz."""
+
 from __future__ import annotations
 
 import json

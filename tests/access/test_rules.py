@@ -1,5 +1,6 @@
 """The rule matching: first matching rule by position, per upstream, groups, and the default
 that keeps private repositories from anonymous clients."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace

@@ -1,5 +1,6 @@
 """/v2/token in this process against the session's real upstream: bounded scopes, no upstream
 contact at issuance, and wrong passwords limited (429 with Retry-After, registry JSON)."""
+
 from __future__ import annotations
 
 import base64
@@ -30,7 +31,10 @@ def test_too_many_scopes_are_refused_before_anything_else(client, hub, images, a
     scopes = [f"repository:library/r{n}:pull" for n in range(5)]
     refused = client.get("/v2/token", {"service": "mirror.test", "scope": scopes})
     assert refused.status_code == 400
-    assert refused.json() == {"error": "invalid_request", "error_description": "too many scopes: 5 in one request, at most 4"}
+    assert refused.json() == {
+        "error": "invalid_request",
+        "error_description": "too many scopes: 5 in one request, at most 4",
+    }
     packed = client.get("/v2/token", {"service": "mirror.test", "scope": " ".join(scopes)})
     assert packed.status_code == 400
     oauth = client.post("/v2/token", {"grant_type": "password", "username": "alice", "password": "x", "scope": scopes})

@@ -1,8 +1,9 @@
 """The mirror's bearer tokens: signed, short-lived, for this service from this issuer."""
+
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 import json
 
 import jwt
@@ -38,7 +39,7 @@ def test_key_is_derived_not_the_setting_itself(settings):
 
 
 def test_expired_token_is_rejected():
-    old = tokens.issue("alice", [], lifetime=60, now=datetime.now(timezone.utc) - timedelta(minutes=5))
+    old = tokens.issue("alice", [], lifetime=60, now=datetime.now(UTC) - timedelta(minutes=5))
     with pytest.raises(tokens.InvalidToken, match="expired"):
         tokens.verify(old.token)
 
@@ -85,10 +86,14 @@ def test_token_without_expiry_is_rejected():
 
 def test_a_token_from_a_clock_slightly_ahead_or_behind_holds():
     """Replicas' clocks differ a little: a fresh token from one ahead is not refused."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert tokens.verify(tokens.issue("alice", [], now=now + timedelta(seconds=20)).token)["sub"] == "alice"
-    assert tokens.verify(tokens.issue("alice", [], lifetime=60, now=now - timedelta(seconds=75)).token)["sub"] == "alice"
+    assert (
+        tokens.verify(tokens.issue("alice", [], lifetime=60, now=now - timedelta(seconds=75)).token)["sub"] == "alice"
+    )
     with pytest.raises(tokens.InvalidToken):
         tokens.verify(tokens.issue("alice", [], now=now + timedelta(seconds=tokens.LEEWAY_SECONDS + 30)).token)
     with pytest.raises(tokens.InvalidToken, match="expired"):
-        tokens.verify(tokens.issue("alice", [], lifetime=60, now=now - timedelta(seconds=60 + tokens.LEEWAY_SECONDS + 30)).token)
+        tokens.verify(
+            tokens.issue("alice", [], lifetime=60, now=now - timedelta(seconds=60 + tokens.LEEWAY_SECONDS + 30)).token
+        )

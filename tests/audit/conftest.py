@@ -1,8 +1,9 @@
 """Fixtures of the audit log's tests: the dashboard's mirror of the session's real upstream,
 and an empty audit buffer."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

@@ -1,10 +1,11 @@
 """The audit log's admin: a read-only changelist that filters and searches."""
+
 from __future__ import annotations
 
-from datetime import datetime, timezone as tz
+from datetime import UTC, datetime
 
-import pytest
 from django.contrib.auth.models import User
+import pytest
 
 from audit.models import PullRecord
 
@@ -17,15 +18,41 @@ DIGEST = "sha256:" + "d" * 64
 @pytest.fixture
 def log() -> list[PullRecord]:
     runner = User.objects.create_user("ci-runner")
-    when = datetime(2026, 3, 14, 12, 0, tzinfo=tz.utc)
+    when = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
     rows = [
-        PullRecord(at=when, user=runner, username="ci-runner", client_address="10.1.2.3", method="GET",
-                   upstream="docker-hub", repository="library/nginx", reference="1.27", digest=DIGEST,
-                   outcome="hit", status=200),
-        PullRecord(at=when, client_address="192.0.2.44", method="GET", upstream="ghcr",
-                   repository="owner/tool", reference="v2", outcome="denied", status=403),
-        PullRecord(at=datetime(2025, 1, 2, tzinfo=tz.utc), client_address="2001:db8::5", method="HEAD",
-                   upstream="docker-hub", repository="library/alpine", reference="3.20", outcome="miss", status=200),
+        PullRecord(
+            at=when,
+            user=runner,
+            username="ci-runner",
+            client_address="10.1.2.3",
+            method="GET",
+            upstream="docker-hub",
+            repository="library/nginx",
+            reference="1.27",
+            digest=DIGEST,
+            outcome="hit",
+            status=200,
+        ),
+        PullRecord(
+            at=when,
+            client_address="192.0.2.44",
+            method="GET",
+            upstream="ghcr",
+            repository="owner/tool",
+            reference="v2",
+            outcome="denied",
+            status=403,
+        ),
+        PullRecord(
+            at=datetime(2025, 1, 2, tzinfo=UTC),
+            client_address="2001:db8::5",
+            method="HEAD",
+            upstream="docker-hub",
+            repository="library/alpine",
+            reference="3.20",
+            outcome="miss",
+            status=200,
+        ),
     ]
     return PullRecord.objects.bulk_create(rows)
 

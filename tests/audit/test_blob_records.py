@@ -1,4 +1,5 @@
 """Blob reads in the audit log: recorded only with MIRROR_AUDIT_BLOBS on, as rows of kind blob."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,24 +1,23 @@
 """The audit log on the pull path: one record per manifest request, buffered in memory,
 written by a flush in one batch, and never a reason for a pull to fail."""
+
 from __future__ import annotations
 
 import base64
-
 from datetime import timedelta
 import logging
 
-import pytest
 from django.contrib.auth.models import User
 from django.db import DatabaseError, connection
 from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+import pytest
 
 from audit import recorder, retention, tasks
 from audit.models import PullRecord
-from registry import flushing
-from registry import oci
 from mirrorsite import urls
+from registry import flushing, oci
 from registry.api.responses import registry_endpoint
 
 # Manifest misses fill from the request's thread; real transactions keep them visible.
@@ -89,7 +88,8 @@ def test_the_authenticated_user_and_denials_are_recorded(db, hub, images, settin
 
     factory = RequestFactory()
     allowed = factory.get(
-        "/v2/library/small/manifests/1", HTTP_ACCEPT=ACCEPT,
+        "/v2/library/small/manifests/1",
+        HTTP_ACCEPT=ACCEPT,
         HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"ci-runner:pw").decode(),
     )
     denied = factory.get("/v2/library/private/manifests/2", REMOTE_ADDR="192.0.2.9")
@@ -175,8 +175,12 @@ def test_server_processes_flush_the_audit_log_as_they_exit(client, hub, images):
 
 def record_at(days_ago: float) -> PullRecord:
     return PullRecord.objects.create(
-        at=timezone.now() - timedelta(days=days_ago), method="GET", repository="library/x", reference="1",
-        outcome="hit", status=200,
+        at=timezone.now() - timedelta(days=days_ago),
+        method="GET",
+        repository="library/x",
+        reference="1",
+        outcome="hit",
+        status=200,
     )
 
 

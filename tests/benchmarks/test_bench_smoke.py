@@ -2,14 +2,15 @@
 (single-node, and two replicas of each system on S3), so the benchmark cannot rot. Asserts that
 the run completes and reports every figure of each setup for both systems; speeds are not
 asserted (they mean nothing at this size)."""
+
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -21,10 +22,27 @@ from tests.support.mirror import PROJECT_ROOT
 from tests.support.upstream_registry import REGISTRY_BIN
 
 SMOKE_ARGS = [
-    "--large-layer-mib", "2", "--scaled-large-layer-mib", "2", "--layers-mib", "0.25,0.5", "--small-layer-kib", "10", "--rounds", "1",
-    "--manifest-seconds", "1", "--manifest-connections", "4", "--tag-pulls", "20",
+    "--large-layer-mib",
+    "2",
+    "--scaled-large-layer-mib",
+    "2",
+    "--layers-mib",
+    "0.25,0.5",
+    "--small-layer-kib",
+    "10",
+    "--rounds",
+    "1",
+    "--manifest-seconds",
+    "1",
+    "--manifest-connections",
+    "4",
+    "--tag-pulls",
+    "20",
     # make test does not install wrk; the Python load is the same code path for both systems.
-    "--loadgen", "python", "--time-limit", "120",
+    "--loadgen",
+    "python",
+    "--time-limit",
+    "120",
 ]
 
 
@@ -38,7 +56,10 @@ def test_bench_smoke_run_reports_every_figure_for_both_systems(tmp_path: Path) -
     database = session_database_url() if is_postgres(session_database_url()) else ""
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", *SMOKE_ARGS, "--out", str(out), "--scaled-database-url", database],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, f"benchmark run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
 
@@ -62,7 +83,9 @@ def test_bench_smoke_run_reports_every_figure_for_both_systems(tmp_path: Path) -
     assert "Mirrorsite/Distribution" in md and md.count("| Target | Result |") == 2 and report.SCALED_TITLE in md
     # The tables printed at the end name both systems and every target.
     targets = result["targets"] + result["scaled"]["targets"]
-    assert "Distribution (proxy)" in proc.stdout and proc.stdout.count("[PASS]") + proc.stdout.count("[FAIL]") == len(targets)
+    assert "Distribution (proxy)" in proc.stdout and proc.stdout.count("[PASS]") + proc.stdout.count("[FAIL]") == len(
+        targets
+    )
 
 
 def test_the_setups_to_run_are_chosen_on_the_command_line() -> None:

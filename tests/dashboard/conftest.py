@@ -1,17 +1,18 @@
 """Fixtures of the dashboard's tests: the mirror pointed at the session's real upstream, an
 empty statistics buffer, and users of every kind (staff with and without permissions)."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
-import pytest
 from django.contrib.auth.models import Permission, User
+import pytest
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from dashboard import stats
-from registry.storage.blobstore import BlobStore, FilesystemStore
 from registry.models import Upstream
+from registry.storage.blobstore import BlobStore, FilesystemStore
 
 
 @pytest.fixture(autouse=True)

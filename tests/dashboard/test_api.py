@@ -1,4 +1,5 @@
 """The REST API: who may read and write, and what each endpoint answers."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,9 +14,21 @@ from tests.registry.cachestate import cache_image
 pytestmark = pytest.mark.django_db(transaction=True)
 
 READS = [
-    "/api/", "/api/stats/summary/", "/api/stats/series/", "/api/stats/series/?period=daily", "/api/stats/top/",
-    "/api/cache/", "/api/accounts/", "/api/repositories/", "/api/tags/", "/api/prefetch-jobs/", "/api/pins/",
-    "/api/gc-runs/", "/api/upstream-events/", "/api/schema/", "/api/docs/",
+    "/api/",
+    "/api/stats/summary/",
+    "/api/stats/series/",
+    "/api/stats/series/?period=daily",
+    "/api/stats/top/",
+    "/api/cache/",
+    "/api/accounts/",
+    "/api/repositories/",
+    "/api/tags/",
+    "/api/prefetch-jobs/",
+    "/api/pins/",
+    "/api/gc-runs/",
+    "/api/upstream-events/",
+    "/api/schema/",
+    "/api/docs/",
 ]
 
 
@@ -57,7 +70,10 @@ def test_prefetch_jobs_are_queued_and_followed(hub, operator, images, eager):
     assert created.status_code == 201, created.content
     job = created.json()
     assert (job["repository"], job["reference"], job["platforms"], job["requested_by"]) == (
-        "library/multi", "1", ["linux/arm64"], "operator",
+        "library/multi",
+        "1",
+        ["linux/arm64"],
+        "operator",
     )
     followed = client.get(f"/api/prefetch-jobs/{job['id']}/").json()
     assert followed["status"] == "succeeded" and followed["finished"] and followed["progress"] == 1.0
@@ -76,8 +92,13 @@ def test_pins_are_added_and_removed(hub, operator, store):
     pinned = client.post("/api/pins/", {"image": "postgres:17", "note": "release day"}, format="json")
     assert pinned.status_code == 201, pinned.content
     assert pinned.json() | {"id": 0, "created_at": ""} == {
-        "id": 0, "upstream": hub.name, "repository": "library/postgres", "reference": "17",
-        "note": "release day", "created_by": "operator", "created_at": "",
+        "id": 0,
+        "upstream": hub.name,
+        "repository": "library/postgres",
+        "reference": "17",
+        "note": "release day",
+        "created_by": "operator",
+        "created_at": "",
     }
     whole = client.post("/api/pins/", {"image": "nginx", "all_tags": True}, format="json").json()
     assert whole["reference"] == ""
@@ -112,7 +133,11 @@ def test_statistics_endpoints_answer_the_flushed_figures(client, hub, reader, im
     api = api_client(reader)
     day = api.get("/api/stats/summary/").json()["windows"]["24h"]
     assert (day["requests"], day["hits"], day["misses"]) == (2, 1, 1)
-    assert (day["bytes_served"], day["bytes_from_cache"], day["bytes_from_upstream"]) == (2 * layer.size, layer.size, layer.size)
+    assert (day["bytes_served"], day["bytes_from_cache"], day["bytes_from_upstream"]) == (
+        2 * layer.size,
+        layer.size,
+        layer.size,
+    )
     assert day["hit_rate"] == 0.5 and day["byte_hit_rate"] == 0.5 and day["bandwidth_saved"] == layer.size
     assert api.get("/api/stats/summary/?repository=library/other").json()["windows"]["24h"]["requests"] == 0
     series = api.get("/api/stats/series/?period=hourly&hours=3").json()
@@ -137,8 +162,12 @@ def test_accounts_say_which_is_in_use_and_never_carry_a_secret(hub, reader, upst
 
 def test_the_schema_describes_the_api(hub, reader):
     schema = api_client(reader).get("/api/schema/?format=json").json()
-    assert {"/api/stats/summary/", "/api/prefetch-jobs/", "/api/pins/{id}/", "/api/evictions/", "/api/accounts/"} <= set(
-        schema["paths"]
-    )
+    assert {
+        "/api/stats/summary/",
+        "/api/prefetch-jobs/",
+        "/api/pins/{id}/",
+        "/api/evictions/",
+        "/api/accounts/",
+    } <= set(schema["paths"])
     docs = api_client(reader, token=False).get("/api/docs/").content.decode()
     assert "swagger-ui" in docs and "//cdn" not in docs and "unpkg" not in docs

@@ -2,6 +2,7 @@
 generated parameters and bodies, answered by the real views as staff with every permission.
 No answer is a server error, and answers conform to the schema (status codes, content
 types, bodies)."""
+
 from __future__ import annotations
 
 from django.core.wsgi import get_wsgi_application

@@ -1,11 +1,12 @@
 """Server-side SVG charts, and the Celery tasks and schedule of the statistics."""
+
 from __future__ import annotations
 
 from datetime import timedelta
 from xml.etree import ElementTree
 
-import pytest
 from django.utils import timezone
+import pytest
 
 from dashboard import charts, stats, tasks
 from dashboard.batch import Batch, CounterKey
@@ -20,7 +21,9 @@ def test_nice_ceilings():
 
 def test_a_chart_is_svg_with_stacked_bars_a_line_tooltips_and_escaped_labels():
     svg = charts.bar_chart(
-        "Requests <today>", ["a&b", "c"], [charts.Series("hits", "#0a0", [3, 1]), charts.Series("misses", "#00a", [1, 0])],
+        "Requests <today>",
+        ["a&b", "c"],
+        [charts.Series("hits", "#0a0", [3, 1]), charts.Series("misses", "#00a", [1, 0])],
         [charts.Series("upstream", "#a00", [2, 2])],
     )
     root = ElementTree.fromstring(str(svg))

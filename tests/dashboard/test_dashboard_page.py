@@ -1,5 +1,6 @@
 """The dashboard as the admin's landing page, the prefetch form with live progress, and
 account secrets that no page, API answer, metric or log line ever shows."""
+
 from __future__ import annotations
 
 import logging
@@ -97,14 +98,27 @@ def test_account_secrets_appear_nowhere(admin_client, client, hub, images, upstr
     pull(client, "/v2/private/secret/manifests/1")
     stats.flush()
     settings.MIRROR_METRICS_TOKEN = ""
-    pages = [admin_client.get(path) for path in (
-        "/admin/", "/admin/registry/upstreamaccount/", f"/admin/registry/upstreamaccount/{account.pk}/change/",
-        "/admin/dashboard/upstreamevent/", "/admin/registry/prefetchjob/add/",
-    )]
+    pages = [
+        admin_client.get(path)
+        for path in (
+            "/admin/",
+            "/admin/registry/upstreamaccount/",
+            f"/admin/registry/upstreamaccount/{account.pk}/change/",
+            "/admin/dashboard/upstreamevent/",
+            "/admin/registry/prefetchjob/add/",
+        )
+    ]
     api = api_client(account_user(admin_client))
-    answers = [api.get(path) for path in (
-        "/api/accounts/", "/api/stats/summary/", "/api/stats/top/", "/api/upstream-events/", "/api/schema/?format=json",
-    )]
+    answers = [
+        api.get(path)
+        for path in (
+            "/api/accounts/",
+            "/api/stats/summary/",
+            "/api/stats/top/",
+            "/api/upstream-events/",
+            "/api/schema/?format=json",
+        )
+    ]
     metrics = client.get("/metrics")
     for response in [*pages, *answers, metrics]:
         assert response.status_code == 200

@@ -1,8 +1,9 @@
 """`/metrics`: Prometheus text with the flushed counters, upstream calls, the cache and GC."""
+
 from __future__ import annotations
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
+import pytest
 
 from dashboard import stats
 from registry.models import GcRun, UpstreamAccount
@@ -28,7 +29,13 @@ def test_metrics_count_requests_bytes_upstream_calls_and_the_cache(client, hub, 
         b"".join(response.streaming_content)
         response.close()
     UpstreamAccount.objects.filter(upstream=hub).update(ratelimit_limit=100, ratelimit_remaining=76)
-    GcRun.objects.create(started_at="2026-11-29T00:00Z", finished_at="2026-11-29T00:01Z", trigger="test", manifests_deleted=3, bytes_freed=1000)
+    GcRun.objects.create(
+        started_at="2026-11-29T00:00Z",
+        finished_at="2026-11-29T00:01Z",
+        trigger="test",
+        manifests_deleted=3,
+        bytes_freed=1000,
+    )
     stats.flush()
 
     metrics = scrape(client)
@@ -42,7 +49,10 @@ def test_metrics_count_requests_bytes_upstream_calls_and_the_cache(client, hub, 
     assert metrics[("mirrorsite_upstream_fetched_bytes_total", blob)] == layer.size
     ok = (("status", "200"), ("upstream", hub.name))
     assert metrics[("mirrorsite_upstream_requests_total", ok)] >= 1
-    assert metrics[("mirrorsite_upstream_request_duration_seconds_count", ok)] == metrics[("mirrorsite_upstream_requests_total", ok)]
+    assert (
+        metrics[("mirrorsite_upstream_request_duration_seconds_count", ok)]
+        == metrics[("mirrorsite_upstream_requests_total", ok)]
+    )
     assert metrics[("mirrorsite_upstream_request_duration_seconds_bucket", (("le", "+Inf"), *ok))] >= 1
     account = (("account", upstream.username), ("upstream", hub.name))
     assert metrics[("mirrorsite_upstream_ratelimit_remaining", account)] == 76

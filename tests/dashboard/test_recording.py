@@ -1,12 +1,14 @@
 """What the pull path records: hits, misses, stale serves, errors, bytes and pulls, buffered in
 memory, written by a flush, and never a reason for a pull to fail."""
+
 from __future__ import annotations
 
-import pytest
 from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
+import pytest
 
-from dashboard import stats, store as stats_store
+from dashboard import stats
+from dashboard import store as stats_store
 from dashboard.figures import Totals
 from dashboard.models import HourlyStat, TotalStat, UpstreamCalls, UpstreamEvent
 from registry import memory
@@ -59,7 +61,9 @@ def test_a_sequence_of_pulls_is_counted_exactly(client, hub, images, upstream):
     assert (manifests.requests, manifests.hits, manifests.misses, manifests.stale, manifests.errors) == (4, 2, 1, 0, 1)
     assert manifests.pulls == 2, "manifest requests by tag that were answered"
     assert (manifests.bytes_served, manifests.bytes_from_cache, manifests.bytes_from_upstream) == (
-        2 * manifest_size, manifest_size, manifest_size,
+        2 * manifest_size,
+        manifest_size,
+        manifest_size,
     )
     blobs = counters(kind="blob", repository="library/small")
     assert (blobs.requests, blobs.hits, blobs.misses, blobs.errors, blobs.pulls) == (5, 2, 3, 0, 0)
@@ -168,5 +172,8 @@ def test_prefetch_downloads_count_as_bytes_from_upstream_not_as_requests(hub, im
     stats.flush()
     totals = counters(repository="library/small")
     assert totals.requests == 0
-    assert totals.bytes_from_upstream == len(images.small.manifest) + images.small.config.size + images.small.layers[0].size
+    assert (
+        totals.bytes_from_upstream
+        == len(images.small.manifest) + images.small.config.size + images.small.layers[0].size
+    )
     assert Tag.objects.filter(name="1").exists()

@@ -1,14 +1,16 @@
 """Statistics shared through the machine's Redis: processes add to the same counters, one
 drain takes them all (once), and a failed database write puts them back."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 import time
-from typing import Iterator
 
-import pytest
 from django.db import DatabaseError
+import pytest
 
-from dashboard import batch as batches, redisbuffer, stats, store
+from dashboard import batch as batches
+from dashboard import redisbuffer, stats, store
 from dashboard.batch import Batch, CallKey, CounterKey
 from dashboard.models import HourlyStat, UpstreamEvent
 from tests.support.celery_worker import forget_keys, redis_broker

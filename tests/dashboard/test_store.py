@@ -1,20 +1,21 @@
 """Batches into hourly buckets and totals; hourly buckets rolled up into daily ones without a
 figure changing; retention."""
+
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
-import pytest
 from django.utils import timezone
+import pytest
 
 from dashboard import figures, store
-from dashboard.batch import Batch, CallKey, CounterKey, LATENCY_BUCKETS
+from dashboard.batch import LATENCY_BUCKETS, Batch, CallKey, CounterKey
 from dashboard.models import DailyStat, HourlyStat, TotalStat, UpstreamCalls, UpstreamEvent
 from registry.models import Upstream
 
 pytestmark = pytest.mark.django_db
 
-NOW = datetime(2026, 11, 29, 10, 30, tzinfo=dt_timezone.utc)
+NOW = datetime(2026, 11, 29, 10, 30, tzinfo=UTC)
 
 
 def hour(at: datetime) -> float:

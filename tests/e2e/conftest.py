@@ -1,7 +1,8 @@
 """The mirror under test, as real server processes pointed at the session's upstreams."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -18,8 +19,11 @@ TAG_TTL = 2
 def mirror(upstream: UpstreamRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MirrorProcess]:
     """The mirror of the token-auth upstream, pulling with the upstream account."""
     process = MirrorProcess(
-        tmp_path_factory.mktemp("mirror") / "data", upstream.url,
-        username=upstream.username, password=upstream.password, MIRROR_TAG_TTL=str(TAG_TTL),
+        tmp_path_factory.mktemp("mirror") / "data",
+        upstream.url,
+        username=upstream.username,
+        password=upstream.password,
+        MIRROR_TAG_TTL=str(TAG_TTL),
     ).start()
     yield process
     process.stop()

@@ -1,11 +1,12 @@
 """Who may pull, end to end: a mirror with client authentication and a network allow-list,
 driven by real skopeo (login, copy, inspect with its own auth files)."""
+
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 import json
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -14,9 +15,9 @@ from access import tokens
 from tests.support.accesslog import AccessLog
 from tests.support.egress import EgressTrap
 from tests.support.images import MANIFEST_ACCEPT, sha256_digest
+from tests.support.manual import client_config
 from tests.support.mirror import MirrorProcess
 from tests.support.nginx import NginxFront
-from tests.support.manual import client_config
 from tests.support.skopeo import Skopeo
 from tests.support.source_address import request_from
 from tests.support.tls import ServerCertificate, make_server_certificate
@@ -37,10 +38,15 @@ AccessRule.objects.create(pattern="library/big", policy="groups").groups.add(bui
 def guarded(upstream, tmp_path_factory) -> Iterator[MirrorProcess]:
     """Auth on; only 127.0.0.1 may use it, and 127.0.0.1 is also trusted as a proxy."""
     mirror = MirrorProcess(
-        tmp_path_factory.mktemp("guarded-mirror") / "data", upstream.url,
-        username=upstream.username, password=upstream.password,
-        MIRROR_AUTH="true", MIRROR_AUTH_SERVICE=SERVICE, MIRROR_AUTH_TOKEN_KEY=TOKEN_KEY,
-        MIRROR_ALLOWED_NETWORKS="127.0.0.1/32", MIRROR_TRUSTED_PROXIES="127.0.0.1/32",
+        tmp_path_factory.mktemp("guarded-mirror") / "data",
+        upstream.url,
+        username=upstream.username,
+        password=upstream.password,
+        MIRROR_AUTH="true",
+        MIRROR_AUTH_SERVICE=SERVICE,
+        MIRROR_AUTH_TOKEN_KEY=TOKEN_KEY,
+        MIRROR_ALLOWED_NETWORKS="127.0.0.1/32",
+        MIRROR_TRUSTED_PROXIES="127.0.0.1/32",
     ).start()
     mirror.manage("shell", "-c", SETUP)
     yield mirror
@@ -64,7 +70,15 @@ def tls_front(guarded, certificate, tmp_path_factory) -> Iterator[NginxFront]:
 
 def login(skopeo, mirror, authfile: Path, username: str, password: str, check: bool = True):
     return skopeo.run(
-        "login", "--tls-verify=false", "--authfile", str(authfile), "-u", username, "-p", password, mirror.host,
+        "login",
+        "--tls-verify=false",
+        "--authfile",
+        str(authfile),
+        "-u",
+        username,
+        "-p",
+        password,
+        mirror.host,
         check=check,
     )
 
@@ -93,8 +107,12 @@ def test_private_repository_needs_login_then_pulls(guarded, images, skopeo, tmp_
     login(skopeo, guarded, authfile, "alice", "alice-password")
     assert guarded.host in json.loads(authfile.read_text())["auths"]
     skopeo.run(
-        "copy", "--src-tls-verify=false", "--src-authfile", str(authfile),
-        f"docker://{guarded.host}/private/secret:1", f"dir:{tmp_path / 'private'}",
+        "copy",
+        "--src-tls-verify=false",
+        "--src-authfile",
+        str(authfile),
+        f"docker://{guarded.host}/private/secret:1",
+        f"dir:{tmp_path / 'private'}",
     )
     assert (tmp_path / "private" / "manifest.json").read_bytes() == images.private.manifest
     for blob in images.private.blobs:
@@ -103,13 +121,19 @@ def test_private_repository_needs_login_then_pulls(guarded, images, skopeo, tmp_
     again = inspect(skopeo, guarded, "private/secret:1")
     assert again.returncode != 0 and b"unauthorized" in again.stderr.lower()
     anonymous = requests.get(f"{guarded.url}/v2/private/secret/blobs/{images.private.layers[0].digest}", timeout=10)
-    assert anonymous.status_code == 401 and 'scope="repository:private/secret:pull"' in anonymous.headers["WWW-Authenticate"]
+    assert (
+        anonymous.status_code == 401
+        and 'scope="repository:private/secret:pull"' in anonymous.headers["WWW-Authenticate"]
+    )
 
 
 def test_public_repository_pulls_without_login(guarded, images, skopeo, tmp_path):
     skopeo.run(
-        "copy", "--src-tls-verify=false", "--src-no-creds",
-        f"docker://{guarded.host}/library/small:1", f"dir:{tmp_path / 'small'}",
+        "copy",
+        "--src-tls-verify=false",
+        "--src-no-creds",
+        f"docker://{guarded.host}/library/small:1",
+        f"dir:{tmp_path / 'small'}",
     )
     assert (tmp_path / "small" / "manifest.json").read_bytes() == images.small.manifest
 
@@ -133,16 +157,20 @@ def test_user_outside_the_group_is_denied(guarded, images, skopeo, tmp_path):
 def test_expired_forged_and_tampered_tokens_get_401(guarded, images, settings):
     settings.MIRROR_AUTH_SERVICE, settings.MIRROR_AUTH_TOKEN_KEY = SERVICE, TOKEN_KEY  # the mirror's
     issued = requests.get(
-        f"{guarded.url}/v2/token", params={"service": SERVICE, "scope": "repository:private/secret:pull"},
-        auth=("alice", "alice-password"), timeout=10,
+        f"{guarded.url}/v2/token",
+        params={"service": SERVICE, "scope": "repository:private/secret:pull"},
+        auth=("alice", "alice-password"),
+        timeout=10,
     ).json()["token"]
     url = f"{guarded.url}/v2/private/secret/manifests/1"
 
     def status(token: str) -> int:
-        return requests.get(url, headers={"Authorization": f"Bearer {token}", "Accept": MANIFEST_ACCEPT}, timeout=10).status_code
+        return requests.get(
+            url, headers={"Authorization": f"Bearer {token}", "Accept": MANIFEST_ACCEPT}, timeout=10
+        ).status_code
 
     assert status(issued) == 200
-    expired = tokens.issue("alice", [], lifetime=60, now=datetime.now(timezone.utc) - timedelta(minutes=5)).token
+    expired = tokens.issue("alice", [], lifetime=60, now=datetime.now(UTC) - timedelta(minutes=5)).token
     settings.MIRROR_AUTH_TOKEN_KEY = "a key the mirror does not have"
     forged = tokens.issue("alice", []).token
     header, payload, signature = issued.split(".")
@@ -159,12 +187,25 @@ def test_login_and_pull_through_the_tls_front(tls_front, certificate, images, sk
     (certs / "ca.crt").write_bytes(certificate.ca_cert.read_bytes())
     authfile = tmp_path / "auth.json"
     skopeo.run(
-        "login", "--cert-dir", str(certs), "--authfile", str(authfile), "-u", "alice", "-p", "alice-password",
+        "login",
+        "--cert-dir",
+        str(certs),
+        "--authfile",
+        str(authfile),
+        "-u",
+        "alice",
+        "-p",
+        "alice-password",
         tls_front.host,
     )
     skopeo.run(
-        "copy", "--src-cert-dir", str(certs), "--src-authfile", str(authfile),
-        f"docker://{tls_front.host}/private/secret:1", f"dir:{tmp_path / 'private'}",
+        "copy",
+        "--src-cert-dir",
+        str(certs),
+        "--src-authfile",
+        str(authfile),
+        f"docker://{tls_front.host}/private/secret:1",
+        f"dir:{tmp_path / 'private'}",
     )
     assert (tmp_path / "private" / "manifest.json").read_bytes() == images.private.manifest
     # The allow-list sees the client behind the front, not the front.

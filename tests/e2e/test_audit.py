@@ -1,5 +1,6 @@
 """The audit log of a real mirror: skopeo pulls through it, and the records land in its
 database, buffered while it runs and written by the flush thread, or as it stops."""
+
 from __future__ import annotations
 
 from tests.support.dashboard import wait_for
@@ -14,7 +15,11 @@ def audit_rows(mirror: MirrorProcess) -> list[tuple]:
 
 def pull(skopeo, mirror: MirrorProcess, reference: str, dest, check: bool = True):
     return skopeo.run(
-        "copy", "--src-tls-verify=false", "--src-no-creds", f"docker://{mirror.host}/{reference}", f"dir:{dest}",
+        "copy",
+        "--src-tls-verify=false",
+        "--src-no-creds",
+        f"docker://{mirror.host}/{reference}",
+        f"dir:{dest}",
         check=check,
     )
 
@@ -24,8 +29,13 @@ def test_pulls_are_in_the_audit_log(skopeo, upstream, images, tmp_path, processe
 
     def start(flush_interval: str) -> MirrorProcess:
         process = MirrorProcess(
-            data_dir, upstream.url, username=upstream.username, password=upstream.password,
-            MIRROR_AUDIT_FLUSH_INTERVAL=flush_interval, MIRROR_EMBEDDED_WORKERS="false", MIRROR_TAG_TTL="3600",
+            data_dir,
+            upstream.url,
+            username=upstream.username,
+            password=upstream.password,
+            MIRROR_AUDIT_FLUSH_INTERVAL=flush_interval,
+            MIRROR_EMBEDDED_WORKERS="false",
+            MIRROR_TAG_TTL="3600",
         ).start()
         processes.append(process)
         return process
@@ -53,4 +63,4 @@ def test_pulls_are_in_the_audit_log(skopeo, upstream, images, tmp_path, processe
     mirror = start("1")
     pull(skopeo, mirror, "library/small:1", tmp_path / "again")
     after = wait_for(lambda: audit_rows(mirror), lambda found: len(found) > len(rows))
-    assert [(r[0], r[1], r[2], r[4]) for r in after[len(rows):]] == [("GET", "library/small", "1", "hit")]
+    assert [(r[0], r[1], r[2], r[4]) for r in after[len(rows) :]] == [("GET", "library/small", "1", "hit")]

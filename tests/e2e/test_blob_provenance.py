@@ -3,12 +3,12 @@ whose `private/secret` only the mirror's account may read; upstream B (path pref
 a hostile registry whose manifest lists the private image's blob digests and which answers
 HEAD 200 for them. Clients of B's name must not get A's private bytes unless they may read
 A's repository; the audit log records blob reads when asked to."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 import json
 import time
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -38,9 +38,15 @@ def guarded(upstream, hostile, tmp_path_factory) -> Iterator[MirrorProcess]:
     upstreams = directory / "upstreams.yaml"
     upstreams.write_text(f"upstreams:\n  - url: {hostile.url}\n    name: evil\n    alias: evil\n")
     process = MirrorProcess(
-        directory / "data", upstream.url, username=upstream.username, password=upstream.password,
-        MIRROR_UPSTREAMS=str(upstreams), MIRROR_AUTH="true", MIRROR_EMBEDDED_WORKERS="false",
-        MIRROR_AUDIT_BLOBS="true", MIRROR_AUDIT_FLUSH_INTERVAL="1",
+        directory / "data",
+        upstream.url,
+        username=upstream.username,
+        password=upstream.password,
+        MIRROR_UPSTREAMS=str(upstreams),
+        MIRROR_AUTH="true",
+        MIRROR_EMBEDDED_WORKERS="false",
+        MIRROR_AUDIT_BLOBS="true",
+        MIRROR_AUDIT_FLUSH_INTERVAL="1",
     ).start()
     process.manage("shell", "-c", SETUP)
     yield process
@@ -49,18 +55,21 @@ def guarded(upstream, hostile, tmp_path_factory) -> Iterator[MirrorProcess]:
 
 def claiming_manifest(image: PushedImage) -> bytes:
     """B's manifest: A's private blobs, by digest and size, as if they were B's."""
-    return json.dumps({
-        "schemaVersion": 2,
-        "mediaType": image.media_type,
-        "config": {"mediaType": image.config.media_type, "size": image.config.size, "digest": image.config.digest},
-        "layers": [{"mediaType": b.media_type, "size": b.size, "digest": b.digest} for b in image.layers],
-    }).encode()
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": image.media_type,
+            "config": {"mediaType": image.config.media_type, "size": image.config.size, "digest": image.config.digest},
+            "layers": [{"mediaType": b.media_type, "size": b.size, "digest": b.digest} for b in image.layers],
+        }
+    ).encode()
 
 
 def script_claim(hostile: HostileRegistry, repository: str, image: PushedImage) -> None:
     manifest = claiming_manifest(image)
     hostile.script(
-        "GET", f"/v2/{repository}/manifests/1",
+        "GET",
+        f"/v2/{repository}/manifests/1",
         answer(200, manifest, Content_Type=image.media_type, Docker_Content_Digest=sha256_digest(manifest)),
     )
     for blob in image.blobs:  # "I have it" (HEAD), but no bytes behind the claim
@@ -73,7 +82,10 @@ def pull_private(mirror: MirrorProcess, image: PushedImage) -> None:
     )
     assert got.status_code == 200 and got.content == image.manifest
     for blob in image.blobs:
-        assert requests.get(f"{mirror.url}/v2/private/secret/blobs/{blob.digest}", auth=ALICE, timeout=30).content == blob.data
+        assert (
+            requests.get(f"{mirror.url}/v2/private/secret/blobs/{blob.digest}", auth=ALICE, timeout=30).content
+            == blob.data
+        )
 
 
 def test_a_claiming_upstream_does_not_hand_out_private_blobs(guarded, hostile, images):
@@ -89,7 +101,9 @@ def test_a_claiming_upstream_does_not_hand_out_private_blobs(guarded, hostile, i
     assert anonymous_own.status_code == 401
 
     script_claim(hostile, "attacker/image", private)
-    listed = requests.get(f"{guarded.url}/v2/evil/attacker/image/manifests/1", headers={"Accept": MANIFEST_ACCEPT}, timeout=10)
+    listed = requests.get(
+        f"{guarded.url}/v2/evil/attacker/image/manifests/1", headers={"Accept": MANIFEST_ACCEPT}, timeout=10
+    )
     assert listed.status_code == 200, "B's manifest is served: it is B's"
     for blob in private.blobs:
         path = f"/v2/evil/attacker/image/blobs/{blob.digest}"
@@ -151,6 +165,7 @@ def test_blob_reads_are_in_the_audit_log_when_asked(guarded, hostile, images):
     pull_private(guarded, private)
     layer = private.layers[0]
     requests.get(f"{guarded.url}/v2/evil/attacker/image/blobs/{layer.digest}", timeout=30)
+
     def seen() -> tuple[bool, bool]:
         records = blob_records(guarded, layer.digest)  # each server process flushes its own, every second
         return (

@@ -1,13 +1,14 @@
 """Bounded answers, end to end: a mirror (real server processes) of a hostile upstream that
 sends a tag list of a million tags, blobs longer than their descriptors, malformed digests; and
 an S3-backed mirror whose redirects to presigned URLs must not be kept by clients."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 import json
 from pathlib import Path
 import time
-from typing import Iterator
 
 import pytest
 import requests
@@ -30,7 +31,10 @@ def hostile() -> Iterator[HostileRegistry]:
 def bounded(hostile, tmp_path_factory) -> Iterator[MirrorProcess]:
     """One server process (a tag list is remembered per process), tags revalidated on every pull."""
     process = MirrorProcess(
-        tmp_path_factory.mktemp("bounded") / "data", hostile.url, MIRROR_WEB_WORKERS="1", MIRROR_TAG_TTL="0",
+        tmp_path_factory.mktemp("bounded") / "data",
+        hostile.url,
+        MIRROR_WEB_WORKERS="1",
+        MIRROR_TAG_TTL="0",
         MIRROR_EMBEDDED_WORKERS="false",
     ).start()
     yield process
@@ -99,7 +103,9 @@ def serve_image(hostile: HostileRegistry, repository: str, layer_size: int, seed
 
 
 def pull_manifest(mirror: MirrorProcess, image: PushedImage) -> None:
-    got = requests.get(f"{mirror.url}/v2/{image.repository}/manifests/1", headers={"Accept": MANIFEST_ACCEPT}, timeout=10)
+    got = requests.get(
+        f"{mirror.url}/v2/{image.repository}/manifests/1", headers={"Accept": MANIFEST_ACCEPT}, timeout=10
+    )
     assert got.status_code == 200 and got.content == image.manifest
 
 
@@ -146,7 +152,8 @@ def test_a_content_length_larger_than_the_descriptor_is_refused_before_downloadi
 def test_a_malformed_upstream_digest_is_a_502(bounded, hostile):
     image = serve_image(hostile, "bad/digest", 1024, seed=7103)
     hostile.script(
-        "GET", "/v2/bad/digest/manifests/1",
+        "GET",
+        "/v2/bad/digest/manifests/1",
         answer(200, image.manifest, Content_Type=image.media_type, Docker_Content_Digest="sha256:not-a-digest"),
     )
     url = f"{bounded.url}/v2/bad/digest/manifests/1"
@@ -157,17 +164,22 @@ def test_a_malformed_upstream_digest_is_a_502(bounded, hostile):
     other = serve_image(hostile, "bad/revalidated", 1024, seed=7104)
     pull_manifest(bounded, other)
     hostile.script(
-        "HEAD", "/v2/bad/revalidated/manifests/1",
+        "HEAD",
+        "/v2/bad/revalidated/manifests/1",
         answer(200, b"", Content_Type=other.media_type, Docker_Content_Digest="sha512:zz"),
     )
-    revalidated = requests.get(f"{bounded.url}/v2/bad/revalidated/manifests/1", headers={"Accept": MANIFEST_ACCEPT}, timeout=10)
+    revalidated = requests.get(
+        f"{bounded.url}/v2/bad/revalidated/manifests/1", headers={"Accept": MANIFEST_ACCEPT}, timeout=10
+    )
     assert revalidated.status_code == 502 and error_code(revalidated) == "MANIFEST_INVALID"
 
 
 @pytest.fixture(scope="module")
 def s3_hostile_mirror(hostile, s3_server, tmp_path_factory) -> Iterator[MirrorProcess]:
     process = MirrorProcess(
-        tmp_path_factory.mktemp("s3-bounded") / "data", hostile.url, MIRROR_EMBEDDED_WORKERS="false",
+        tmp_path_factory.mktemp("s3-bounded") / "data",
+        hostile.url,
+        MIRROR_EMBEDDED_WORKERS="false",
         **s3_server.mirror_env(s3_server.create_bucket("bounded")),
     ).start()
     yield process

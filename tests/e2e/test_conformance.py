@@ -6,6 +6,7 @@ is right: where Distribution 2.8 (Debian's `docker-registry`) lacks a feature of
 (referrers, tag pagination, tags in lexical order) or gets one wrong (a malformed digest
 as a manifest reference), that check runs against the mirror only, and says why.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,7 +15,16 @@ import json
 import pytest
 
 from tests.support.conformance import Target, error_codes, next_link
-from tests.support.images import OCI_INDEX, OCI_MANIFEST, PushedImage, PushedIndex, push_image, push_index, sha256_digest, tag_existing
+from tests.support.images import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    PushedImage,
+    PushedIndex,
+    push_image,
+    push_index,
+    sha256_digest,
+    tag_existing,
+)
 
 BOTH = ["mirror", "distribution"]
 MIRROR_ONLY = ["mirror"]
@@ -48,7 +58,8 @@ def registry(request, mirror, upstream) -> Target:
     if request.param == "mirror":
         return Target("mirror", mirror.url, lambda repository: {})
     return Target(
-        "distribution", upstream.url,
+        "distribution",
+        upstream.url,
         lambda repository: upstream.auth_headers(repository or REPOSITORY, "pull"),
     )
 
@@ -232,7 +243,7 @@ def test_tags_pagination_edges(registry, content):
     response, tags = tags_page(registry, f"?n={len(TAGS) + 10}")
     assert tags == TAGS and next_link(response) is None
     response, tags = tags_page(registry, "?last=multi")
-    assert tags == TAGS[TAGS.index("multi") + 1:] and next_link(response) is None
+    assert tags == TAGS[TAGS.index("multi") + 1 :] and next_link(response) is None
     response, tags = tags_page(registry, "?n=2&last=multi")
     assert tags == ["v1", "v1.1"] and next_link(response) is not None
     response, tags = tags_page(registry, f"?n=2&last={TAGS[-1]}")

@@ -6,11 +6,12 @@ The daemon is the fixture's own (root, state, socket under a temporary directory
 plugin). Docker Hub is never reached: `ctr`'s non-loopback requests go to the egress trap,
 which refuses them, so a pull that fell back from the mirror to Docker Hub fails the test.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 import itertools
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -88,7 +89,16 @@ def test_one_platform_of_a_multi_platform_image(mirror, upstream, trap, containe
     arm, amd = index.child("arm64"), index.child("amd64")
     certs = hosts_dir(tmp_path / "certs.d", mirror.host)
     watch = Watch.start(mirror, upstream, trap)
-    pull(containerd, trap, namespace, "--hosts-dir", str(certs), "--platform", "linux/arm64", "docker.io/library/ctr-multi:1")
+    pull(
+        containerd,
+        trap,
+        namespace,
+        "--hosts-dir",
+        str(certs),
+        "--platform",
+        "linux/arm64",
+        "docker.io/library/ctr-multi:1",
+    )
     listed = containerd.images(namespace)["docker.io/library/ctr-multi:1"]
     assert (listed.digest, listed.media_type) == (index.digest, index.media_type)
     assert containerd.content(namespace, index.digest) == index.manifest
@@ -132,7 +142,9 @@ def test_pull_naming_the_mirror(mirror, upstream, trap, containerd, ctr_images, 
     watch.assert_through_mirror(AGENT, blob_digests(image), cold=False)
 
 
-def test_mirror_down_or_without_the_image_falls_back_to_the_server(mirror, upstream, trap, containerd, namespace, tmp_path):
+def test_mirror_down_or_without_the_image_falls_back_to_the_server(
+    mirror, upstream, trap, containerd, namespace, tmp_path
+):
     """What the manual promises: containerd tries the next host, Docker Hub, when the mirror
     fails, with or without `server`. Here that attempt lands in the trap and the pull fails."""
     dead = f"127.0.0.1:{free_port()}"
@@ -142,7 +154,9 @@ def test_mirror_down_or_without_the_image_falls_back_to_the_server(mirror, upstr
     no_server = hosts_dir(tmp_path / "no-server", dead, without_server + "\n")
     for certs in (readme, no_server):
         trap.clear()
-        failed = pull(containerd, trap, namespace, "--hosts-dir", str(certs), "docker.io/library/ctr-tag:1", check=False)
+        failed = pull(
+            containerd, trap, namespace, "--hosts-dir", str(certs), "docker.io/library/ctr-tag:1", check=False
+        )
         assert failed.returncode != 0
         assert DOCKER_HUB in trap.hosts, (certs, failed.stderr, trap.requests)
 

@@ -1,6 +1,7 @@
 """Statistics of a real mirror process: a known sequence of cold and warm pulls gives exactly
 the expected figures in /api/ and /metrics, the figures survive a restart, and a statistics
 backend that is down fails no pull (and loses no figure)."""
+
 from __future__ import annotations
 
 import time
@@ -24,12 +25,20 @@ def counted(upstream) -> PushedImage:
 def start_mirror(path, upstream, **env: str) -> MirrorProcess:
     # Without Redis the web processes write their statistics themselves: no worker needed.
     return MirrorProcess(
-        path, upstream.url, username=upstream.username, password=upstream.password,
-        MIRROR_STATS_FLUSH_INTERVAL=FLUSH, MIRROR_TAG_TTL="3600", MIRROR_EMBEDDED_WORKERS="false", **env,
+        path,
+        upstream.url,
+        username=upstream.username,
+        password=upstream.password,
+        MIRROR_STATS_FLUSH_INTERVAL=FLUSH,
+        MIRROR_TAG_TTL="3600",
+        MIRROR_EMBEDDED_WORKERS="false",
+        **env,
     ).start()
 
 
-def test_exact_figures_that_survive_a_restart_and_a_statistics_backend_down(processes, upstream, counted, skopeo, tmp_path):
+def test_exact_figures_that_survive_a_restart_and_a_statistics_backend_down(
+    processes, upstream, counted, skopeo, tmp_path
+):
     mirror = start_mirror(tmp_path / "data", upstream)
     processes.append(mirror)
     token = create_staff(mirror)
@@ -40,9 +49,17 @@ def test_exact_figures_that_survive_a_restart_and_a_statistics_backend_down(proc
     pull_with_requests(mirror, counted)  # cold: 4 misses
     pull_with_requests(mirror, counted)  # warm: 4 hits
     expected = {
-        "requests": 8, "hits": 4, "misses": 4, "stale": 0, "errors": 0, "pulls": 2,
-        "bytes_served": 2 * (manifest + blobs), "bytes_from_cache": manifest + blobs,
-        "bytes_from_upstream": manifest + blobs, "hit_rate": 0.5, "byte_hit_rate": 0.5,
+        "requests": 8,
+        "hits": 4,
+        "misses": 4,
+        "stale": 0,
+        "errors": 0,
+        "pulls": 2,
+        "bytes_served": 2 * (manifest + blobs),
+        "bytes_from_cache": manifest + blobs,
+        "bytes_from_upstream": manifest + blobs,
+        "hit_rate": 0.5,
+        "byte_hit_rate": 0.5,
         "bandwidth_saved": manifest + blobs,
     }
     day = wait_for(lambda: api.day(repository="library/counted"), lambda figures: figures["requests"] >= 8)
@@ -64,8 +81,11 @@ def test_exact_figures_that_survive_a_restart_and_a_statistics_backend_down(proc
 
     # A warm pull by a real client adds hits and nothing from the upstream.
     skopeo.run(
-        "copy", "--src-tls-verify=false", "--src-no-creds",
-        f"docker://{mirror.host}/library/counted:1", f"dir:{tmp_path / 'warm'}",
+        "copy",
+        "--src-tls-verify=false",
+        "--src-no-creds",
+        f"docker://{mirror.host}/library/counted:1",
+        f"dir:{tmp_path / 'warm'}",
     )
     after = wait_for(lambda: api.day(repository="library/counted"), lambda figures: figures["hits"] >= 8)
     assert after["hits"] >= 8 and after["requests"] == after["hits"] + 4
@@ -90,8 +110,11 @@ def test_exact_figures_that_survive_a_restart_and_a_statistics_backend_down(proc
 
     # Pulls go on, and are counted all the same (written to the database instead).
     skopeo.run(
-        "copy", "--src-tls-verify=false", "--src-no-creds",
-        f"docker://{again.host}/library/counted:1", f"dir:{tmp_path / 'backend-down'}",
+        "copy",
+        "--src-tls-verify=false",
+        "--src-no-creds",
+        f"docker://{again.host}/library/counted:1",
+        f"dir:{tmp_path / 'backend-down'}",
     )
     pull_with_requests(again, counted)
     final = wait_for(lambda: api.day(repository="library/counted"), lambda f: f["hits"] >= restarted["hits"] + 8)

@@ -2,10 +2,11 @@
 into the admin of a mirror process after known pulls, reads the hit rate and the bandwidth
 saved, prefetches an image with the Prefetch image form and watches the job complete.
 Screenshots go to test-artifacts/."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 import shutil
-from typing import Iterator
 
 import pytest
 from selenium import webdriver
@@ -27,9 +28,12 @@ PASSWORD = "dashboard-browser-password"
 @pytest.fixture(scope="module")
 def mirror(upstream, tmp_path_factory) -> Iterator[MirrorProcess]:
     process = MirrorProcess(
-        tmp_path_factory.mktemp("dashboard-browser") / "data", upstream.url,
-        username=upstream.username, password=upstream.password,
-        MIRROR_STATS_FLUSH_INTERVAL="1", MIRROR_TAG_TTL="3600",
+        tmp_path_factory.mktemp("dashboard-browser") / "data",
+        upstream.url,
+        username=upstream.username,
+        password=upstream.password,
+        MIRROR_STATS_FLUSH_INTERVAL="1",
+        MIRROR_TAG_TTL="3600",
     ).start()
     yield process
     process.stop()
@@ -42,7 +46,13 @@ def browser() -> Iterator[webdriver.Chrome]:
     assert chromium and driver, "Debian's chromium and chromium-driver must be installed (make test-tools)"
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1440,2600"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1440,2600",
+    ):
         options.add_argument(argument)
     session = webdriver.Chrome(options=options, service=Service(executable_path=driver))
     session.set_page_load_timeout(30)
@@ -94,5 +104,8 @@ def test_an_admin_sees_the_figures_and_prefetches_from_the_dashboard(mirror, bro
 
     browser.get(f"{mirror.url}/admin/")
     row = browser.find_element(By.CSS_SELECTOR, "#prefetch-jobs [data-job-url]")
-    assert row.get_attribute("data-status") == "succeeded" and "library/release:2" in browser.find_element(By.ID, "prefetch-jobs").text
+    assert (
+        row.get_attribute("data-status") == "succeeded"
+        and "library/release:2" in browser.find_element(By.ID, "prefetch-jobs").text
+    )
     browser.save_screenshot(str(artifacts_dir() / "dashboard.png"))

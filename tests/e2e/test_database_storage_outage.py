@@ -2,10 +2,11 @@
 away (a relay that closes every connection) answers a clean 503 UNAVAILABLE in the registry's
 JSON within its stated timeouts, never a 500 or a hang; /healthz answers meanwhile; once the
 dependency answers again, what is cached is served (from the filesystem store, or the bucket)."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -34,8 +35,12 @@ def through(url: str, relay: TcpRelay) -> str:
 
 def pull(skopeo, mirror: MirrorProcess, reference: str, dest: Path) -> None:
     skopeo.run(
-        "copy", "--src-tls-verify=false", "--src-no-creds",
-        f"docker://{mirror.host}/{reference}", f"dir:{dest}", timeout=120,
+        "copy",
+        "--src-tls-verify=false",
+        "--src-no-creds",
+        f"docker://{mirror.host}/{reference}",
+        f"dir:{dest}",
+        timeout=120,
     )
 
 
@@ -65,8 +70,13 @@ def postgres_relay(tmp_path) -> Iterator[tuple[TcpRelay, ProcessDatabase, Path]]
 def postgres_mirror(postgres_relay, upstream) -> Iterator[tuple[MirrorProcess, TcpRelay]]:
     relay, database, data_dir = postgres_relay
     process = MirrorProcess(
-        data_dir, upstream.url, username=upstream.username, password=upstream.password, database=database,
-        DATABASE_URL=through(database.url, relay), MIRROR_TAG_TTL=str(TAG_TTL),
+        data_dir,
+        upstream.url,
+        username=upstream.username,
+        password=upstream.password,
+        database=database,
+        DATABASE_URL=through(database.url, relay),
+        MIRROR_TAG_TTL=str(TAG_TTL),
         DJANGO_SECRET_KEY="db-outage-tests-only-" + "k" * 40,
     ).start()
     yield process, relay
@@ -86,7 +96,9 @@ def test_postgres_hung_or_gone_answers_503_and_recovers(postgres_mirror, failure
         f"{mirror.url}/v2/library/small/blobs/{layer}",  # cached blob: whose it is, is in the database
     ):
         assert_unavailable(requests.get(url, headers={"Accept": MANIFEST_ACCEPT}, timeout=ANSWER_WITHIN))
-    head = requests.head(f"{mirror.url}/v2/library/multi/manifests/1", headers={"Accept": MANIFEST_ACCEPT}, timeout=ANSWER_WITHIN)
+    head = requests.head(
+        f"{mirror.url}/v2/library/multi/manifests/1", headers={"Accept": MANIFEST_ACCEPT}, timeout=ANSWER_WITHIN
+    )
     assert head.status_code == 503 and head.content == b""
     assert requests.get(f"{mirror.url}/healthz", timeout=ANSWER_WITHIN).status_code == 200
     ready = requests.get(f"{mirror.url}/readyz", timeout=ANSWER_WITHIN)
@@ -106,8 +118,11 @@ def s3_mirror(s3_server: S3Server, upstream, tmp_path) -> Iterator[tuple[MirrorP
     relay = TcpRelay(("127.0.0.1", s3_server.port)).start()
     bucket = s3_server.create_bucket("outage")
     env = s3_server.mirror_env(
-        bucket, MIRROR_S3_ENDPOINT_URL=f"http://{relay.address}", MIRROR_S3_SERVE="stream",
-        MIRROR_S3_CONNECT_TIMEOUT="2", MIRROR_S3_READ_TIMEOUT="2",
+        bucket,
+        MIRROR_S3_ENDPOINT_URL=f"http://{relay.address}",
+        MIRROR_S3_SERVE="stream",
+        MIRROR_S3_CONNECT_TIMEOUT="2",
+        MIRROR_S3_READ_TIMEOUT="2",
     )
     process = MirrorProcess(
         tmp_path / "data", upstream.url, username=upstream.username, password=upstream.password, **env
@@ -126,11 +141,15 @@ def test_s3_hung_or_gone_answers_503_for_blobs_and_serves_manifests(s3_mirror, f
     relay.set_mode(failure)
 
     for method in ("GET", "HEAD"):
-        assert_blob = requests.request(method, f"{mirror.url}/v2/library/small/blobs/{layer.digest}", timeout=ANSWER_WITHIN)
+        assert_blob = requests.request(
+            method, f"{mirror.url}/v2/library/small/blobs/{layer.digest}", timeout=ANSWER_WITHIN
+        )
         assert assert_blob.status_code == 503, (method, assert_blob.status_code)
     assert_unavailable(requests.get(f"{mirror.url}/v2/library/small/blobs/{layer.digest}", timeout=ANSWER_WITHIN))
     # Manifests live in the database: still served.
-    manifest = requests.get(f"{mirror.url}/v2/library/small/manifests/1", headers={"Accept": MANIFEST_ACCEPT}, timeout=ANSWER_WITHIN)
+    manifest = requests.get(
+        f"{mirror.url}/v2/library/small/manifests/1", headers={"Accept": MANIFEST_ACCEPT}, timeout=ANSWER_WITHIN
+    )
     assert manifest.status_code == 200 and manifest.content == images.small.manifest
     assert requests.get(f"{mirror.url}/healthz", timeout=ANSWER_WITHIN).status_code == 200
 

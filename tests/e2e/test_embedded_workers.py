@@ -1,5 +1,6 @@
 """The embedded default: `make run` with no Redis runs a worker and a scheduler too, so a
 prefetch is accepted and completed, and stopping it stops them all."""
+
 from __future__ import annotations
 
 import signal
@@ -17,7 +18,11 @@ def test_make_run_accepts_a_prefetch_and_completes_it(upstream, images, tmp_path
         mark = upstream.log_mark()
         prefetch = subprocess.run(
             [sys.executable, "manage.py", "prefetch", "library/big:1"],
-            cwd=PROJECT_ROOT, env=run.env, capture_output=True, text=True, timeout=180,
+            cwd=PROJECT_ROOT,
+            env=run.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
         assert prefetch.returncode == 0, f"{prefetch.stdout}\n{prefetch.stderr}\n{run.log.read_text()[-3000:]}"
         assert "queued prefetch job 1" in prefetch.stdout

@@ -1,13 +1,14 @@
 """Garbage collection beside pulls, on a real mirror process: with the upstream gone, a client
 that got a manifest must still get every blob while collections run, and what nobody uses goes."""
+
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 import hashlib
 import subprocess
 import sys
 import threading
-from typing import Iterator
 
 import pytest
 import requests
@@ -46,9 +47,15 @@ def pushed(own_upstream) -> dict[str, PushedImage]:
 @pytest.fixture
 def mirror(own_upstream, tmp_path) -> Iterator[MirrorProcess]:
     process = MirrorProcess(
-        tmp_path / "data", own_upstream.url, username=own_upstream.username, password=own_upstream.password,
-        MIRROR_TAG_TTL="3600", MIRROR_CACHE_MAX_BYTES="1",  # always over quota: GC evicts all it may
-        MIRROR_GC_GRACE_PERIOD="600", MIRROR_GC_INTERVAL="0", MIRROR_POPULAR_INTERVAL="0",
+        tmp_path / "data",
+        own_upstream.url,
+        username=own_upstream.username,
+        password=own_upstream.password,
+        MIRROR_TAG_TTL="3600",
+        MIRROR_CACHE_MAX_BYTES="1",  # always over quota: GC evicts all it may
+        MIRROR_GC_GRACE_PERIOD="600",
+        MIRROR_GC_INTERVAL="0",
+        MIRROR_POPULAR_INTERVAL="0",
     ).start()
     yield process
     process.stop()
@@ -56,7 +63,12 @@ def mirror(own_upstream, tmp_path) -> Iterator[MirrorProcess]:
 
 def gc(mirror: MirrorProcess, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "manage.py", "gc", *args], cwd=PROJECT_ROOT, env=mirror.env, capture_output=True, text=True, timeout=120
+        [sys.executable, "manage.py", "gc", *args],
+        cwd=PROJECT_ROOT,
+        env=mirror.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -66,14 +78,17 @@ def copy(skopeo, mirror: MirrorProcess, reference: str, dest) -> dict[str, bytes
 
 
 def rows(mirror: MirrorProcess) -> list:
-    return [mirror.query(f"SELECT * FROM registry_{table} ORDER BY id") for table in ("manifest", "tag", "blob", "repository")]
+    return [
+        mirror.query(f"SELECT * FROM registry_{table} ORDER BY id")
+        for table in ("manifest", "tag", "blob", "repository")
+    ]
 
 
 def test_a_pull_running_during_gc_gets_every_blob(mirror, own_upstream, pushed, skopeo, tmp_path):
     keep, other = pushed["keep"], pushed["other"]
     copy(skopeo, mirror, "library/keep:1", tmp_path / "fill-keep")
     copy(skopeo, mirror, "library/other:1", tmp_path / "fill-other")
-    ten_days_ago = datetime.now(timezone.utc) - timedelta(days=10)
+    ten_days_ago = datetime.now(UTC) - timedelta(days=10)
     for statement in AGE_SQL:  # as if nobody had pulled anything for ten days
         mirror.query(statement, *[ten_days_ago] * statement.count("?"))
 

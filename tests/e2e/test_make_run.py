@@ -1,4 +1,5 @@
 """`make run`, as a user starts it: a working mirror in the foreground that stops cleanly."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,11 @@ def test_make_run_serves_a_mirror_and_stops_everything(how, upstream, images, sk
         assert response.status_code == 200
         assert response.headers["Server"].startswith("gunicorn"), "a production server, not runserver"
         skopeo.run(
-            "copy", "--src-tls-verify=false", "--src-no-creds",
-            f"docker://127.0.0.1:{run.port}/library/small:1", f"dir:{tmp_path / 'pulled'}",
+            "copy",
+            "--src-tls-verify=false",
+            "--src-no-creds",
+            f"docker://127.0.0.1:{run.port}/library/small:1",
+            f"dir:{tmp_path / 'pulled'}",
         )
         # Everything the embedded default keeps lives under MIRROR_DATA_DIR; the PostgreSQL pass's
         # database is on the server instead.

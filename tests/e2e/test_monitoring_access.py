@@ -1,9 +1,10 @@
 """/readyz and /metrics of a real mirror name its upstreams and accounts' figures: by default
 they answer only clients on loopback and private networks (or the allow-list's), or presenting
 the metrics token; /healthz stays open; /readyz names no account."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -19,9 +20,12 @@ OUTSIDE, INSIDE = "203.0.113.9", "10.1.2.3"  # as the trusted proxy (127.0.0.1) 
 def defaults(upstream, tmp_path_factory) -> Iterator[MirrorProcess]:
     """No allow-list, no monitoring setting, no token: the defaults, behind a trusted proxy."""
     process = MirrorProcess(
-        tmp_path_factory.mktemp("monitoring-defaults") / "data", upstream.url,
-        username=upstream.username, password=upstream.password,
-        MIRROR_AUTH="true", MIRROR_TRUSTED_PROXIES="127.0.0.1/32",
+        tmp_path_factory.mktemp("monitoring-defaults") / "data",
+        upstream.url,
+        username=upstream.username,
+        password=upstream.password,
+        MIRROR_AUTH="true",
+        MIRROR_TRUSTED_PROXIES="127.0.0.1/32",
     ).start()
     yield process
     process.stop()
@@ -30,9 +34,13 @@ def defaults(upstream, tmp_path_factory) -> Iterator[MirrorProcess]:
 @pytest.fixture(scope="module")
 def with_token(upstream, tmp_path_factory) -> Iterator[MirrorProcess]:
     process = MirrorProcess(
-        tmp_path_factory.mktemp("monitoring-token") / "data", upstream.url,
-        username=upstream.username, password=upstream.password,
-        MIRROR_AUTH="true", MIRROR_METRICS_TOKEN=METRICS_TOKEN, MIRROR_MONITORING_NETWORKS="127.0.0.1/32",
+        tmp_path_factory.mktemp("monitoring-token") / "data",
+        upstream.url,
+        username=upstream.username,
+        password=upstream.password,
+        MIRROR_AUTH="true",
+        MIRROR_METRICS_TOKEN=METRICS_TOKEN,
+        MIRROR_MONITORING_NETWORKS="127.0.0.1/32",
     ).start()
     yield process
     process.stop()
@@ -60,7 +68,9 @@ def test_readiness_names_no_account(defaults, upstream):
     (report,) = ready.json()["upstreams"].values()
     (account_id,) = report["accounts"]
     assert report["account_in_use"] == int(account_id)
-    assert defaults.query("SELECT username FROM registry_upstreamaccount WHERE id = ?", int(account_id)) == [(upstream.username,)]
+    assert defaults.query("SELECT username FROM registry_upstreamaccount WHERE id = ?", int(account_id)) == [
+        (upstream.username,)
+    ]
 
 
 def test_outside_the_monitoring_networks_the_token_is_needed(with_token):

@@ -1,8 +1,9 @@
 """Behind nginx: misses stream through the proxy, hits are sent by nginx (X-Accel-Redirect)."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 import json
-from typing import Iterator
 
 import pytest
 import requests
@@ -17,10 +18,14 @@ from tests.support.source_address import request_from
 def front(upstream, tmp_path_factory) -> Iterator[tuple[NginxFront, MirrorProcess]]:
     data_dir = tmp_path_factory.mktemp("nginx-mirror") / "data"
     mirror = MirrorProcess(
-        data_dir, upstream.url, username=upstream.username, password=upstream.password,
+        data_dir,
+        upstream.url,
+        username=upstream.username,
+        password=upstream.password,
         MIRROR_X_ACCEL_REDIRECT="/_mirror_blobs/",
         # nginx is the trusted proxy; clients are told apart by the address it forwards.
-        MIRROR_TRUSTED_PROXIES="127.0.0.1/32", MIRROR_ALLOWED_NETWORKS="127.0.0.1/32",
+        MIRROR_TRUSTED_PROXIES="127.0.0.1/32",
+        MIRROR_ALLOWED_NETWORKS="127.0.0.1/32",
     ).start()
     nginx = NginxFront(tmp_path_factory.mktemp("nginx"), mirror.host, data_dir / "blobs").start()
     yield nginx, mirror
@@ -32,8 +37,11 @@ def test_pull_through_nginx_cold_then_warm(front, images, skopeo, tmp_path):
     nginx, mirror = front
     for attempt in ("cold", "warm"):
         skopeo.run(
-            "copy", "--src-tls-verify=false", "--src-no-creds",
-            f"docker://{nginx.host}/library/big:1", f"dir:{tmp_path / attempt}",
+            "copy",
+            "--src-tls-verify=false",
+            "--src-no-creds",
+            f"docker://{nginx.host}/library/big:1",
+            f"dir:{tmp_path / attempt}",
         )
         got = {p.name: p.read_bytes() for p in (tmp_path / attempt).iterdir() if len(p.name) == 64}
         assert got == {b.digest.split(":")[1]: b.data for b in images.big.blobs}, attempt

@@ -3,14 +3,15 @@ at in parallel on /v2/token (GET with Basic, and the OAuth POST), Basic on /v2/,
 form and the API. One limiter counts every check: at most the limit is evaluated, the rest are
 refused with 429 (registry JSON and Retry-After on /v2/), the right password works once the
 window is over, and two processes sharing a Redis share the count."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 import itertools
 import re
 import threading
 import time
-from typing import Callable, Iterator
 import uuid
 
 import pytest
@@ -31,7 +32,9 @@ for name in ("alice", "bob", "carol", "dave", "erin"):
 User.objects.create_superuser("root", "root@example.org", "root-password")
 """
 LIMITS = {
-    "MIRROR_AUTH": "true", "MIRROR_LOGIN_ATTEMPTS": str(LIMIT), "MIRROR_LOGIN_LOCKOUT": str(LOCKOUT),
+    "MIRROR_AUTH": "true",
+    "MIRROR_LOGIN_ATTEMPTS": str(LIMIT),
+    "MIRROR_LOGIN_LOCKOUT": str(LOCKOUT),
     # The address limit is the unit tests' business: here every guess comes from 127.0.0.1.
     "MIRROR_LOGIN_ATTEMPTS_PER_ADDRESS": "10000",
 }
@@ -40,8 +43,11 @@ LIMITS = {
 @pytest.fixture(scope="module")
 def guarded(upstream, tmp_path_factory) -> Iterator[MirrorProcess]:
     mirror = MirrorProcess(
-        tmp_path_factory.mktemp("guessed-mirror") / "data", upstream.url,
-        username=upstream.username, password=upstream.password, **LIMITS,
+        tmp_path_factory.mktemp("guessed-mirror") / "data",
+        upstream.url,
+        username=upstream.username,
+        password=upstream.password,
+        **LIMITS,
     ).start()
     mirror.manage("shell", "-c", SETUP)
     yield mirror
@@ -57,7 +63,9 @@ def replicas(upstream, tmp_path_factory) -> Iterator[list[MirrorProcess]]:
     started = []
     try:
         for name in ("a", "b"):
-            process = MirrorProcess(root / name, upstream.url, username=upstream.username, password=upstream.password, **shared)
+            process = MirrorProcess(
+                root / name, upstream.url, username=upstream.username, password=upstream.password, **shared
+            )
             started.append(process.start())
             process.manage("shell", "-c", SETUP)
         yield started
@@ -135,7 +143,10 @@ def admin_session(mirror: MirrorProcess) -> tuple[dict, str]:
 
 def admin_login(mirror: MirrorProcess, cookies: dict, token: str, username: str, password: str) -> requests.Response:
     return requests.post(
-        f"{mirror.url}/admin/login/?next=/admin/", cookies=cookies, allow_redirects=False, timeout=60,
+        f"{mirror.url}/admin/login/?next=/admin/",
+        cookies=cookies,
+        allow_redirects=False,
+        timeout=60,
         data={"csrfmiddlewaretoken": token, "username": username, "password": password, "next": "/admin/"},
         headers={"Referer": f"{mirror.url}/admin/login/"},
     )

@@ -6,16 +6,17 @@ Docker Hub itself is never reached: every non-loopback request of the client goe
 egress trap, which refuses it, so a client that fell back from the mirror to docker.io
 would fail the test rather than pass it quietly.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.support.clients import ClientImages, Watch, blob_digests, push_client_images
 from tests.support.egress import EgressTrap
-from tests.support.podman import Podman
 from tests.support.manual import client_config
+from tests.support.podman import Podman
 from tests.support.upstream_registry import free_port
 
 AGENT = "containers/"  # podman's User-Agent (containers/image)

@@ -1,4 +1,5 @@
 """Pulls through the mirror with skopeo from a real upstream (Distribution with token auth)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +17,13 @@ OCI_ONLY_ACCEPT = "application/vnd.oci.image.manifest.v1+json"
 
 def copy(skopeo, mirror, reference: str, dest: Path, *extra: str, check: bool = True):
     return skopeo.run(
-        "copy", "--src-tls-verify=false", "--src-no-creds", *extra,
-        f"docker://{mirror.host}/{reference}", f"dir:{dest}", check=check,
+        "copy",
+        "--src-tls-verify=false",
+        "--src-no-creds",
+        *extra,
+        f"docker://{mirror.host}/{reference}",
+        f"dir:{dest}",
+        check=check,
     )
 
 
@@ -47,8 +53,10 @@ def test_cold_then_warm_pull_fetches_each_blob_once(skopeo, mirror, upstream, im
     assert mirror.temp_files() == []
     # Every hit is recorded for eviction (the e2e mirror writes pull times at once).
     pulled = mirror.query(
-        "SELECT digest FROM registry_blob WHERE last_pulled_at IS NOT NULL AND digest IN (%s)"
-        % ",".join("?" * len(big.blobs)), *[b.digest for b in big.blobs]
+        "SELECT digest FROM registry_blob WHERE last_pulled_at IS NOT NULL AND digest IN ({})".format(
+            ",".join("?" * len(big.blobs))
+        ),
+        *[b.digest for b in big.blobs],
     )
     assert len(pulled) == len(big.blobs)
 

@@ -1,8 +1,9 @@
 """/readyz of real mirror processes configured with Redis: one whose Redis is down stays ready
 and names its fallback, one whose Redis answers is ready; /healthz answers either way."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 import uuid
 
 import pytest
@@ -26,14 +27,20 @@ def key_prefix() -> Iterator[str]:
 
 def start(processes: list[MirrorProcess], path, upstream, redis_url: str, key_prefix: str) -> MirrorProcess:
     process = MirrorProcess(
-        path, upstream.url, username=upstream.username, password=upstream.password, REDIS_URL=redis_url,
+        path,
+        upstream.url,
+        username=upstream.username,
+        password=upstream.password,
+        REDIS_URL=redis_url,
         MIRROR_REDIS_KEY_PREFIX=key_prefix,
     )
     processes.append(process)
     return process.start()
 
 
-def test_a_replica_whose_redis_is_down_stays_ready_and_names_the_fallback(key_prefix, processes, upstream, images, tmp_path):
+def test_a_replica_whose_redis_is_down_stays_ready_and_names_the_fallback(
+    key_prefix, processes, upstream, images, tmp_path
+):
     closed = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     mirror = start(processes, tmp_path / "down", upstream, closed, key_prefix)
     ready = requests.get(f"{mirror.url}/readyz", timeout=30)
@@ -52,5 +59,7 @@ def test_a_replica_whose_redis_answers_is_ready(key_prefix, processes, upstream,
     ready = requests.get(f"{mirror.url}/readyz", timeout=30)
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"database": "ok", "storage": "ok", "redis": "ok"}
-    small = requests.get(f"{mirror.url}/v2/library/small/manifests/1", headers={"Accept": images.small.media_type}, timeout=30)
+    small = requests.get(
+        f"{mirror.url}/v2/library/small/manifests/1", headers={"Accept": images.small.media_type}, timeout=30
+    )
     assert small.status_code == 200 and small.content == images.small.manifest

@@ -3,12 +3,13 @@ keeps serving: cached images (tags past their TTL included) and misses pull, not
 500, nothing waits on Redis past its timeout, /healthz and /v2/ answer while many requests are
 in flight, and /readyz says what the replica falls back to. Each test has a Redis server of its
 own (never the machine's shared one) and a mirror of its own."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import time
-from typing import Iterator
 
 import pytest
 import requests
@@ -34,8 +35,13 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def mirror_with_redis(redis_server, upstream, tmp_path) -> Iterator[MirrorProcess]:
     process = MirrorProcess(
-        tmp_path / "data", upstream.url, username=upstream.username, password=upstream.password,
-        REDIS_URL=redis_server.url, MIRROR_TAG_TTL=str(TAG_TTL), MIRROR_REDIS_TIMEOUT=str(REDIS_TIMEOUT),
+        tmp_path / "data",
+        upstream.url,
+        username=upstream.username,
+        password=upstream.password,
+        REDIS_URL=redis_server.url,
+        MIRROR_TAG_TTL=str(TAG_TTL),
+        MIRROR_REDIS_TIMEOUT=str(REDIS_TIMEOUT),
         DJANGO_SECRET_KEY="redis-outage-tests-only-" + "k" * 40,
     ).start()
     yield process
@@ -44,8 +50,13 @@ def mirror_with_redis(redis_server, upstream, tmp_path) -> Iterator[MirrorProces
 
 def pull(skopeo, mirror: MirrorProcess, reference: str, dest: Path, *extra: str) -> None:
     skopeo.run(
-        "copy", "--src-tls-verify=false", "--src-no-creds", *extra,
-        f"docker://{mirror.host}/{reference}", f"dir:{dest}", timeout=PULL_TIMEOUT,
+        "copy",
+        "--src-tls-verify=false",
+        "--src-no-creds",
+        *extra,
+        f"docker://{mirror.host}/{reference}",
+        f"dir:{dest}",
+        timeout=PULL_TIMEOUT,
     )
 
 

@@ -3,9 +3,10 @@ directories of their own, one database, one Redis. Started together on a fresh d
 take turns to migrate), pulled through the load balancer by skopeo: both serve, the upstream
 hands out one token per repository for all of them (shared through Redis) and is asked for
 the tag once; with one replica stopped, pulls go on through the other."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 import uuid
 
 import pytest
@@ -34,8 +35,12 @@ def deployment(upstream, tmp_path_factory) -> Iterator[tuple[NginxFront, list[Mi
     }
     first = MirrorProcess(root / "a", upstream.url, username=upstream.username, password=upstream.password, **shared)
     second = MirrorProcess(
-        root / "b", upstream.url, username=upstream.username, password=upstream.password,
-        database=first.database, **shared,
+        root / "b",
+        upstream.url,
+        username=upstream.username,
+        password=upstream.password,
+        database=first.database,
+        **shared,
     )
     replicas = [first, second]
     nginx = None
@@ -60,7 +65,9 @@ def replicated(upstream) -> PushedImage:
 
 
 def pull(skopeo, nginx: NginxFront, image: PushedImage, dest) -> dict[str, bytes]:
-    skopeo.run("copy", "--src-tls-verify=false", "--src-no-creds", f"docker://{nginx.host}/{image.reference}", f"dir:{dest}")
+    skopeo.run(
+        "copy", "--src-tls-verify=false", "--src-no-creds", f"docker://{nginx.host}/{image.reference}", f"dir:{dest}"
+    )
     assert (dest / "manifest.json").read_bytes() == image.manifest
     return {p.name: p.read_bytes() for p in dest.iterdir() if len(p.name) == 64}
 
@@ -69,7 +76,9 @@ def served(replica: MirrorProcess, repository: str) -> int:
     return len([e for e in AccessLog(replica.log_path).entries() if e.path.startswith(f"/v2/{repository}/")])
 
 
-def test_replicas_behind_the_balancer_share_the_database_tokens_and_tags(deployment, replicated, upstream, skopeo, tmp_path):
+def test_replicas_behind_the_balancer_share_the_database_tokens_and_tags(
+    deployment, replicated, upstream, skopeo, tmp_path
+):
     nginx, replicas = deployment
     assert replicas[0].query("SELECT COUNT(*) FROM registry_upstream") == [(1,)], "one database, one upstream record"
     tokens_before = len(upstream.token_server.requests)
@@ -87,7 +96,8 @@ def test_replicas_behind_the_balancer_share_the_database_tokens_and_tags(deploym
     # The anonymous question "may anyone pull this?" is asked once too: its answer is in the database.
     assert len(tokens) - len(account_tokens) == 1
     tag_gets = [
-        r for r in upstream.requests_log(since=mark)
+        r
+        for r in upstream.requests_log(since=mark)
         if r.method == "GET" and r.path == "/v2/library/replicated/manifests/1" and r.status != 401
     ]
     assert len(tag_gets) == 1, "the tag is fetched once for all"

@@ -2,8 +2,10 @@
 skopeo pulls with hits redirected to presigned URLs or streamed through the mirror, ranges in
 both modes, fills that die midway leaving nothing visible, and single-flight across replicas
 that share only the bucket and Redis."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 import hashlib
 import itertools
 import os
@@ -11,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Iterator
 
 import pytest
 import requests
@@ -40,8 +41,12 @@ def s3_mirror_process(
     tmp_path_factory, name: str, upstream_url: str, upstream, s3_server, bucket, database=None, **env
 ) -> MirrorProcess:
     return MirrorProcess(
-        tmp_path_factory.mktemp(name) / "data", upstream_url, database=database,
-        username=upstream.username, password=upstream.password, **s3_server.mirror_env(bucket, **env),
+        tmp_path_factory.mktemp(name) / "data",
+        upstream_url,
+        database=database,
+        username=upstream.username,
+        password=upstream.password,
+        **s3_server.mirror_env(bucket, **env),
     )
 
 
@@ -59,8 +64,14 @@ def redirecting(proxy, upstream, s3_server, bucket, tmp_path_factory) -> Iterato
 def streaming(upstream, s3_server, bucket, tmp_path_factory) -> Iterator[MirrorProcess]:
     """Hits read from the bucket and sent by the mirror."""
     process = s3_mirror_process(
-        tmp_path_factory, "s3-stream", upstream.url, upstream, s3_server, bucket,
-        MIRROR_S3_PREFIX="stream", MIRROR_S3_SERVE="stream",
+        tmp_path_factory,
+        "s3-stream",
+        upstream.url,
+        upstream,
+        s3_server,
+        bucket,
+        MIRROR_S3_PREFIX="stream",
+        MIRROR_S3_SERVE="stream",
     ).start()
     yield process
     process.stop()
@@ -80,7 +91,9 @@ def blob_url(mirror: MirrorProcess, image: PushedImage, digest: str) -> str:
     return f"{mirror.url}/v2/{image.repository}/blobs/{digest}"
 
 
-def test_cold_then_warm_pull_redirects_hits_to_the_bucket(redirecting, upstream, images, s3_server, bucket, skopeo, tmp_path):
+def test_cold_then_warm_pull_redirects_hits_to_the_bucket(
+    redirecting, upstream, images, s3_server, bucket, skopeo, tmp_path
+):
     big = images.big
     mark = upstream.log_mark()
     copy(skopeo, redirecting, "library/big:1", tmp_path / "cold")
@@ -196,7 +209,12 @@ def test_killed_fill_leaves_no_visible_object_and_gc_aborts_its_upload(
     # moto reports every upload as begun long ago, so this collection finds it abandoned (its
     # owner's lock died with it).
     collected = subprocess.run(
-        [sys.executable, "manage.py", "gc"], cwd=PROJECT_ROOT, env=mirror.env, capture_output=True, text=True, timeout=120
+        [sys.executable, "manage.py", "gc"],
+        cwd=PROJECT_ROOT,
+        env=mirror.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert collected.returncode == 0, collected.stderr
     assert key not in s3_server.uploads(bucket)
@@ -211,12 +229,25 @@ def replicas(proxy, upstream, s3_server, bucket, tmp_path_factory) -> Iterator[t
 
     redis.Redis.from_url(REDIS_URL).flushdb()
     first = s3_mirror_process(
-        tmp_path_factory, "s3-replica0", proxy.url, upstream, s3_server, bucket,
-        MIRROR_S3_PREFIX="replicas", REDIS_URL=REDIS_URL,
+        tmp_path_factory,
+        "s3-replica0",
+        proxy.url,
+        upstream,
+        s3_server,
+        bucket,
+        MIRROR_S3_PREFIX="replicas",
+        REDIS_URL=REDIS_URL,
     )
     second = s3_mirror_process(
-        tmp_path_factory, "s3-replica1", proxy.url, upstream, s3_server, bucket, database=first.database,
-        MIRROR_S3_PREFIX="replicas", REDIS_URL=REDIS_URL,
+        tmp_path_factory,
+        "s3-replica1",
+        proxy.url,
+        upstream,
+        s3_server,
+        bucket,
+        database=first.database,
+        MIRROR_S3_PREFIX="replicas",
+        REDIS_URL=REDIS_URL,
     )
     pair = (first, second)
     try:
@@ -229,7 +260,9 @@ def replicas(proxy, upstream, s3_server, bucket, tmp_path_factory) -> Iterator[t
         redis.Redis.from_url(REDIS_URL).flushdb()
 
 
-def test_concurrent_cold_pulls_across_replicas_fetch_each_blob_once(replicas, proxy, upstream, s3_server, bucket, skopeo, tmp_path):
+def test_concurrent_cold_pulls_across_replicas_fetch_each_blob_once(
+    replicas, proxy, upstream, s3_server, bucket, skopeo, tmp_path
+):
     image = fresh_image(upstream, [6 * MB, 8 * MB])
     proxy.bytes_per_second = 20 * MB  # slow enough that every client arrives mid-fill
     mark = upstream.log_mark()

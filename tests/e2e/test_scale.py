@@ -5,8 +5,10 @@ across the replicas download each blob and the manifest once, and the statistics
 replicas add up in the dashboard API of either; a replica killed mid-fill leaves the blob to
 the other, which takes the fill over once the dead owner's lock expires, and no partial
 object is ever visible in the bucket."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 import hashlib
 import itertools
@@ -16,7 +18,6 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Iterator
 import uuid
 
 import pytest
@@ -87,8 +88,12 @@ def deployment(upstream, s3_server: S3Server, shared_database, tmp_path_factory)
     }
     replicas = [
         MirrorProcess(
-            root / name, proxy.url, username=upstream.username, password=upstream.password,
-            database=shared_database, **shared,
+            root / name,
+            proxy.url,
+            username=upstream.username,
+            password=upstream.password,
+            database=shared_database,
+            **shared,
         )
         for name in ("a", "b")
     ]
@@ -114,7 +119,8 @@ def served_requests(replica: MirrorProcess, image: PushedImage) -> list:
     """The manifest and blob GETs of the image this replica answered."""
     prefix = f"/v2/{image.repository}/"
     return [
-        entry for entry in AccessLog(replica.log_path).entries()
+        entry
+        for entry in AccessLog(replica.log_path).entries()
         if entry.method == "GET" and entry.path.startswith(prefix) and ("/manifests/" in entry.path or entry.is_blob)
     ]
 
@@ -136,11 +142,14 @@ def test_sixteen_cold_pulls_across_replicas_fetch_once_and_their_figures_add_up(
     for blob in image.blobs:
         assert upstream.blob_gets(blob.digest, since=mark) == 1, blob.digest
     manifest_gets = [
-        r for r in upstream.requests_log(since=mark)
+        r
+        for r in upstream.requests_log(since=mark)
         if r.method == "GET" and r.path == f"/v2/{image.repository}/manifests/{image.tag}" and r.status != 401
     ]
     assert len(manifest_gets) == 1, "one upstream GET of the manifest for both replicas"
-    assert s3_server.keys(deployment.bucket, prefix=f"{S3_PREFIX}/") == {blob_key(S3_PREFIX, b.digest): b.size for b in image.blobs}
+    assert s3_server.keys(deployment.bucket, prefix=f"{S3_PREFIX}/") == {
+        blob_key(S3_PREFIX, b.digest): b.size for b in image.blobs
+    }
     per_pull = 1 + len(image.blobs)  # the manifest by tag, then each blob
     redirects = 0  # hits sent on to the bucket
     for replica in deployment.replicas:
@@ -182,7 +191,7 @@ class BucketWatch:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def start(self) -> "BucketWatch":
+    def start(self) -> BucketWatch:
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
         return self
@@ -205,9 +214,19 @@ class BucketWatch:
 
 def skopeo_pull(skopeo, replica: MirrorProcess, image: PushedImage, dest: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [skopeo.binary, "--policy", str(skopeo.policy), "copy", "--src-tls-verify=false", "--src-no-creds",
-         f"docker://{replica.host}/{image.reference}", f"dir:{dest}"],
-        env=skopeo.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            skopeo.binary,
+            "--policy",
+            str(skopeo.policy),
+            "copy",
+            "--src-tls-verify=false",
+            "--src-no-creds",
+            f"docker://{replica.host}/{image.reference}",
+            f"dir:{dest}",
+        ],
+        env=skopeo.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 

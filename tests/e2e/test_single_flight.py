@@ -1,7 +1,9 @@
 """Many clients, one upstream download: single-flight fills across worker processes and
 replicas, fills that outlive their client, and an upstream that dies mid-blob."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 import hashlib
 import itertools
@@ -9,7 +11,6 @@ from pathlib import Path
 import socket
 import subprocess
 import time
-from typing import Iterator
 
 import pytest
 import requests
@@ -29,8 +30,11 @@ _seeds = itertools.count(5000)
 def workers_mirror(proxy, upstream, tmp_path_factory) -> Iterator[MirrorProcess]:
     """One mirror, four worker processes, file locks (the embedded default)."""
     process = MirrorProcess(
-        tmp_path_factory.mktemp("sf-mirror") / "data", proxy.url,
-        username=upstream.username, password=upstream.password, MIRROR_WEB_WORKERS="4",
+        tmp_path_factory.mktemp("sf-mirror") / "data",
+        proxy.url,
+        username=upstream.username,
+        password=upstream.password,
+        MIRROR_WEB_WORKERS="4",
     ).start()
     yield process
     process.stop()
@@ -44,9 +48,7 @@ def replicas(proxy, upstream, tmp_path_factory) -> Iterator[tuple[MirrorProcess,
     redis.Redis.from_url(REDIS_URL).flushdb()
     data_dir = tmp_path_factory.mktemp("sf-replicas") / "data"
     pair = tuple(
-        MirrorProcess(
-            data_dir, proxy.url, username=upstream.username, password=upstream.password, REDIS_URL=REDIS_URL
-        )
+        MirrorProcess(data_dir, proxy.url, username=upstream.username, password=upstream.password, REDIS_URL=REDIS_URL)
         for _ in range(2)
     )
     for replica in pair:
@@ -67,11 +69,21 @@ def concurrent_skopeo_pulls(skopeo, hosts: list[str], reference: str, root: Path
     destinations = [root / f"client{i}" for i in range(len(hosts))]
     processes = [
         subprocess.Popen(
-            [skopeo.binary, "--policy", str(skopeo.policy), "copy", "--src-tls-verify=false", "--src-no-creds",
-             f"docker://{host}/{reference}", f"dir:{dest}"],
-            env=skopeo.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                skopeo.binary,
+                "--policy",
+                str(skopeo.policy),
+                "copy",
+                "--src-tls-verify=false",
+                "--src-no-creds",
+                f"docker://{host}/{reference}",
+                f"dir:{dest}",
+            ],
+            env=skopeo.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
-        for host, dest in zip(hosts, destinations)
+        for host, dest in zip(hosts, destinations, strict=False)
     ]
     for process in processes:
         _, stderr = process.communicate(timeout=300)

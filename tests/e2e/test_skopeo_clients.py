@@ -3,10 +3,11 @@
 `registries.conf`, and what skopeo does when the mirror fails or is not used at all.
 
 Docker Hub is never reached: skopeo's non-loopback requests go to the egress trap."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 import json
-from typing import Iterator
 
 import pytest
 
@@ -70,7 +71,8 @@ def test_inspect_raw_naming_the_mirror(mirror, upstream, trap, sk_images, skopeo
     assert trap.requests == []
     assert [e for e in watch.upstream_entries() if e.user_agent.startswith(AGENT)] == []
     assert {e.path for e in watch.mirror_entries() if e.user_agent.startswith(AGENT)} >= {
-        "/v2/library/sk-multi/manifests/1", f"/v2/library/sk-multi/manifests/{arm.digest}",
+        "/v2/library/sk-multi/manifests/1",
+        f"/v2/library/sk-multi/manifests/{arm.digest}",
         f"/v2/library/sk-multi/blobs/{arm.config.digest}",
     }
 
@@ -79,10 +81,14 @@ def test_inspect_and_list_tags_naming_the_mirror(mirror, upstream, trap, sk_imag
     image = sk_images.tag
     watch = Watch.start(mirror, upstream, trap)
     for name in ("library/sk-tag", "sk-tag"):  # a one-component name means library/<name>
-        listed = json.loads(skopeo_via(None, "list-tags", "--tls-verify=false", f"docker://{mirror.host}/{name}").stdout)
+        listed = json.loads(
+            skopeo_via(None, "list-tags", "--tls-verify=false", f"docker://{mirror.host}/{name}").stdout
+        )
         assert listed["Repository"] == f"{mirror.host}/{name}"
         assert sorted(listed["Tags"]) == ["1", "1.0.1", "2", "latest"]
-        inspected = json.loads(skopeo_via(None, "inspect", "--tls-verify=false", f"docker://{mirror.host}/{name}:2").stdout)
+        inspected = json.loads(
+            skopeo_via(None, "inspect", "--tls-verify=false", f"docker://{mirror.host}/{name}:2").stdout
+        )
         assert inspected["Digest"] == image.digest
         assert sorted(inspected["RepoTags"]) == ["1", "1.0.1", "2", "latest"]
         assert inspected["Layers"] == [layer.digest for layer in image.layers]
@@ -103,12 +109,16 @@ def test_copy_and_inspect_through_registries_conf(mirror, upstream, trap, sk_ima
         assert (tmp_path / "out" / blob.digest.split(":")[1]).read_bytes() == blob.data
     raw = skopeo_via(conf, "inspect", "--raw", "docker://docker.io/library/sk-digest:1").stdout
     assert sha256_digest(raw) == image.digest
-    inspected = json.loads(skopeo_via(conf, "inspect", "--no-tags", f"docker://docker.io/sk-digest@{image.digest}").stdout)
+    inspected = json.loads(
+        skopeo_via(conf, "inspect", "--no-tags", f"docker://docker.io/sk-digest@{image.digest}").stdout
+    )
     assert inspected["Digest"] == image.digest
     watch.assert_through_mirror(AGENT, blob_digests(image), cold=True)
 
 
-def test_mirror_failures_and_commands_that_ignore_mirrors_go_to_docker_io(mirror, upstream, trap, sk_images, skopeo_via, tmp_path):
+def test_mirror_failures_and_commands_that_ignore_mirrors_go_to_docker_io(
+    mirror, upstream, trap, sk_images, skopeo_via, tmp_path
+):
     """What the manual says: with the mirror down (or without the image) skopeo tries Docker Hub;
     `list-tags` and a plain `inspect` (which lists tags) go to Docker Hub whatever the mirrors.
     Those attempts land in the trap, so they fail here."""
@@ -121,8 +131,14 @@ def test_mirror_failures_and_commands_that_ignore_mirrors_go_to_docker_io(mirror
             client_config("registries.conf", mirror.host),
             ["copy", "docker://docker.io/library/sk-absent:1", f"dir:{tmp_path / 'absent'}"],
         ),
-        "list-tags": (client_config("registries.conf", mirror.host), ["list-tags", "docker://docker.io/library/sk-tag"]),
-        "inspect with tags": (client_config("registries.conf", mirror.host), ["inspect", "docker://docker.io/library/sk-tag:1"]),
+        "list-tags": (
+            client_config("registries.conf", mirror.host),
+            ["list-tags", "docker://docker.io/library/sk-tag"],
+        ),
+        "inspect with tags": (
+            client_config("registries.conf", mirror.host),
+            ["inspect", "docker://docker.io/library/sk-tag:1"],
+        ),
     }
     for what, (conf, args) in attempts.items():
         trap.clear()

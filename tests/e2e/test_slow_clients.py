@@ -3,15 +3,16 @@ MIRROR_CLIENT_HEADER_TIMEOUT and never hold a thread, one address holds at most
 MIRROR_CONNECTIONS_PER_ADDRESS connections, and clients outside MIRROR_ALLOWED_NETWORKS are
 refused by the event loop, so neither keeps anyone else from being served. Keep-alive
 connections idle longer than the header timeout and slow large downloads are unaffected."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 import http.client
 import json
 import select
 import socket
 import ssl
 import time
-from typing import Iterator
 
 import pytest
 import requests
@@ -30,7 +31,11 @@ def start_mirror(upstream, tmp_path_factory, name: str, ready_from: str = "", **
     """`ready_from`: the address whose requests show it serving (127.0.0.1 unless it is refused)."""
     env = {"MIRROR_WEB_THREADS": "4", "MIRROR_CLIENT_HEADER_TIMEOUT": str(HEADER_TIMEOUT), **env}
     mirror = MirrorProcess(
-        tmp_path_factory.mktemp(name) / "data", upstream.url, username=upstream.username, password=upstream.password, **env,
+        tmp_path_factory.mktemp(name) / "data",
+        upstream.url,
+        username=upstream.username,
+        password=upstream.password,
+        **env,
     )
     if not ready_from:
         return mirror.start()
@@ -178,7 +183,11 @@ def test_connections_beyond_the_per_address_cap_are_closed_and_others_are_served
     cap = 5
     # One worker process, so one count of the address's connections (each process keeps its own).
     mirror = start_mirror(
-        upstream, tmp_path_factory, "capped", MIRROR_WEB_WORKERS="1", MIRROR_CONNECTIONS_PER_ADDRESS=str(cap),
+        upstream,
+        tmp_path_factory,
+        "capped",
+        MIRROR_WEB_WORKERS="1",
+        MIRROR_CONNECTIONS_PER_ADDRESS=str(cap),
         MIRROR_CLIENT_HEADER_TIMEOUT="60",  # what closes connections here is the cap alone
     )
     greedy: list[socket.socket] = []
@@ -200,8 +209,13 @@ def test_connections_beyond_the_per_address_cap_are_closed_and_others_are_served
 
 def test_clients_outside_the_allowed_networks_are_refused_without_a_thread(upstream, tmp_path_factory):
     mirror = start_mirror(
-        upstream, tmp_path_factory, "outsiders", ready_from="127.0.0.2", MIRROR_ALLOWED_NETWORKS="127.0.0.2/32",
-        MIRROR_CONNECTIONS_PER_ADDRESS="0", MIRROR_CLIENT_HEADER_TIMEOUT="60",  # neither cap nor timeout helps here
+        upstream,
+        tmp_path_factory,
+        "outsiders",
+        ready_from="127.0.0.2",
+        MIRROR_ALLOWED_NETWORKS="127.0.0.2/32",
+        MIRROR_CONNECTIONS_PER_ADDRESS="0",
+        MIRROR_CLIENT_HEADER_TIMEOUT="60",  # neither cap nor timeout helps here
     )
     flood: list[socket.socket] = []
     try:
@@ -223,10 +237,15 @@ def test_an_https_mirror_closes_silent_and_half_sent_clients_and_serves_others(u
     """Serving TLS itself, the handshake is made in the event loop too."""
     certificate = make_server_certificate(tmp_path_factory.mktemp("slow-tls"))
     mirror = MirrorProcess(
-        tmp_path_factory.mktemp("slow-https") / "data", upstream.url, username=upstream.username,
-        password=upstream.password, MIRROR_WEB_THREADS="4", MIRROR_CLIENT_HEADER_TIMEOUT=str(HEADER_TIMEOUT),
+        tmp_path_factory.mktemp("slow-https") / "data",
+        upstream.url,
+        username=upstream.username,
+        password=upstream.password,
+        MIRROR_WEB_THREADS="4",
+        MIRROR_CLIENT_HEADER_TIMEOUT=str(HEADER_TIMEOUT),
         MIRROR_CONNECTIONS_PER_ADDRESS="0",
-        REGISTRY_HTTP_TLS_CERTIFICATE=str(certificate.cert), REGISTRY_HTTP_TLS_KEY=str(certificate.key),
+        REGISTRY_HTTP_TLS_CERTIFICATE=str(certificate.cert),
+        REGISTRY_HTTP_TLS_KEY=str(certificate.key),
     )
     mirror.verify = str(certificate.ca_cert)
     mirror.start()

@@ -2,10 +2,11 @@
 proxy that counts every request: a token request names a bounded number of scopes, issuing a
 token asks the upstream nothing (visibility is decided when the repository is pulled), and
 the mirror's tokens hold across a little clock skew between replicas."""
+
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-from typing import Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -31,9 +32,13 @@ def counted(upstream) -> Iterator[SwitchProxy]:
 @pytest.fixture(scope="module")
 def mirror(counted, upstream, images, tmp_path_factory) -> Iterator[MirrorProcess]:
     process = MirrorProcess(
-        tmp_path_factory.mktemp("token-mirror") / "data", counted.url,
-        username=upstream.username, password=upstream.password,
-        MIRROR_AUTH="true", MIRROR_AUTH_SERVICE=SERVICE, MIRROR_AUTH_TOKEN_KEY=TOKEN_KEY,
+        tmp_path_factory.mktemp("token-mirror") / "data",
+        counted.url,
+        username=upstream.username,
+        password=upstream.password,
+        MIRROR_AUTH="true",
+        MIRROR_AUTH_SERVICE=SERVICE,
+        MIRROR_AUTH_TOKEN_KEY=TOKEN_KEY,
     ).start()
     process.manage("shell", "-c", SETUP)
     yield process
@@ -52,13 +57,15 @@ def test_a_token_request_with_too_many_scopes_is_refused(mirror, counted, token_
     assert refused.json()["error"] == "invalid_request"
     assert f"too many scopes: 30 in one request, at most {MAX_SCOPES}" in refused.json()["error_description"]
     oauth = requests.post(
-        f"{mirror.url}/v2/token", timeout=30,
+        f"{mirror.url}/v2/token",
+        timeout=30,
         data=[("grant_type", "password"), ("username", "alice"), ("password", "alice-password"), *scopes(125)],
     )
     assert oauth.status_code == 400
     assert f"too many scopes: 125 in one request, at most {MAX_SCOPES}" in oauth.json()["error_description"]
     packed = requests.get(
-        f"{mirror.url}/v2/token", params={"service": SERVICE, "scope": " ".join(v for _, v in scopes(MAX_SCOPES + 1))},
+        f"{mirror.url}/v2/token",
+        params={"service": SERVICE, "scope": " ".join(v for _, v in scopes(MAX_SCOPES + 1))},
         timeout=30,
     )
     assert packed.status_code == 400, "scopes packed into one value count one by one"
@@ -71,7 +78,9 @@ def test_issuing_tokens_asks_the_upstream_nothing(mirror, counted, token_server,
     anonymous = requests.get(f"{mirror.url}/v2/token", params=[("service", SERVICE), *scopes(MAX_SCOPES)], timeout=30)
     assert anonymous.status_code == 200 and anonymous.json()["token"]
     alice = requests.get(
-        f"{mirror.url}/v2/token", auth=("alice", "alice-password"), timeout=30,
+        f"{mirror.url}/v2/token",
+        auth=("alice", "alice-password"),
+        timeout=30,
         params={"service": SERVICE, "scope": ["repository:library/small:pull", "repository:private/secret:pull"]},
     )
     assert alice.status_code == 200
@@ -83,7 +92,8 @@ def test_issuing_tokens_asks_the_upstream_nothing(mirror, counted, token_server,
         f"{mirror.url}/v2/token", params={"service": SERVICE, "scope": "repository:library/small:pull"}, timeout=30
     ).json()["token"]
     pulled = requests.get(
-        f"{mirror.url}/v2/library/small/manifests/1", timeout=30,
+        f"{mirror.url}/v2/library/small/manifests/1",
+        timeout=30,
         headers={"Authorization": f"Bearer {token}", "Accept": MANIFEST_ACCEPT},
     )
     assert pulled.status_code == 200 and pulled.content == images.small.manifest
@@ -98,8 +108,10 @@ def test_a_token_issued_slightly_in_the_future_holds(mirror, settings):
     def status(token: str) -> int:
         return requests.get(f"{mirror.url}/v2/", headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert status(tokens.issue("alice", [], now=now + timedelta(seconds=20)).token) == 200
-    assert status(tokens.issue("alice", [], lifetime=60, now=now - timedelta(seconds=70)).token) == 200, "expired 10 s ago"
+    assert status(tokens.issue("alice", [], lifetime=60, now=now - timedelta(seconds=70)).token) == 200, (
+        "expired 10 s ago"
+    )
     assert status(tokens.issue("alice", [], now=now + timedelta(minutes=5)).token) == 401, "far in the future"
     assert status(tokens.issue("alice", [], lifetime=60, now=now - timedelta(minutes=5)).token) == 401

@@ -12,13 +12,14 @@ scripted hostile registries (tests/support/hostile_registry.py).
 The `Listener` stands in for an internal service or a foreign token realm: it must receive
 nothing, ever.
 """
+
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 import json
-import time
 from pathlib import Path
-from typing import Iterator
+import time
 
 import pytest
 import requests
@@ -48,7 +49,16 @@ class World:
         self.secure = HostileRegistry(tls=certificate).start()  # HTTPS: its blobs redirect to HTTP
         self.listed = HostileRegistry(tls=certificate).start()  # HTTPS, realm on a listed host
         self.realm = HostileRegistry(tls=certificate).start()  # that realm: https://localhost:<port>
-        self.all = [self.listener, self.plain, self.cdn, self.token_jump, self.foreign, self.secure, self.listed, self.realm]
+        self.all = [
+            self.listener,
+            self.plain,
+            self.cdn,
+            self.token_jump,
+            self.foreign,
+            self.secure,
+            self.listed,
+            self.realm,
+        ]
 
     def stop(self) -> None:
         for server in self.all:
@@ -132,7 +142,8 @@ def world(certificate) -> Iterator[World]:
 def mirror(world, certificate, tmp_path_factory) -> Iterator[MirrorProcess]:
     directory = tmp_path_factory.mktemp("hostile-mirror")
     process = MirrorProcess(
-        directory / "data", world.plain.url,
+        directory / "data",
+        world.plain.url,
         MIRROR_UPSTREAMS=str(upstreams_file(directory, world, certificate)),
         MIRROR_EMBEDDED_WORKERS="false",  # start-up verification runs in `serve` itself
     ).start()
@@ -164,14 +175,18 @@ def stored_manifests(mirror: MirrorProcess, repository: str) -> int:
 # --- 1. data, never markup -----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "repository, media_type",
-    [("html", "text/html"), ("svg", "image/svg+xml"), ("crlf", "application/vnd.oci.image.manifest.v1+json\r\nX-A: 1"),
-     ("long", "application/" + "x" * 5000)],
+    [
+        ("html", "text/html"),
+        ("svg", "image/svg+xml"),
+        ("crlf", "application/vnd.oci.image.manifest.v1+json\r\nX-A: 1"),
+        ("long", "application/" + "x" * 5000),
+    ],
     ids=["text/html", "image/svg+xml", "CR/LF", "5,000 characters"],
 )
 def test_a_manifest_of_another_media_type_is_refused_and_never_stored(mirror, world, repository, media_type):
     body = json.dumps({"schemaVersion": 2, "mediaType": media_type, "x": "<script>alert(document.cookie)</script>"})
     world.plain.script("GET", f"/v2/library/{repository}/manifests/1", answer(200, body))
-    for attempt in range(2):
+    for _attempt in range(2):
         refused = get(mirror, f"/v2/{repository}/manifests/1")
         assert refused.status_code == 502, refused.text
         assert error_code(refused) == "MANIFEST_INVALID"
@@ -182,8 +197,11 @@ def test_a_manifest_of_another_media_type_is_refused_and_never_stored(mirror, wo
 
 
 def test_a_manifest_sent_as_html_is_refused(mirror, world):
-    world.plain.script("GET", "/v2/library/sent-html/manifests/1", answer(200, b"<html><script>alert(1)</script></html>",
-                                                                          Content_Type="text/html"))
+    world.plain.script(
+        "GET",
+        "/v2/library/sent-html/manifests/1",
+        answer(200, b"<html><script>alert(1)</script></html>", Content_Type="text/html"),
+    )
     refused = get(mirror, "/v2/sent-html/manifests/1")
     assert (refused.status_code, error_code(refused)) == (502, "MANIFEST_INVALID")
     assert stored_manifests(mirror, "library/sent-html") == 0
@@ -241,11 +259,13 @@ def test_a_blob_redirect_to_another_loopback_port_is_followed(mirror, world):
     world.plain.serve("library/cdn", image)
     layer = image.layers[0]
     world.cdn.script("GET", "/cdn/layer", answer(200, layer.data))
-    world.plain.script("GET", f"/v2/library/cdn/blobs/{layer.digest}", answer(307, Location=f"{world.cdn.url}/cdn/layer?sig=x"))
+    world.plain.script(
+        "GET", f"/v2/library/cdn/blobs/{layer.digest}", answer(307, Location=f"{world.cdn.url}/cdn/layer?sig=x")
+    )
     assert get(mirror, "/v2/cdn/manifests/1").status_code == 200
     fetched = get(mirror, f"/v2/cdn/blobs/{layer.digest}")
     assert fetched.status_code == 200 and fetched.content == layer.data
-    seen, = world.cdn.seen("/cdn/layer")
+    (seen,) = world.cdn.seen("/cdn/layer")
     assert "Authorization" not in seen.headers
 
 
@@ -270,7 +290,8 @@ def verification(mirror: MirrorProcess, upstream: str) -> tuple[str, str]:
         rows = mirror.query(
             "SELECT a.verification, a.verification_message FROM registry_upstreamaccount a "
             "JOIN registry_upstream u ON a.upstream_id = u.id WHERE u.name = ? AND a.username = ?",
-            upstream, USER,
+            upstream,
+            USER,
         )
         if rows and rows[0][0]:
             return rows[0]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import requests
 from tests.support.images import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_ACCEPT, push_image, sha256_digest
 from tests.support.skopeo import Skopeo
 from tests.support.upstream_registry import UpstreamRegistry, parse_access_log
+
 
 def test_anonymous_v2_gets_bearer_challenge(upstream: UpstreamRegistry) -> None:
     r = requests.get(f"{upstream.url}/v2/", timeout=5)
@@ -66,7 +65,7 @@ def test_pushed_images_are_well_formed(images) -> None:
     big = images.big
     assert big.media_type == DOCKER_MANIFEST
     sizes = [b.size for b in big.layers]
-    for got, want_mb in zip(sizes, [4, 6, 8, 10, 12]):
+    for got, want_mb in zip(sizes, [4, 6, 8, 10, 12], strict=False):
         assert abs(got - want_mb * 1024 * 1024) < 16 * 1024  # random data: gzip can't shrink it
     config = json.loads(big.config.data)
     assert config["rootfs"]["diff_ids"] == [b.diff_id for b in big.layers]
@@ -78,7 +77,8 @@ def test_pushed_images_are_well_formed(images) -> None:
 
 
 def test_skopeo_inspect_anonymous(upstream: UpstreamRegistry, images, skopeo: Skopeo) -> None:
-    out = skopeo.run("inspect", "--tls-verify=false", "--no-creds", "--raw", f"docker://{upstream.host}/library/small:1"
+    out = skopeo.run(
+        "inspect", "--tls-verify=false", "--no-creds", "--raw", f"docker://{upstream.host}/library/small:1"
     ).stdout
     assert out == images.small.manifest
     assert "sha256:" + hashlib.sha256(out).hexdigest() == images.small.digest
@@ -103,8 +103,12 @@ def test_skopeo_copy_big_image(upstream: UpstreamRegistry, images, skopeo: Skope
     big = images.big
     dest = tmp_path / "big"
     mark = upstream.log_mark()
-    skopeo.run("copy", "--src-tls-verify=false", "--src-no-creds",
-        f"docker://{upstream.host}/library/big:1", f"dir:{dest}",
+    skopeo.run(
+        "copy",
+        "--src-tls-verify=false",
+        "--src-no-creds",
+        f"docker://{upstream.host}/library/big:1",
+        f"dir:{dest}",
     )
     # Every blob file (named by hex digest) hashes to its name, and all are present.
     files = {p.name: p for p in dest.iterdir() if p.name not in ("manifest.json", "version")}

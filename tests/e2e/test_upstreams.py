@@ -6,14 +6,15 @@ gives it the host name `ghcr.io`, the alias `ghcr`, and two accounts, the first 
 password. Both hold `library/same:1`, different images. Clients are configured with the
 the manual's snippets for several registries; their non-loopback traffic goes to the egress trap.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 import socket
 import threading
-from datetime import datetime, timezone
 import time
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -22,8 +23,8 @@ from tests.support.accesslog import AccessLog
 from tests.support.containerd import Containerd, write_hosts_dir
 from tests.support.egress import EgressTrap
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, push_image, sha256_digest
-from tests.support.mirror import MirrorProcess
 from tests.support.manual import client_config
+from tests.support.mirror import MirrorProcess
 from tests.support.skopeo import Skopeo
 from tests.support.upstream_registry import UpstreamRegistry
 
@@ -41,7 +42,9 @@ class Two:
 
 @pytest.fixture(scope="module")
 def two(upstream, token_server) -> Iterator[Two]:
-    second = UpstreamRegistry(token_server, username=SECOND_USER, password=SECOND_PASSWORD, service="second-registry").start()
+    second = UpstreamRegistry(
+        token_server, username=SECOND_USER, password=SECOND_PASSWORD, service="second-registry"
+    ).start()
     try:
         first_same = push_image(upstream, "library/same", "1", layer_sizes=[32 * KB], seed=9500)
         second_same = push_image(second, "library/same", "1", layer_sizes=[32 * KB], seed=9501)
@@ -71,8 +74,12 @@ def upstreams_file(directory: Path, second_url: str) -> Path:
 def mirror2(upstream, two, tmp_path_factory) -> Iterator[MirrorProcess]:
     directory = tmp_path_factory.mktemp("two-upstreams")
     process = MirrorProcess(
-        directory / "data", upstream.url, username=upstream.username, password=upstream.password,
-        MIRROR_UPSTREAMS=str(upstreams_file(directory, two.registry.url)), SECOND_REGISTRY_TOKEN=SECOND_PASSWORD,
+        directory / "data",
+        upstream.url,
+        username=upstream.username,
+        password=upstream.password,
+        MIRROR_UPSTREAMS=str(upstreams_file(directory, two.registry.url)),
+        SECOND_REGISTRY_TOKEN=SECOND_PASSWORD,
         MIRROR_EMBEDDED_WORKERS="false",  # verification runs in `serve` itself; no worker is needed here
     ).start()
     yield process
@@ -100,7 +107,9 @@ def test_a_path_alias_and_the_root_keep_equal_names_apart(mirror2, two, upstream
     second_mark, first_mark = two.registry.log_mark(), upstream.log_mark()
     for reference, image in (("ghcr/library/same:1", two.second), ("library/same:1", two.first)):
         dest = tmp_path / reference.replace("/", "_")
-        skopeo.run("copy", "--src-tls-verify=false", "--src-no-creds", f"docker://{mirror2.host}/{reference}", f"dir:{dest}")
+        skopeo.run(
+            "copy", "--src-tls-verify=false", "--src-no-creds", f"docker://{mirror2.host}/{reference}", f"dir:{dest}"
+        )
         assert (dest / "manifest.json").read_bytes() == image.manifest
     assert manifest_gets(two.registry, "library/same", since=second_mark) == 1
     assert manifest_gets(upstream, "library/same", since=first_mark) == 1
@@ -108,7 +117,7 @@ def test_a_path_alias_and_the_root_keep_equal_names_apart(mirror2, two, upstream
         "SELECT u.name, m.digest FROM registry_manifest m JOIN registry_repository r ON m.repository_id = r.id "
         "JOIN registry_upstream u ON r.upstream_id = u.id WHERE r.name = 'library/same' ORDER BY u.name"
     )
-    assert stored == [("127-0-0-1-%d" % upstream.port, two.first.digest), ("second", two.second.digest)]
+    assert stored == [(f"127-0-0-1-{upstream.port}", two.first.digest), ("second", two.second.digest)]
     # The registry's host name as the path prefix works as well.
     assert manifest(mirror2, "/v2/ghcr.io/team/only-second/manifests/1").content == two.only.manifest
 
@@ -144,7 +153,8 @@ def test_the_rejected_account_handed_over_and_the_switch_is_recorded(mirror2, tw
     report = requests.get(f"{mirror2.url}/readyz", timeout=10).json()["upstreams"]["second"]
     # /readyz names accounts by id only.
     (second_id,), (wrong_id,) = (
-        mirror2.query("SELECT id FROM registry_upstreamaccount WHERE username = ?", name) for name in (SECOND_USER, WRONG_USER)
+        mirror2.query("SELECT id FROM registry_upstreamaccount WHERE username = ?", name)
+        for name in (SECOND_USER, WRONG_USER)
     )
     assert report["status"] == "ok" and report["account_in_use"] == second_id[0]
     assert report["accounts"][str(wrong_id[0])]["verification"] == "rejected"
@@ -201,7 +211,11 @@ def test_containerd_with_hosts_toml_for_two_registries(mirror2, two, upstream, t
             for blob in image.blobs:
                 assert sha256_digest(daemon.content("two", blob.digest)) == blob.digest
         assert trap.requests == [], "nothing went around the mirror"
-        asked = {(e.path, e.query.get("ns", [""])[0]) for e in mirror_log.entries(mark) if e.user_agent.startswith("containerd/")}
+        asked = {
+            (e.path, e.query.get("ns", [""])[0])
+            for e in mirror_log.entries(mark)
+            if e.user_agent.startswith("containerd/")
+        }
         assert ("/v2/library/same/manifests/1", "ghcr.io") in asked
         assert ("/v2/library/same/manifests/1", "docker.io") in asked
     finally:
@@ -210,7 +224,9 @@ def test_containerd_with_hosts_toml_for_two_registries(mirror2, two, upstream, t
 
 def test_skopeo_with_registries_conf_for_two_registries(mirror2, two, trap, tmp_path):
     conf = tmp_path / "registries.conf"
-    conf.write_text(client_config("registries.conf", mirror2.host) + client_config("ghcr.io registries.conf", mirror2.host))
+    conf.write_text(
+        client_config("registries.conf", mirror2.host) + client_config("ghcr.io registries.conf", mirror2.host)
+    )
     (tmp_path / "skopeo").mkdir()
     skopeo = Skopeo(tmp_path / "skopeo")
     skopeo.env.update(trap.env)
@@ -238,8 +254,12 @@ def test_no_secret_in_the_log_or_the_database(mirror2, upstream, two):
 def test_offline_start_serves_what_is_cached(two, tmp_path):
     """A mirror of the second registry only, started while that registry is down."""
     process = MirrorProcess(
-        tmp_path / "data", two.registry.url, username=SECOND_USER, password=SECOND_PASSWORD,
-        MIRROR_TAG_TTL="1", MIRROR_EMBEDDED_WORKERS="false",
+        tmp_path / "data",
+        two.registry.url,
+        username=SECOND_USER,
+        password=SECOND_PASSWORD,
+        MIRROR_TAG_TTL="1",
+        MIRROR_EMBEDDED_WORKERS="false",
     )
     process.start()
     try:
@@ -250,7 +270,7 @@ def test_offline_start_serves_what_is_cached(two, tmp_path):
         process.stop()
     two.registry.stop()
     try:
-        restarted = datetime.now(timezone.utc)
+        restarted = datetime.now(UTC)
         process.start()
         deadline = time.monotonic() + 60
         while True:  # start-up verification runs beside the server: wait for this start's check

@@ -3,9 +3,10 @@ the upstream's account) asked anonymously for a repository it has never judged, 
 upstream is unreachable, then answers 500, then 429, then recovers. Each failure reaches the
 client as what it is (503, 503, 429 with Retry-After), each request asks the upstream again,
 and the very first request after the recovery is served."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -25,7 +26,11 @@ def switch(upstream) -> Iterator[SwitchProxy]:
 @pytest.fixture
 def mirror(switch, upstream, images, tmp_path) -> Iterator[MirrorProcess]:
     process = MirrorProcess(
-        tmp_path / "data", switch.url, username=upstream.username, password=upstream.password, MIRROR_AUTH="true",
+        tmp_path / "data",
+        switch.url,
+        username=upstream.username,
+        password=upstream.password,
+        MIRROR_AUTH="true",
     ).start()
     yield process
     process.stop()
@@ -36,9 +41,15 @@ def pull(mirror: MirrorProcess, repository: str) -> requests.Response:
 
 
 @pytest.mark.parametrize("repository", ["library/small", "private/secret"])
-def test_each_failure_is_passed_on_and_the_first_request_after_recovery_goes_through(mirror, switch, images, repository):
+def test_each_failure_is_passed_on_and_the_first_request_after_recovery_goes_through(
+    mirror, switch, images, repository
+):
     switch.wait_quiet()
-    for mode, status, code in ((DROP, 503, "UNAVAILABLE"), (ERROR, 503, "UNAVAILABLE"), (RATE_LIMITED, 429, "TOOMANYREQUESTS")):
+    for mode, status, code in (
+        (DROP, 503, "UNAVAILABLE"),
+        (ERROR, 503, "UNAVAILABLE"),
+        (RATE_LIMITED, 429, "TOOMANYREQUESTS"),
+    ):
         switch.mode = mode
         for _ in range(2):  # the second request is not answered from memory either
             before = switch.count

@@ -1,13 +1,14 @@
 """A real Celery worker process on the machine's Redis, beside the mirror: prefetch (all
 platforms, or some) and the refresh of popular tags, then pulls through the mirror with skopeo."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 import hashlib
 from pathlib import Path
 import subprocess
 import sys
 import time
-from typing import Iterator
 
 import pytest
 
@@ -31,11 +32,16 @@ def mirror(upstream, broker, tmp_path_factory) -> Iterator[MirrorProcess]:
     """The mirror with Redis as its broker: no embedded worker, the one below does the work."""
     url, prefix = broker
     process = MirrorProcess(
-        tmp_path_factory.mktemp("worker-mirror") / "data", upstream.url,
-        username=upstream.username, password=upstream.password,
-        CELERY_BROKER_URL=url, REDIS_URL="", MIRROR_REDIS_KEY_PREFIX=prefix,
+        tmp_path_factory.mktemp("worker-mirror") / "data",
+        upstream.url,
+        username=upstream.username,
+        password=upstream.password,
+        CELERY_BROKER_URL=url,
+        REDIS_URL="",
+        MIRROR_REDIS_KEY_PREFIX=prefix,
         MIRROR_MANIFEST_MEMORY_BYTES="0",  # what a tag points at is read from the database
-        MIRROR_TAG_TTL="3600", MIRROR_PREFETCH_BACKOFF="0.2",
+        MIRROR_TAG_TTL="3600",
+        MIRROR_PREFETCH_BACKOFF="0.2",
     ).start()
     yield process
     process.stop()
@@ -50,17 +56,26 @@ def worker(mirror) -> Iterator[CeleryWorker]:
 
 @pytest.fixture(scope="module")
 def multi_layer(upstream) -> PushedIndex:
-    return push_index(upstream, "library/prefetched", "1", platforms=PLATFORMS, layer_sizes=[1024 * KB, 512 * KB, 256 * KB], seed=7201)
+    return push_index(
+        upstream, "library/prefetched", "1", platforms=PLATFORMS, layer_sizes=[1024 * KB, 512 * KB, 256 * KB], seed=7201
+    )
 
 
 def manage(mirror: MirrorProcess, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=PROJECT_ROOT, env=mirror.env, capture_output=True, text=True, timeout=180
+        [sys.executable, "manage.py", *args],
+        cwd=PROJECT_ROOT,
+        env=mirror.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
 def pull(skopeo, mirror: MirrorProcess, reference: str, dest: Path, *extra: str) -> dict[str, bytes]:
-    skopeo.run("copy", "--src-tls-verify=false", "--src-no-creds", *extra, f"docker://{mirror.host}/{reference}", f"dir:{dest}")
+    skopeo.run(
+        "copy", "--src-tls-verify=false", "--src-no-creds", *extra, f"docker://{mirror.host}/{reference}", f"dir:{dest}"
+    )
     return {p.name: p.read_bytes() for p in dest.iterdir() if len(p.name) == 64}
 
 
@@ -86,7 +101,9 @@ def test_a_prefetch_by_the_worker_makes_the_next_pull_free(mirror, worker, upstr
 
 
 def test_a_prefetch_for_some_platforms_fetches_only_those(mirror, worker, upstream, skopeo, tmp_path):
-    image = push_index(upstream, "library/filtered", "1", platforms=PLATFORMS, layer_sizes=[256 * KB, 128 * KB], seed=7202)
+    image = push_index(
+        upstream, "library/filtered", "1", platforms=PLATFORMS, layer_sizes=[256 * KB, 128 * KB], seed=7202
+    )
     mark = upstream.log_mark()
     done = manage(mirror, "prefetch", "library/filtered:1", "--platform", "linux/arm64,linux/arm/v7")
     assert done.returncode == 0, done.stderr
@@ -105,7 +122,9 @@ def test_a_prefetch_for_some_platforms_fetches_only_those(mirror, worker, upstre
     assert all(upstream.blob_gets(blob.digest, since=pull_mark) == 0 for blob in wanted[0].blobs)
 
 
-def test_the_worker_refreshes_a_popular_tag_that_moved_before_anyone_pulls_it(mirror, worker, upstream, skopeo, tmp_path):
+def test_the_worker_refreshes_a_popular_tag_that_moved_before_anyone_pulls_it(
+    mirror, worker, upstream, skopeo, tmp_path
+):
     push_image(upstream, "library/hot", "1", layer_sizes=[256 * KB], seed=7203)
     pull(skopeo, mirror, "library/hot:1", tmp_path / "before")
     assert mirror.query(
@@ -116,7 +135,11 @@ def test_the_worker_refreshes_a_popular_tag_that_moved_before_anyone_pulls_it(mi
 
     sent = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "mirrorsite", "call", "registry.refresh_popular"],
-        cwd=PROJECT_ROOT, env=mirror.env, capture_output=True, text=True, timeout=60,
+        cwd=PROJECT_ROOT,
+        env=mirror.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert sent.returncode == 0, sent.stderr
     deadline = time.monotonic() + 60
@@ -135,6 +158,7 @@ def test_the_worker_refreshes_a_popular_tag_that_moved_before_anyone_pulls_it(mi
 def current_digest(mirror: MirrorProcess, repository: str) -> str | None:
     rows = mirror.query(
         "SELECT m.digest FROM registry_tag t JOIN registry_manifest m ON m.id = t.manifest_id "
-        "JOIN registry_repository r ON r.id = t.repository_id WHERE r.name = ? AND t.name = '1'", repository
+        "JOIN registry_repository r ON r.id = t.repository_id WHERE r.name = ? AND t.name = '1'",
+        repository,
     )
     return rows[0][0] if rows else None

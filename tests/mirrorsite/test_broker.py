@@ -1,4 +1,5 @@
 """The broker of the embedded default: Celery messages as files, shared by processes."""
+
 from __future__ import annotations
 
 from kombu import Connection, Queue

@@ -1,6 +1,7 @@
 """Every client of the mirror's own dependencies, as the settings build it, gives up within its
 stated timeout: Django's Redis cache (the API's throttles), the Celery broker, PostgreSQL (connecting,
 and statements), each tried in a fresh process with only the environment given."""
+
 from __future__ import annotations
 
 import json
@@ -23,11 +24,17 @@ def in_django(code: str, tmp_path: Path, **env: str) -> dict:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "MIRROR_", "REGISTRY_"))}
     for name in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"):
         clean.pop(name, None)
-    clean.update(MIRROR_DATA_DIR=str(tmp_path / "data"), DJANGO_SETTINGS_MODULE="mirrorsite.settings",
-                 DJANGO_SECRET_KEY=SECRET, **env)
+    clean.update(
+        MIRROR_DATA_DIR=str(tmp_path / "data"),
+        DJANGO_SETTINGS_MODULE="mirrorsite.settings",
+        DJANGO_SECRET_KEY=SECRET,
+        **env,
+    )
     script = f"import json, django; django.setup()\n{code}\nprint(json.dumps(result))"
     # The timeout is the test's verdict on a hang: the clients must give up well before it.
-    run = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=clean, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT_ROOT, env=clean, capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -48,7 +55,10 @@ try:
 except Exception as error:
     result = type(error).__name__
 """
-    assert in_django(code, tmp_path, REDIS_URL=f"redis://{hung_server.address}/0", MIRROR_REDIS_TIMEOUT="0.5") == "TimeoutError"
+    assert (
+        in_django(code, tmp_path, REDIS_URL=f"redis://{hung_server.address}/0", MIRROR_REDIS_TIMEOUT="0.5")
+        == "TimeoutError"
+    )
 
 
 def test_the_broker_gives_up_on_a_hung_redis(hung_server, tmp_path):

@@ -1,6 +1,7 @@
 """docker-compose.yml and the Dockerfile, read as data (no Docker engine runs here): the scaled
 layout is complete and consistent with the code it runs. tests/e2e/test_replicas.py runs its
 shape for real: replicas on one database and one Redis, behind deploy/nginx-mirror.conf."""
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,14 @@ def compose() -> dict:
 def setting_names() -> set[str]:
     """Every environment variable the code reads: mirrorsite/settings.py (django-environ) and
     mirrorsite/gunicorn_conf.py."""
-    names = set(re.findall(r'env\.\w+\(\s*"([A-Z][A-Z0-9_]*)"', (PROJECT_ROOT / "mirrorsite" / "settings.py").read_text()))
-    names |= set(re.findall(r'os\.environ\.get\("([A-Z][A-Z0-9_]*)"', (PROJECT_ROOT / "mirrorsite" / "gunicorn_conf.py").read_text()))
+    names = set(
+        re.findall(r'env\.\w+\(\s*"([A-Z][A-Z0-9_]*)"', (PROJECT_ROOT / "mirrorsite" / "settings.py").read_text())
+    )
+    names |= set(
+        re.findall(
+            r'os\.environ\.get\("([A-Z][A-Z0-9_]*)"', (PROJECT_ROOT / "mirrorsite" / "gunicorn_conf.py").read_text()
+        )
+    )
     return names
 
 
@@ -49,10 +56,16 @@ def test_the_mirrorsite_services_set_only_real_settings(compose):
 def test_replicas_share_database_redis_and_bucket_and_nothing_on_disk(compose):
     services = compose["services"]
     env = services["web"]["environment"]
-    for variable, service in (("DATABASE_URL", "postgres"), ("REDIS_URL", "redis"), ("MIRROR_S3_ENDPOINT_URL", "minio")):
+    for variable, service in (
+        ("DATABASE_URL", "postgres"),
+        ("REDIS_URL", "redis"),
+        ("MIRROR_S3_ENDPOINT_URL", "minio"),
+    ):
         assert urlsplit(env[variable]).hostname == service, variable
     assert env["MIRROR_STORAGE"] == "s3"
-    assert env["MIRROR_S3_BUCKET"] == services["bucket"]["environment"]["MIRROR_S3_BUCKET"], "the bucket made is the one used"
+    assert env["MIRROR_S3_BUCKET"] == services["bucket"]["environment"]["MIRROR_S3_BUCKET"], (
+        "the bucket made is the one used"
+    )
     assert "$$MIRROR_S3_BUCKET" in services["bucket"]["command"][0]
     named_volumes = set(compose.get("volumes") or {})
     for name in MIRRORSITE_SERVICES:
@@ -85,7 +98,9 @@ def test_the_balancer_renders_the_nginx_front_over_the_replicas(compose):
     mounts = dict(volume.rsplit(":", 1)[0].split(":", 1) for volume in lb["volumes"])
     for source in mounts:
         assert (PROJECT_ROOT / source).is_file(), source
-    assert mounts["./deploy/nginx-mirror.conf"] == "/etc/nginx/templates/default.conf.template", "replaces the image's default server"
+    assert mounts["./deploy/nginx-mirror.conf"] == "/etc/nginx/templates/default.conf.template", (
+        "replaces the image's default server"
+    )
     server = (PROJECT_ROOT / "deploy" / "nginx-mirror.conf").read_text()
     assert set(re.findall(r"\$\{(\w+)\}", server)) == set(lb["environment"]), "every placeholder filled, nothing else"
     assert lb["ports"] == [f"${{MIRROR_PORT:-5000}}:{lb['environment']['LISTEN']}"]
@@ -105,6 +120,8 @@ def test_every_variable_the_file_asks_for_is_documented():
 
 def test_the_image_holds_every_package_of_the_project():
     pyproject = (PROJECT_ROOT / "pyproject.toml").read_text()
-    packages = re.findall(r'"(\w+)\*"', re.search(r"\[tool\.setuptools\.packages\.find\]\s*include = \[(.*?)\]", pyproject).group(1))
+    packages = re.findall(
+        r'"(\w+)\*"', re.search(r"\[tool\.setuptools\.packages\.find\]\s*include = \[(.*?)\]", pyproject).group(1)
+    )
     dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
     assert packages and all(f"COPY {package} /src/{package}" in dockerfile for package in packages), packages

@@ -1,6 +1,7 @@
 """Secure defaults: start-up refused without a secret key in a deployment, security headers,
 cookie flags under HTTPS, admin login lockout, CSRF on the admin's forms, no traceback or
 secret in answers and logs."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,10 @@ from pathlib import Path
 import subprocess
 import sys
 
-import pytest
 from django.contrib.auth.models import User
-from django.utils import timezone
 from django.test import Client
+from django.utils import timezone
+import pytest
 
 from access import attempts
 from access.models import AccessRule, PasswordAttempts, Policy
@@ -21,8 +22,14 @@ from registry.models import UpstreamAccount
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_SHOWN = (
-    "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SESSION_COOKIE_HTTPONLY", "CSRF_COOKIE_HTTPONLY",
-    "SECURE_HSTS_SECONDS", "SECURE_PROXY_SSL_HEADER", "MIRROR_DEPLOYMENT", "DEBUG",
+    "SESSION_COOKIE_SECURE",
+    "CSRF_COOKIE_SECURE",
+    "SESSION_COOKIE_HTTPONLY",
+    "CSRF_COOKIE_HTTPONLY",
+    "SECURE_HSTS_SECONDS",
+    "SECURE_PROXY_SSL_HEADER",
+    "MIRROR_DEPLOYMENT",
+    "DEBUG",
 )
 # The environment a deployment is started with (docker-compose.yml), minus what is under test.
 POSTGRES = "postgres://audit@127.0.0.1:5432/audit_never_created"
@@ -35,7 +42,12 @@ def manage(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProces
         clean.pop(name, None)
     clean.update(MIRROR_DATA_DIR=str(tmp_path / "data"), DJANGO_SETTINGS_MODULE="mirrorsite.settings", **env)
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=PROJECT_ROOT, env=clean, capture_output=True, text=True, timeout=120,
+        [sys.executable, "manage.py", *args],
+        cwd=PROJECT_ROOT,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -48,8 +60,14 @@ def settings_of(tmp_path: Path, **env: str) -> dict:
 
 
 # --- the secret key -----------------------------------------------------------------------------
-@pytest.mark.parametrize("deployment", [{"DATABASE_URL": POSTGRES}, {"REDIS_URL": "redis://127.0.0.1:6379/8"},
-                                        {"CELERY_BROKER_URL": "redis://127.0.0.1:6379/8"}])
+@pytest.mark.parametrize(
+    "deployment",
+    [
+        {"DATABASE_URL": POSTGRES},
+        {"REDIS_URL": "redis://127.0.0.1:6379/8"},
+        {"CELERY_BROKER_URL": "redis://127.0.0.1:6379/8"},
+    ],
+)
 def test_a_deployment_without_a_secret_key_refuses_to_start(tmp_path, deployment):
     run = manage("check", "--deploy", tmp_path=tmp_path, **deployment)
     assert run.returncode != 0
@@ -59,8 +77,13 @@ def test_a_deployment_without_a_secret_key_refuses_to_start(tmp_path, deployment
 
 def test_a_deployment_with_a_key_over_https_passes_the_deploy_checks(tmp_path):
     run = manage(
-        "check", "--deploy", "--fail-level", "WARNING", tmp_path=tmp_path,
-        DATABASE_URL=POSTGRES, DJANGO_SECRET_KEY="k" * 20 + "-a-deployment-key-of-enough-length-" + "z" * 20,
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        tmp_path=tmp_path,
+        DATABASE_URL=POSTGRES,
+        DJANGO_SECRET_KEY="k" * 20 + "-a-deployment-key-of-enough-length-" + "z" * 20,
         MIRROR_HTTPS="true",
     )
     assert run.returncode == 0, run.stderr + run.stdout
@@ -81,22 +104,31 @@ def test_the_embedded_default_generates_its_key_once(tmp_path):
 def test_plain_http_keeps_cookies_usable_and_sends_no_hsts(tmp_path):
     shown = settings_of(tmp_path)
     assert shown == {
-        "SESSION_COOKIE_SECURE": False, "CSRF_COOKIE_SECURE": False, "SESSION_COOKIE_HTTPONLY": True,
-        "CSRF_COOKIE_HTTPONLY": True, "SECURE_HSTS_SECONDS": 0, "SECURE_PROXY_SSL_HEADER": None,
-        "MIRROR_DEPLOYMENT": False, "DEBUG": False,
+        "SESSION_COOKIE_SECURE": False,
+        "CSRF_COOKIE_SECURE": False,
+        "SESSION_COOKIE_HTTPONLY": True,
+        "CSRF_COOKIE_HTTPONLY": True,
+        "SECURE_HSTS_SECONDS": 0,
+        "SECURE_PROXY_SSL_HEADER": None,
+        "MIRROR_DEPLOYMENT": False,
+        "DEBUG": False,
     }
 
 
 def test_serving_tls_itself_makes_cookies_secure_and_turns_hsts_on(tmp_path):
     shown = settings_of(tmp_path, REGISTRY_HTTP_TLS_CERTIFICATE="/etc/mirror/cert.pem")
     assert (shown["SESSION_COOKIE_SECURE"], shown["CSRF_COOKIE_SECURE"], shown["SECURE_HSTS_SECONDS"]) == (
-        True, True, 31536000,
+        True,
+        True,
+        31536000,
     )
     assert shown["SECURE_PROXY_SSL_HEADER"] is None
 
 
 def test_behind_a_tls_proxy_its_header_is_believed_only_when_configured(tmp_path):
-    shown = settings_of(tmp_path, MIRROR_HTTPS="true", MIRROR_PROXY_SSL_HEADER="X-Forwarded-Proto", MIRROR_HSTS_SECONDS="600")
+    shown = settings_of(
+        tmp_path, MIRROR_HTTPS="true", MIRROR_PROXY_SSL_HEADER="X-Forwarded-Proto", MIRROR_HSTS_SECONDS="600"
+    )
     assert shown["SECURE_PROXY_SSL_HEADER"] == ["HTTP_X_FORWARDED_PROTO", "https"]
     assert (shown["SESSION_COOKIE_SECURE"], shown["SECURE_HSTS_SECONDS"]) == (True, 600)
 
@@ -150,13 +182,20 @@ def test_failed_admin_logins_lock_the_username_out(login_limits):
     locked = log_in("right-password-1")
     assert locked.status_code == 429, "the right password no longer gets in"
     assert locked["Retry-After"] == "900"
-    assert "Too many failed logins for this username or from your address. Try again in 15 minutes." in locked.content.decode()
+    assert (
+        "Too many failed logins for this username or from your address. Try again in 15 minutes."
+        in locked.content.decode()
+    )
     assert '<form action="/admin/login/' in locked.content.decode(), "the login page, with its form"
     assert "_auth_user_id" not in locked.wsgi_request.session
 
     assert log_in("right-password-1", address="198.51.100.2").status_code == 429, "the user name, from anywhere"
-    assert "Too many failed" in log_in("wrong", username="Root ").content.decode(), "usernames compare as typed, loosely"
-    assert log_in("right-password-2", username="other").status_code == 302, "another user from that address is not locked"
+    assert "Too many failed" in log_in("wrong", username="Root ").content.decode(), (
+        "usernames compare as typed, loosely"
+    )
+    assert log_in("right-password-2", username="other").status_code == 302, (
+        "another user from that address is not locked"
+    )
 
     PasswordAttempts.objects.update(window_ends=timezone.now())  # the lockout period is over
     assert log_in("right-password-1").status_code == 302
@@ -192,7 +231,9 @@ def test_the_lockout_counts_the_real_client_behind_a_trusted_proxy(login_limits,
     for name, forged in (("a", "203.0.113.1"), ("b", "203.0.113.2"), ("c", "203.0.113.3")):
         client.post("/admin/login/", {"username": name, "password": "x"}, HTTP_X_FORWARDED_FOR=forged)
     # Three different clients behind the proxy: none is locked.
-    ok = client.post("/admin/login/", {"username": "root", "password": "right-password-1"}, HTTP_X_FORWARDED_FOR="203.0.113.1")
+    ok = client.post(
+        "/admin/login/", {"username": "root", "password": "right-password-1"}, HTTP_X_FORWARDED_FOR="203.0.113.1"
+    )
     assert ok.status_code == 302
 
 
@@ -279,8 +320,14 @@ def test_upstream_secrets_are_never_logged(client, settings, tmp_path, upstream,
 # --- file paths from client input ------------------------------------------------------------------
 @pytest.mark.parametrize(
     "algorithm,encoded",
-    [("sha256", "../../../etc/passwd"), ("sha256", "a" * 63 + "/"), ("../sha256", "a" * 64), ("sha256", "A" * 64),
-     ("md5", "a" * 32), ("sha256", "a" * 64 + "\n")],
+    [
+        ("sha256", "../../../etc/passwd"),
+        ("sha256", "a" * 63 + "/"),
+        ("../sha256", "a" * 64),
+        ("sha256", "A" * 64),
+        ("md5", "a" * 32),
+        ("sha256", "a" * 64 + "\n"),
+    ],
 )
 def test_a_digest_that_could_name_another_file_cannot_exist(algorithm, encoded, tmp_path):
     from registry import oci

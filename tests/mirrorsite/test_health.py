@@ -1,4 +1,5 @@
 """/readyz with Redis configured: what a load balancer reads to send pulls elsewhere."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """README.md stays one screen and points into the manual; the manual's pages are all in its nav."""
+
 import re
 
 import yaml

@@ -1,9 +1,10 @@
 """A NUL character in a query string is a clean 400, never a database error (PostgreSQL
 rejects such strings outright, so this failed with a 500 on the PostgreSQL pass)."""
+
 import json
 
-import pytest
 from django.contrib.auth.models import User
+import pytest
 from rest_framework.authtoken.models import Token
 
 

@@ -1,5 +1,6 @@
 """Build a cache's state directly (rows and blob files, as pulls leave them) for the
 garbage-collection tests: any shape of images, shared blobs and ages, without an upstream."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -8,8 +9,8 @@ import json
 from django.utils import timezone
 
 from registry import oci
-from registry.storage.blobstore import BlobStore
 from registry.models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, Upstream
+from registry.storage.blobstore import BlobStore
 
 
 def store_blob(store: BlobStore, data: bytes, *, days_ago: float = 10) -> str:
@@ -30,15 +31,20 @@ def cache_manifest(
     repo, _ = Repository.objects.get_or_create(upstream=upstream, name=repository)
     content = json.dumps(document, indent=2).encode()
     manifest = Manifest.objects.create(
-        repository=repo, digest=str(oci.sha256_digest(content)), media_type=document["mediaType"],
-        content=content, size=len(content),
+        repository=repo,
+        digest=str(oci.sha256_digest(content)),
+        media_type=document["mediaType"],
+        content=content,
+        size=len(content),
     )
     blobs, children = oci.manifest_references(content)
     ManifestReference.objects.bulk_create(
         [ManifestReference(manifest=manifest, digest=d, kind="blob") for d in blobs]
         + [ManifestReference(manifest=manifest, digest=d, kind="manifest") for d in children]
     )
-    RepositoryBlob.objects.bulk_create([RepositoryBlob(repository=repo, digest=d) for d in blobs], ignore_conflicts=True)
+    RepositoryBlob.objects.bulk_create(
+        [RepositoryBlob(repository=repo, digest=d) for d in blobs], ignore_conflicts=True
+    )
     if tag:
         Tag.objects.create(repository=repo, name=tag, manifest=manifest, validated_at=timezone.now())
     age(manifest, days_ago)
@@ -49,30 +55,44 @@ def cache_image(
     store: BlobStore, upstream: Upstream, repository: str, tag: str | None, layers: list[bytes], *, days_ago: float = 10
 ) -> Manifest:
     """A single-platform image: a config blob and the given layers, all stored."""
-    config = json.dumps({"architecture": "amd64", "os": "linux", "repository": repository, "layers": len(layers)}).encode()
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "repository": repository, "layers": len(layers)}
+    ).encode()
     descriptors = [
-        {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "size": len(data),
-         "digest": store_blob(store, data, days_ago=days_ago)}
+        {
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "size": len(data),
+            "digest": store_blob(store, data, days_ago=days_ago),
+        }
         for data in layers
     ]
     document = {
         "schemaVersion": 2,
         "mediaType": oci.OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": len(config),
-                   "digest": store_blob(store, config, days_ago=days_ago)},
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "size": len(config),
+            "digest": store_blob(store, config, days_ago=days_ago),
+        },
         "layers": descriptors,
     }
     return cache_manifest(upstream, repository, document, tag=tag, days_ago=days_ago)
 
 
-def cache_index(upstream: Upstream, repository: str, tag: str, children: dict[str, Manifest], *, days_ago: float = 10) -> Manifest:
+def cache_index(
+    upstream: Upstream, repository: str, tag: str, children: dict[str, Manifest], *, days_ago: float = 10
+) -> Manifest:
     """An index over cached child manifests, keyed by platform ("linux/amd64")."""
     document = {
         "schemaVersion": 2,
         "mediaType": oci.OCI_INDEX,
         "manifests": [
-            {"mediaType": child.media_type, "size": child.size, "digest": child.digest,
-             "platform": dict(zip(("os", "architecture"), platform.split("/"), strict=True))}
+            {
+                "mediaType": child.media_type,
+                "size": child.size,
+                "digest": child.digest,
+                "platform": dict(zip(("os", "architecture"), platform.split("/"), strict=True)),
+            }
             for platform, child in children.items()
         ],
     }

@@ -1,5 +1,6 @@
 """What the fuzz tests of /v2/ check on every answer, and the snapshots they compare: the
 files around the mirror's data directory and the rows of its database."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,24 +8,38 @@ import json
 from pathlib import Path
 
 from django.apps import apps
-from hypothesis import HealthCheck, settings as hypothesis_settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from registry.api.responses import API_VERSION_HEADER
 
 # Bounded: the fuzz tests together add well under a minute to the suite. No example database:
 # nothing is written to the working tree, and every run starts from the same strategies.
 BOUNDED = hypothesis_settings(
-    max_examples=80, deadline=None, database=None, derandomize=False,
+    max_examples=80,
+    deadline=None,
+    database=None,
+    derandomize=False,
     # One mirror set-up serves every example; each example checks its own before and after.
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
 # Every error the mirror answers, with its status (DESIGN: "The pull API the mirror serves").
 ERROR_STATUS = {
-    "NAME_INVALID": {400}, "TAG_INVALID": {400}, "DIGEST_INVALID": {400}, "PAGINATION_NUMBER_INVALID": {400},
-    "MANIFEST_UNKNOWN": {404}, "BLOB_UNKNOWN": {404}, "NAME_UNKNOWN": {404}, "RANGE_INVALID": {416},
-    "UNAUTHORIZED": {401}, "DENIED": {403}, "TOOMANYREQUESTS": {429}, "UNSUPPORTED": {405},
-    "MANIFEST_INVALID": {502}, "UNAVAILABLE": {503},
+    "NAME_INVALID": {400},
+    "TAG_INVALID": {400},
+    "DIGEST_INVALID": {400},
+    "PAGINATION_NUMBER_INVALID": {400},
+    "MANIFEST_UNKNOWN": {404},
+    "BLOB_UNKNOWN": {404},
+    "NAME_UNKNOWN": {404},
+    "RANGE_INVALID": {416},
+    "UNAUTHORIZED": {401},
+    "DENIED": {403},
+    "TOOMANYREQUESTS": {429},
+    "UNSUPPORTED": {405},
+    "MANIFEST_INVALID": {502},
+    "UNAVAILABLE": {503},
 }
 # Input the mirror refuses itself (all its 400s, and 405 for writes), before any storage or
 # network: such a request writes nothing.
@@ -58,7 +73,7 @@ class Files:
     entries: dict[str, tuple[int, int]]
 
     @classmethod
-    def under(cls, *roots: Path, skip: tuple[Path, ...] = (), skip_names: str | None = None) -> "Files":
+    def under(cls, *roots: Path, skip: tuple[Path, ...] = (), skip_names: str | None = None) -> Files:
         entries = {}
         for root in roots:
             for path in root.rglob("*"):

@@ -1,6 +1,7 @@
 """A registry on loopback that serves one image and misbehaves on cue: answers the first
 requests with an error status, or counts its rate limit down on every manifest GET the way
 Docker Hub does. For what the real upstream of the tests cannot be made to do."""
+
 from __future__ import annotations
 
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,7 +11,9 @@ from tests.support.images import PushedImage
 
 
 class ScriptedRegistry:
-    def __init__(self, image: PushedImage, *, fail_first: int = 0, fail_status: int = 503, ratelimit: int | None = None):
+    def __init__(
+        self, image: PushedImage, *, fail_first: int = 0, fail_status: int = 503, ratelimit: int | None = None
+    ):
         self.image = image
         self.fail_first = fail_first
         self.fail_status = fail_status
@@ -25,9 +28,11 @@ class ScriptedRegistry:
         return f"http://127.0.0.1:{self._server.server_port}"
 
     def gets(self, kind: str) -> int:
-        return sum(1 for method, path, status in self.requests if method == "GET" and f"/{kind}/" in path and status == 200)
+        return sum(
+            1 for method, path, status in self.requests if method == "GET" and f"/{kind}/" in path and status == 200
+        )
 
-    def __enter__(self) -> "ScriptedRegistry":
+    def __enter__(self) -> ScriptedRegistry:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -48,7 +53,11 @@ class ScriptedRegistry:
         image = self.image
         reference = path.rsplit("/", 1)[-1]
         if "/manifests/" in path and reference in (image.tag, image.digest):
-            return 200, {**headers, "Content-Type": image.media_type, "Docker-Content-Digest": image.digest}, image.manifest
+            return (
+                200,
+                {**headers, "Content-Type": image.media_type, "Docker-Content-Digest": image.digest},
+                image.manifest,
+            )
         for blob in image.blobs:
             if path.endswith(f"/blobs/{blob.digest}"):
                 return 200, {"Content-Type": "application/octet-stream"}, blob.data

@@ -1,9 +1,10 @@
 """The cache's admin pages render for staff and cannot change what was cached."""
+
 import pytest
 
 from registry import oci
-from registry.proxy import cache
 from registry.models import Blob, Manifest, Repository, Tag, Upstream, UpstreamAccount
+from registry.proxy import cache
 
 # Filling a blob writes from a background thread: real transactions, not a rolled-back one.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -35,7 +36,10 @@ def test_changelists_and_detail_pages_are_read_only(admin_client, cached, model)
     assert detail.status_code == 200
     assert b'name="_save"' not in detail.content, "no save button: the cache is read-only here"
     assert admin_client.get(f"/admin/{opts.app_label}/{opts.model_name}/add/").status_code == 403
-    assert admin_client.post(f"/admin/{opts.app_label}/{opts.model_name}/{obj.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert (
+        admin_client.post(f"/admin/{opts.app_label}/{opts.model_name}/{obj.pk}/delete/", {"post": "yes"}).status_code
+        == 403
+    )
     assert model.objects.filter(pk=obj.pk).exists()
 
 

@@ -1,12 +1,13 @@
 """What staff do to the cache from the admin: pin, unpin, evict, prefetch; pins and jobs."""
+
 from __future__ import annotations
 
-import pytest
 from django.contrib.auth.models import Permission, User
+import pytest
 
 from mirrorsite.celery import app
-from registry.storage.blobstore import BlobStore, FilesystemStore
 from registry.models import GcRun, Manifest, Pin, PrefetchJob, Tag, Upstream
+from registry.storage.blobstore import BlobStore, FilesystemStore
 from tests.registry.cachestate import cache_image
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -68,7 +69,9 @@ def test_prefetch_from_a_tag_and_from_the_job_form(admin_client, hub, images, st
     act(admin_client, "tag", "prefetch", [Tag.objects.get().pk])
     job = PrefetchJob.objects.get()
     assert (str(job), job.requested_by) == ("library/small:1", "admin")
-    response = admin_client.post("/admin/registry/prefetchjob/add/", {"image": "multi:1", "platform_list": "linux/arm64"})
+    response = admin_client.post(
+        "/admin/registry/prefetchjob/add/", {"image": "multi:1", "platform_list": "linux/arm64"}
+    )
     assert response.status_code == 302, response.content[:1000]
     job = PrefetchJob.objects.get(reference="1", repository="library/multi")
     assert (job.platforms, job.status) == ("linux/arm64", PrefetchJob.Status.SUCCEEDED)
@@ -83,7 +86,8 @@ def test_prefetch_from_a_tag_and_from_the_job_form(admin_client, hub, images, st
 
 def test_pins_are_added_and_deleted_in_their_admin(admin_client, hub):
     response = admin_client.post(
-        "/admin/registry/pin/add/", {"upstream": hub.pk, "repository": "library/postgres", "reference": "17", "note": "rollout"}
+        "/admin/registry/pin/add/",
+        {"upstream": hub.pk, "repository": "library/postgres", "reference": "17", "note": "rollout"},
     )
     assert response.status_code == 302
     pin = Pin.objects.get()

@@ -1,16 +1,16 @@
 """Upstreams and accounts in the admin: added and edited there, secrets write-only, records
 from the environment or the file read-only; no secret in any page, API answer, log or row."""
+
 from __future__ import annotations
 
 import logging
 
-import pytest
 from django.db import connection
+import pytest
 
 from registry import memory
-from registry.upstreams import routing
-from registry.upstreams import verification
 from registry.models import Managed, Upstream, UpstreamAccount
+from registry.upstreams import routing, verification
 
 pytestmark = pytest.mark.django_db
 
@@ -30,7 +30,12 @@ def hub(settings, tmp_path, upstream):
 
 
 def every_page(admin_client) -> str:
-    pages = ["/admin/registry/upstream/", "/admin/registry/upstreamaccount/", "/admin/registry/accountswitch/", "/admin/"]
+    pages = [
+        "/admin/registry/upstream/",
+        "/admin/registry/upstreamaccount/",
+        "/admin/registry/accountswitch/",
+        "/admin/",
+    ]
     pages += [f"/admin/registry/upstream/{u.pk}/change/" for u in Upstream.objects.all()]
     pages += [f"/admin/registry/upstreamaccount/{a.pk}/change/" for a in UpstreamAccount.objects.all()]
     html = ""
@@ -42,20 +47,37 @@ def every_page(admin_client) -> str:
 
 
 def test_an_upstream_and_an_account_added_in_the_admin(admin_client, hub, upstream):
-    response = admin_client.post("/admin/registry/upstream/add/", {
-        "name": "ghcr", "url": "https://ghcr.io", "hosts": "GHCR.io  docker.pkg.github.com", "alias": "ghcr",
-        "stale_policy": "serve", "tls_verify": "on", "allow_repositories": "myorg/*",
-        "accounts-TOTAL_FORMS": "0", "accounts-INITIAL_FORMS": "0",
-        "account_switches-TOTAL_FORMS": "0", "account_switches-INITIAL_FORMS": "0",
-    })
+    response = admin_client.post(
+        "/admin/registry/upstream/add/",
+        {
+            "name": "ghcr",
+            "url": "https://ghcr.io",
+            "hosts": "GHCR.io  docker.pkg.github.com",
+            "alias": "ghcr",
+            "stale_policy": "serve",
+            "tls_verify": "on",
+            "allow_repositories": "myorg/*",
+            "accounts-TOTAL_FORMS": "0",
+            "accounts-INITIAL_FORMS": "0",
+            "account_switches-TOTAL_FORMS": "0",
+            "account_switches-INITIAL_FORMS": "0",
+        },
+    )
     assert response.status_code == 302, response.content.decode()[:3000]
     ghcr = Upstream.objects.get(name="ghcr")
     assert (ghcr.hosts, ghcr.alias, ghcr.managed_by) == ("ghcr.io, docker.pkg.github.com", "ghcr", Managed.ADMIN)
     assert routing.resolve("myorg/app", "ghcr.io").upstream == ghcr, "routed at once in this process"
 
-    response = admin_client.post("/admin/registry/upstreamaccount/add/", {
-        "upstream": ghcr.pk, "username": "bot", "new_secret": ADMIN_SECRET, "position": "0", "enabled": "on",
-    })
+    response = admin_client.post(
+        "/admin/registry/upstreamaccount/add/",
+        {
+            "upstream": ghcr.pk,
+            "username": "bot",
+            "new_secret": ADMIN_SECRET,
+            "position": "0",
+            "enabled": "on",
+        },
+    )
     assert response.status_code == 302
     account = UpstreamAccount.objects.get(upstream=ghcr, username="bot")
     assert account.get_secret() == ADMIN_SECRET and ADMIN_SECRET not in account.secret
@@ -72,11 +94,20 @@ def test_an_upstream_and_an_account_added_in_the_admin(admin_client, hub, upstre
 
 
 def test_bad_aliases_and_hosts_are_refused(admin_client, hub):
-    response = admin_client.post("/admin/registry/upstream/add/", {
-        "name": "bad", "url": "https://bad.example", "hosts": "bad host/x", "alias": "Two/Parts",
-        "stale_policy": "serve", "accounts-TOTAL_FORMS": "0", "accounts-INITIAL_FORMS": "0",
-        "account_switches-TOTAL_FORMS": "0", "account_switches-INITIAL_FORMS": "0",
-    })
+    response = admin_client.post(
+        "/admin/registry/upstream/add/",
+        {
+            "name": "bad",
+            "url": "https://bad.example",
+            "hosts": "bad host/x",
+            "alias": "Two/Parts",
+            "stale_policy": "serve",
+            "accounts-TOTAL_FORMS": "0",
+            "accounts-INITIAL_FORMS": "0",
+            "account_switches-TOTAL_FORMS": "0",
+            "account_switches-INITIAL_FORMS": "0",
+        },
+    )
     assert response.status_code == 200
     page = response.content.decode()
     assert "one path component" in page and "not a registry host name" in page

@@ -1,22 +1,22 @@
 """Blob provenance, size caps and bounded tag lists, called directly (no HTTP in front of the
 cache): the session's token-auth upstream, whose `private/secret` only the mirror's account
 reads, and a hostile registry on loopback."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 import json
 import threading
 import time
-from typing import Iterator
 
 import pytest
 
 from registry import oci
-from registry.proxy import cache
-from registry.proxy import fills
+from registry.models import Blob, ManifestReference, Repository, RepositoryBlob, Upstream, UpstreamAccount
+from registry.proxy import cache, fills
+from registry.proxy.fills import UpstreamDigestMismatch
 from registry.storage import locks
 from registry.storage.blobstore import BlobStore, FilesystemStore
-from registry.proxy.fills import UpstreamDigestMismatch
-from registry.models import Blob, ManifestReference, Repository, RepositoryBlob, Upstream, UpstreamAccount
 from registry.upstreams.client import BlobSizeInvalid
 from tests.support.hostile_registry import HostileRegistry, answer
 from tests.support.images import PushedImage, build_image, sha256_digest
@@ -25,7 +25,9 @@ pytestmark = pytest.mark.django_db(transaction=True)  # fills write from their o
 
 ANYONE = cache.BlobReader(may_read=lambda upstream, repository: True, is_private=lambda upstream, repository: False)
 NOBODY = cache.BlobReader(may_read=lambda upstream, repository: False, is_private=lambda upstream, repository: False)
-PRIVATE_ORIGIN = cache.BlobReader(may_read=lambda upstream, repository: True, is_private=lambda upstream, repository: True)
+PRIVATE_ORIGIN = cache.BlobReader(
+    may_read=lambda upstream, repository: True, is_private=lambda upstream, repository: True
+)
 
 
 @pytest.fixture
@@ -65,15 +67,21 @@ def drain(found) -> bytes:
 def fill_private(hub: Upstream, store: BlobStore, image: PushedImage) -> None:
     cache.get_manifest(hub, "private/secret", oci.parse_reference("1"))
     for blob in image.blobs:
-        assert drain(cache.fetch_blob(hub, "private/secret", oci.parse_digest(blob.digest), store, PRIVATE_ORIGIN)) == blob.data
+        assert (
+            drain(cache.fetch_blob(hub, "private/secret", oci.parse_digest(blob.digest), store, PRIVATE_ORIGIN))
+            == blob.data
+        )
 
 
 def claim(hostile: HostileRegistry, repository: str, image: PushedImage) -> None:
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": image.media_type,
-        "config": {"mediaType": image.config.media_type, "size": image.config.size, "digest": image.config.digest},
-        "layers": [{"mediaType": b.media_type, "size": b.size, "digest": b.digest} for b in image.layers],
-    }).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": image.media_type,
+            "config": {"mediaType": image.config.media_type, "size": image.config.size, "digest": image.config.digest},
+            "layers": [{"mediaType": b.media_type, "size": b.size, "digest": b.digest} for b in image.layers],
+        }
+    ).encode()
     hostile.script("GET", f"/v2/{repository}/manifests/1", answer(200, manifest, Content_Type=image.media_type))
     for blob in image.blobs:
         hostile.script("HEAD", f"/v2/{repository}/blobs/{blob.digest}", answer(200, Content_Length=str(blob.size)))
@@ -179,7 +187,9 @@ def test_a_tag_list_is_remembered_and_one_past_the_limit_refused(settings, evil,
     assert cache.list_tags(evil, "some/tags", None, None).tags == ["a", "b"]
     assert cache.list_tags(evil, "some/tags", None, None).tags == ["a", "b"]
     assert len(hostile.seen("/v2/some/tags/tags/list")) == 1
-    hostile.script("GET", "/v2/big/tags/tags/list", answer(200, {"name": "big/tags", "tags": [f"t{i}" for i in range(500)]}))
+    hostile.script(
+        "GET", "/v2/big/tags/tags/list", answer(200, {"name": "big/tags", "tags": [f"t{i}" for i in range(500)]})
+    )
     with pytest.raises(cache.UpstreamTooLarge) as refused:
         cache.list_tags(evil, "big/tags", None, None)
     assert (refused.value.status, refused.value.code) == (502, "SIZE_INVALID")
@@ -197,7 +207,9 @@ def test_a_fill_through_another_repository_is_not_followed_by_who_may_not_read_i
     fill = store.begin_fill(digest, len(data))
     fill.write(data)  # all there, as a follower would read it
     sidecar = fills.Sidecar(store, digest)
-    sidecar.write(fills.FillState(temp=fill.temp_path.name, size=len(data), source=f"{private_upstream.pk}/{origin.name}"))
+    sidecar.write(
+        fills.FillState(temp=fill.temp_path.name, size=len(data), source=f"{private_upstream.pk}/{origin.name}")
+    )
     outcome: list = []
 
     def client_of_b() -> None:

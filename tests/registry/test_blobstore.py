@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from registry.storage.blobstore import DigestMismatch, FilesystemStore
 from registry.oci import parse_digest
+from registry.storage.blobstore import DigestMismatch, FilesystemStore
 
 
 def digest_of(content: bytes):

@@ -1,4 +1,5 @@
 """The pull-through logic, called directly (no HTTP in front), against the real upstream."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -7,15 +8,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import threading
 import time
 
-import pytest
 from django.utils import timezone
+import pytest
 
 from registry import memory, oci
-from registry.proxy import cache
-from registry.proxy import fills
-from registry.proxy import pulltimes
-from registry.storage.blobstore import BlobStore, FilesystemStore
 from registry.models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, Upstream
+from registry.proxy import cache, fills, pulltimes
+from registry.storage.blobstore import BlobStore, FilesystemStore
 from tests.support.fake_upstream import FakeUpstream
 
 pytestmark = pytest.mark.django_db

@@ -1,16 +1,17 @@
 """`manage.py prefetch`, `gc` and `pin`, as staff run them."""
+
 from __future__ import annotations
 
 from io import StringIO
 
-import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
+import pytest
 
 from mirrorsite.celery import app
 from registry import oci
-from registry.storage.blobstore import BlobStore, FilesystemStore
 from registry.models import Manifest, Pin, PrefetchJob, Upstream, UpstreamAccount
+from registry.storage.blobstore import BlobStore, FilesystemStore
 from tests.registry.cachestate import cache_image
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -98,7 +99,8 @@ def test_pin_unpin_and_list(settings, store):
     settings.REGISTRY_PROXY_REMOTEURL = "http://127.0.0.1:9"
     Upstream.objects.default()
     assert run("pin", "postgres:17", "redis", "--note", "release day")[0].splitlines() == [
-        "pinned library/postgres:17", "pinned library/redis:latest",
+        "pinned library/postgres:17",
+        "pinned library/redis:latest",
     ]
     assert run("pin", "nginx", "--all-tags")[0].strip() == "pinned library/nginx"
     listing = run("pin", "--list")[0]

@@ -1,5 +1,6 @@
 """A registry endpoint whose database, bucket or Redis fails answers 503 UNAVAILABLE in the
 registry's JSON (the client may retry elsewhere), never a 500; a bug stays a 500."""
+
 from __future__ import annotations
 
 import json
@@ -21,12 +22,16 @@ def answer(error: Exception, method: str = "GET"):
     return view(RequestFactory().generic(method, "/v2/library/small/manifests/1"))
 
 
-@pytest.mark.parametrize("error", [
-    OperationalError("connection timeout expired"),
-    EndpointConnectionError(endpoint_url="http://127.0.0.1:9"),
-    ReadTimeoutError(endpoint_url="http://127.0.0.1:9"),
-    redis.TimeoutError("Timeout reading from socket"),
-], ids=["database", "bucket-unreachable", "bucket-hung", "redis"])
+@pytest.mark.parametrize(
+    "error",
+    [
+        OperationalError("connection timeout expired"),
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:9"),
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:9"),
+        redis.TimeoutError("Timeout reading from socket"),
+    ],
+    ids=["database", "bucket-unreachable", "bucket-hung", "redis"],
+)
 def test_a_dependency_that_fails_is_503_unavailable(error, caplog):
     response = answer(error)
     assert response.status_code == 503

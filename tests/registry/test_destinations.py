@@ -3,6 +3,7 @@ redirect rules, the token realm rules, and the check made when connecting.
 
 Only loopback is reachable here, so the rules for private and link-local addresses are
 tested on address literals (which resolve to themselves, without DNS)."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,12 +18,23 @@ from tests.support.hostile_registry import Listener
 @pytest.mark.parametrize(
     "address, kind",
     [
-        ("8.8.8.8", "public"), ("2606:4700::1111", "public"),
-        ("127.0.0.1", "loopback"), ("127.8.9.10", "loopback"), ("::1", "loopback"), ("::ffff:127.0.0.1", "loopback"),
-        ("10.1.2.3", "private"), ("172.16.0.1", "private"), ("192.168.1.1", "private"), ("fd00::1", "private"),
-        ("100.64.0.1", "private"), ("::ffff:10.0.0.1", "private"),
-        ("169.254.169.254", "link-local"), ("fe80::1%eth0", "link-local"),
-        ("0.0.0.0", "unspecified"), ("::", "unspecified"), ("224.0.0.1", "multicast"),
+        ("8.8.8.8", "public"),
+        ("2606:4700::1111", "public"),
+        ("127.0.0.1", "loopback"),
+        ("127.8.9.10", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("10.1.2.3", "private"),
+        ("172.16.0.1", "private"),
+        ("192.168.1.1", "private"),
+        ("fd00::1", "private"),
+        ("100.64.0.1", "private"),
+        ("::ffff:10.0.0.1", "private"),
+        ("169.254.169.254", "link-local"),
+        ("fe80::1%eth0", "link-local"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("224.0.0.1", "multicast"),
     ],
 )
 def test_address_classes(address, kind):
@@ -35,9 +47,15 @@ PUBLIC_UPSTREAM = Destinations.of("https://8.8.8.8")
 @pytest.mark.parametrize(
     "location",
     [
-        "https://10.0.0.5/blob", "https://192.168.0.9/blob", "https://169.254.169.254/latest/meta-data/",
-        "https://127.0.0.1:2375/containers/json", "https://[::1]/x", "https://[::ffff:127.0.0.1]/x",
-        "https://0.0.0.0/x", "https://[fe80::1]/x", "https://100.64.1.1/x",
+        "https://10.0.0.5/blob",
+        "https://192.168.0.9/blob",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://127.0.0.1:2375/containers/json",
+        "https://[::1]/x",
+        "https://[::ffff:127.0.0.1]/x",
+        "https://0.0.0.0/x",
+        "https://[fe80::1]/x",
+        "https://100.64.1.1/x",
     ],
 )
 def test_a_public_upstream_never_sends_the_mirror_to_an_internal_address(location):
@@ -66,8 +84,15 @@ def test_an_upstream_reaches_addresses_of_its_own_kind_only():
 def test_never_from_https_to_http_and_only_to_http_urls():
     current = "https://8.8.8.8/v2/x/blobs/d"
     for location in (
-        "http://1.1.1.1/cdn", "file:///etc/passwd", "gopher://1.1.1.1/", "https://1.1.1.1/a\r\nX-Injected: 1",
-        "https://user:pw@1.1.1.1/", "https://" + "a" * 3000 + ".example/", "", None, "https://1.1.1.1:99999/",
+        "http://1.1.1.1/cdn",
+        "file:///etc/passwd",
+        "gopher://1.1.1.1/",
+        "https://1.1.1.1/a\r\nX-Injected: 1",
+        "https://user:pw@1.1.1.1/",
+        "https://" + "a" * 3000 + ".example/",
+        "",
+        None,
+        "https://1.1.1.1:99999/",
     ):
         with pytest.raises(DestinationRefused):
             PUBLIC_UPSTREAM.redirect_target(current, location)

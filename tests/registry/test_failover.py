@@ -1,20 +1,20 @@
 """Several accounts per upstream: failover on rejected credentials, on 429 and under the
 rate-limit reserve, the switches recorded, verification, and what clients get when every
 account is spent. The upstream is a loopback double with a rate limit per account."""
+
 from __future__ import annotations
 
 from datetime import timedelta
 import json
 
-import pytest
 from django.utils import timezone
+import pytest
 
 from access.models import AccessRule, Policy
 from registry import memory, oci
-from registry.upstreams import accounts
-from registry.proxy import cache
-from registry.upstreams import verification
 from registry.models import AccountSwitch, Tag, Upstream, UpstreamAccount
+from registry.proxy import cache
+from registry.upstreams import accounts, verification
 from tests.support.images import build_image
 from tests.support.limited_registry import LimitedRegistry, Quota
 
@@ -56,7 +56,9 @@ def pull(upstream: Upstream, repository: str) -> cache.ManifestResult:
 def test_rejected_then_rate_limited_accounts_hand_over_and_pulls_keep_working(quiet_settings):
     quotas = {"spent": Quota(pulls=2, reported=100), "spare": Quota(pulls=100, reported=100)}
     with LimitedRegistry(IMAGE, USERS, quotas) as registry:
-        upstream = upstream_with(registry.url, ("wrong", "not-the-password"), ("spent", USERS["spent"]), ("spare", USERS["spare"]))
+        upstream = upstream_with(
+            registry.url, ("wrong", "not-the-password"), ("spent", USERS["spent"]), ("spare", USERS["spare"])
+        )
         for i in range(4):
             assert pull(upstream, f"app{i}").digest == IMAGE.digest
 
@@ -183,8 +185,8 @@ def test_an_upstream_without_accounts_pulls_anonymously(quiet_settings):
 
 def test_each_request_is_counted_for_the_account_that_made_it(quiet_settings):
     quiet_settings.MIRROR_PULL_TIME_FLUSH_INTERVAL = 3600
-    from registry.upstreams import usage as accountusage
     from registry.signals import upstream_request
+    from registry.upstreams import usage as accountusage
 
     accountusage.flush()  # what earlier tests left: their accounts are gone
     heard = []

@@ -1,4 +1,5 @@
 """Buffers written in batches: one flush thread per buffer and process, and a flush of all at exit."""
+
 from __future__ import annotations
 
 import logging

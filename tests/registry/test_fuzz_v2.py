@@ -6,6 +6,7 @@ Whatever the input: no 500; an error is the registry's JSON with the status its 
 carries; no file outside the data directory is created or changed; and input the mirror
 rejects (400, 405) writes nothing at all, neither files nor database rows.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ import re
 from urllib.parse import quote, urlencode
 
 from django.test import Client
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 import pytest
 
 from audit import recorder
@@ -28,11 +30,33 @@ from tests.support.images import MANIFEST_ACCEPT
 # Blob fills write from a thread of their own: real transactions.
 pytestmark = pytest.mark.django_db(transaction=True)
 
-PIECES = ["/", "..", ".", "%", "%2e", "%2f", "\n", "\r", "\x00", " ", ":", "@", "sha256:", "?", "#", "\\", "~", "é", "—"]
+PIECES = [
+    "/",
+    "..",
+    ".",
+    "%",
+    "%2e",
+    "%2f",
+    "\n",
+    "\r",
+    "\x00",
+    " ",
+    ":",
+    "@",
+    "sha256:",
+    "?",
+    "#",
+    "\\",
+    "~",
+    "é",
+    "—",
+]
 junk = st.one_of(
     st.text(st.characters(exclude_categories=("Cs",)), max_size=30),
     st.lists(st.sampled_from(PIECES) | st.text("abcAB09_-.", max_size=4), max_size=8).map("".join),
 )
+
+
 def almost(valid: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     """Valid input with one odd piece put before or after it."""
     return st.tuples(valid, st.sampled_from(PIECES), st.booleans()).map(lambda t: t[0] + t[1] if t[2] else t[1] + t[0])
@@ -68,7 +92,10 @@ def names_a_registry_host(name: str) -> bool:
 
 
 def well_formed_reference(reference: str) -> bool:
-    return re.fullmatch(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}|sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}", reference) is not None
+    return (
+        re.fullmatch(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}|sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}", reference)
+        is not None
+    )
 
 
 @dataclass
@@ -117,8 +144,12 @@ def mirror(settings, tmp_path, fake_upstream) -> Mirror:
     assert b"".join(warmed.streaming_content) == config.data
     warmed.close()
     yield Mirror(
-        client, data, around=(tmp_path, home_data),
-        config=config.data, config_digest=config.digest, upstream=fake_upstream,
+        client,
+        data,
+        around=(tmp_path, home_data),
+        config=config.data,
+        config_digest=config.digest,
+        upstream=fake_upstream,
     )
     stats.take()
     recorder.take()
@@ -140,9 +171,13 @@ def test_any_name_and_reference_gets_a_registry_answer(mirror, method, endpoint,
     if method not in ("GET", "HEAD"):
         assert response.status_code == 405
     elif (
-        endpoint == "manifests" and well_formed_name(name) and not names_a_registry_host(name)
+        endpoint == "manifests"
+        and well_formed_name(name)
+        and not names_a_registry_host(name)
         # (An empty reference, or one with a slash, makes another path: no such endpoint, 404.)
-        and reference and "/" not in reference and not well_formed_reference(reference)
+        and reference
+        and "/" not in reference
+        and not well_formed_reference(reference)
     ):
         # Checked against the grammar before anything touches storage or the network.
         assert response.status_code == 400
@@ -193,13 +228,15 @@ def test_ranges_on_a_cached_blob_follow_the_byte_range_rules(mirror, start, end,
         assert response.status_code == 416
     else:
         assert response.status_code == 206
-        assert body == mirror.config[window[0]:window[1] + 1]
+        assert body == mirror.config[window[0] : window[1] + 1]
         assert response["Content-Range"] == f"bytes {window[0]}-{window[1]}/{size}"
 
 
 @BOUNDED
 @given(
-    range_header=st.none() | junk | st.from_regex(r"bytes=[0-9]{0,4}-[0-9]{0,4}(,[0-9]{0,3}-[0-9]{0,3})?", fullmatch=True),
+    range_header=st.none()
+    | junk
+    | st.from_regex(r"bytes=[0-9]{0,4}-[0-9]{0,4}(,[0-9]{0,3}-[0-9]{0,3})?", fullmatch=True),
     accept=st.none() | junk | st.sampled_from([MANIFEST_ACCEPT, "*/*", "application/vnd.oci.image.index.v1+json"]),
     forwarded=st.none() | junk | st.lists(st.ip_addresses().map(str) | junk, max_size=4).map(", ".join),
     target=st.sampled_from(["config", "missing", "manifest"]),

@@ -1,19 +1,19 @@
 """Garbage collection: the policies, what they keep, and the order of deletion."""
+
 from __future__ import annotations
 
 from datetime import timedelta
 import os
 import time
 
-import pytest
 from django.utils import timezone
+import pytest
 
 from registry import oci
-from registry.jobs import gc
-from registry.jobs import pins
-from registry.storage.blobstore import BlobStore, FilesystemStore
+from registry.jobs import gc, pins
 from registry.jobs.imageref import parse_image
 from registry.models import Blob, GcRun, Manifest, Pin, Repository, RepositoryBlob, Tag, TagPullCount, Upstream
+from registry.storage.blobstore import BlobStore, FilesystemStore
 from tests.registry.cachestate import age, blob_digests, cache_image, cache_index, store_blob
 
 pytestmark = pytest.mark.django_db
@@ -115,7 +115,9 @@ def test_pinned_images_are_never_evicted(store, hub, settings):
     assert [e.image.root for e in plan.evictions] == [unpinned.pk]
     assert set(Manifest.objects.values_list("pk", flat=True)) == {pinned_tag.pk, pinned_digest.pk, whole_repo.pk}
     assert "pinned, used within the grace period" in " ".join(plan.notes)
-    assert "kept library/postgres@" in " ".join(plan.notes) and "(tags: 17): pinned (not pulled for 30 days)" in " ".join(plan.notes)
+    assert "kept library/postgres@" in " ".join(
+        plan.notes
+    ) and "(tags: 17): pinned (not pulled for 30 days)" in " ".join(plan.notes)
     for image in (pinned_tag, pinned_digest, whole_repo):
         assert stored(store, blob_digests(image)) == set(blob_digests(image))
     assert pins.unpin(parse_image("postgres:17"))

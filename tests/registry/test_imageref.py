@@ -1,4 +1,5 @@
 """Image references and platforms as staff type them."""
+
 from __future__ import annotations
 
 import pytest
@@ -52,7 +53,9 @@ def test_invalid_references_are_refused(hub, text):
 
 def test_platforms_parse_and_match_index_entries():
     assert parse_platforms(["linux/amd64,linux/arm64/v8", " linux/arm/v7 "]) == [
-        Platform("linux", "amd64"), Platform("linux", "arm64", "v8"), Platform("linux", "arm", "v7"),
+        Platform("linux", "amd64"),
+        Platform("linux", "arm64", "v8"),
+        Platform("linux", "arm", "v7"),
     ]
     assert parse_platforms([""]) == []
     for bad in ("linux", "linux/", "a/b/c/d"):
@@ -69,7 +72,8 @@ def test_platforms_parse_and_match_index_entries():
 def test_index_entries_and_their_platforms():
     index = (
         b'{"schemaVersion": 2, "manifests": [{"digest": "%s", "platform": {"os": "linux", "architecture": "arm64"}},'
-        b' {"digest": "not-a-digest"}, {"digest": "%s", "platform": {"os": "unknown"}}]}' % (DIGEST.encode(), DIGEST.replace("a", "b").encode())
+        b' {"digest": "not-a-digest"}, {"digest": "%s", "platform": {"os": "unknown"}}]}'
+        % (DIGEST.encode(), DIGEST.replace("a", "b").encode())
     )
     entries = index_entries(index)
     assert [e["digest"] for e in entries] == [DIGEST, DIGEST.replace("a", "b")]

@@ -1,4 +1,5 @@
 """Named locks on both backends: flock files (embedded default) and Redis."""
+
 import threading
 import uuid
 

@@ -94,7 +94,8 @@ def test_manifest_media_type_prefers_header_then_document():
 
 
 @pytest.mark.parametrize(
-    "media_type", ["text/html", "image/svg+xml", "application/vnd.oci.image.manifest.v1+json\r\nX-Injected: 1", "a" * 5000, 7],
+    "media_type",
+    ["text/html", "image/svg+xml", "application/vnd.oci.image.manifest.v1+json\r\nX-Injected: 1", "a" * 5000, 7],
 )
 def test_a_manifest_declaring_anything_but_a_manifest_type_is_invalid(media_type):
     doc = json.dumps({"schemaVersion": 2, "mediaType": media_type, "layers": []}).encode()
@@ -106,7 +107,11 @@ def test_a_manifest_declaring_anything_but_a_manifest_type_is_invalid(media_type
 
 def test_a_manifest_sent_as_anything_but_a_manifest_type_is_invalid():
     doc = json.dumps({"schemaVersion": 2, "layers": []}).encode()
-    for header in ("text/html", "image/svg+xml; charset=utf-8", "application/vnd.docker.distribution.manifest.v1+prettyjws"):
+    for header in (
+        "text/html",
+        "image/svg+xml; charset=utf-8",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    ):
         with pytest.raises(oci.ManifestInvalid):
             oci.manifest_media_type(doc, header)
     for body in (b"<html><script>alert(1)</script></html>", b"[]", b'"text"'):

@@ -1,21 +1,21 @@
 """Popular tags kept fresh, against the real upstream: tags are moved there and the refresh
 must have the new image cached before any client asks."""
+
 from __future__ import annotations
 
 from datetime import timedelta
 import itertools
 import json
 
-import pytest
 from django.utils import timezone
+import pytest
 
 from registry import memory, oci
-from registry.proxy import cache
 from registry.jobs import popular
-from registry.proxy import pulltimes
-from registry.storage.blobstore import BlobStore, FilesystemStore
 from registry.jobs.imageref import Platform
 from registry.models import Manifest, PrefetchJob, Tag, TagPullCount, Upstream
+from registry.proxy import cache, pulltimes
+from registry.storage.blobstore import BlobStore, FilesystemStore
 from tests.registry.cachestate import cache_image
 from tests.support.images import push_image, push_index
 
@@ -92,7 +92,11 @@ def test_a_moved_tag_is_cached_before_any_client_asks(hub, upstream, store):
     for blob in moved.blobs:
         assert store.size(oci.parse_digest(blob.digest)) == blob.size
     job = PrefetchJob.objects.get()
-    assert (job.status, job.requested_by, job.digest) == (PrefetchJob.Status.SUCCEEDED, popular.REQUESTED_BY, moved.digest)
+    assert (job.status, job.requested_by, job.digest) == (
+        PrefetchJob.Status.SUCCEEDED,
+        popular.REQUESTED_BY,
+        moved.digest,
+    )
     assert TagPullCount.objects.get().count == 1, "the refresh's own pull does not count"
 
     memory.forget_all()  # the next pull reaches a process that did not remember the old answer

@@ -1,20 +1,20 @@
 """Prefetch, called directly, against the real upstream (and a scripted one for misbehaviour)."""
+
 from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
 from django.db import transaction
 from django.utils import timezone
+import pytest
 
 from mirrorsite.celery import app
 from registry import oci
-from registry.jobs import prefetch
-from registry.proxy import pulltimes
-from registry.jobs import tasks
-from registry.storage.blobstore import BlobStore, FilesystemStore
+from registry.jobs import prefetch, tasks
 from registry.jobs.imageref import parse_image, parse_platforms
 from registry.models import Manifest, PrefetchJob, Tag, TagPullCount, Upstream, UpstreamAccount
+from registry.proxy import pulltimes
+from registry.storage.blobstore import BlobStore, FilesystemStore
 from tests.registry.scripted_registry import ScriptedRegistry
 from tests.support.images import build_image, push_index
 
@@ -27,8 +27,12 @@ KB = 1024
 def warm(upstream):
     """A multi-layer image for three platforms, for this module only."""
     return push_index(
-        upstream, "library/warm", "1", platforms=[("linux", "amd64"), ("linux", "arm64"), ("linux", "arm", "v7")],
-        layer_sizes=[120 * KB, 60 * KB, 30 * KB], seed=7001,
+        upstream,
+        "library/warm",
+        "1",
+        platforms=[("linux", "amd64"), ("linux", "arm64"), ("linux", "arm", "v7")],
+        layer_sizes=[120 * KB, 60 * KB, 30 * KB],
+        seed=7001,
     )
 
 
@@ -91,7 +95,9 @@ def test_prefetch_caches_the_index_every_platform_and_every_blob(hub, upstream, 
     again = run("library/warm:1")
     assert again.status == PrefetchJob.Status.SUCCEEDED
     assert (again.bytes_done, again.bytes_downloaded, again.manifests_fetched) == (total, 0, 0)
-    assert [r for r in upstream.requests_log(since=again_mark) if r.method == "GET"] == [], "idempotent: no upstream GET"
+    assert [r for r in upstream.requests_log(since=again_mark) if r.method == "GET"] == [], (
+        "idempotent: no upstream GET"
+    )
 
 
 def test_platform_filter_fetches_only_the_platforms_asked_for(hub, upstream, warm, store):
@@ -214,9 +220,13 @@ def test_a_job_whose_worker_was_lost_is_sent_again_and_resumes(hub, images, stor
     monkeypatch.setattr(tasks.prefetch, "delay", lambda job_id: sent.append(job_id))
     lost = prefetch.create_job(parse_image("small:1"))
     waiting = prefetch.create_job(parse_image("small:1"))
-    PrefetchJob.objects.filter(pk=lost.pk).update(status=PrefetchJob.Status.RUNNING, updated_at=timezone.now() - timedelta(hours=1))
+    PrefetchJob.objects.filter(pk=lost.pk).update(
+        status=PrefetchJob.Status.RUNNING, updated_at=timezone.now() - timedelta(hours=1)
+    )
     done = prefetch.create_job(parse_image("small:1"))
-    PrefetchJob.objects.filter(pk=done.pk).update(status=PrefetchJob.Status.SUCCEEDED, updated_at=timezone.now() - timedelta(hours=1))
+    PrefetchJob.objects.filter(pk=done.pk).update(
+        status=PrefetchJob.Status.SUCCEEDED, updated_at=timezone.now() - timedelta(hours=1)
+    )
     assert tasks.resume_stalled_prefetches() == [lost.pk]
     assert sent == [lost.pk], "a job waiting its turn, or finished, is left alone"
     assert tasks.resume_stalled_prefetches() == [], "sent once"

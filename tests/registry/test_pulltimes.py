@@ -1,16 +1,17 @@
 """Pull counts per tag and day, written with the buffered pull times."""
+
 from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+import pytest
 
+from registry.models import Tag, TagPullCount, Upstream
 from registry.proxy import pulltimes
 from registry.storage.blobstore import FilesystemStore
-from registry.models import Tag, TagPullCount, Upstream
 from tests.registry.cachestate import cache_image
 
 pytestmark = pytest.mark.django_db

@@ -1,13 +1,14 @@
 """When background pulls must leave the upstream's rate limit to clients."""
+
 from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
 from django.utils import timezone
+import pytest
 
-from registry.upstreams import ratelimit
 from registry.models import Upstream, UpstreamAccount
+from registry.upstreams import ratelimit
 
 pytestmark = pytest.mark.django_db
 
@@ -21,9 +22,14 @@ def account(settings) -> UpstreamAccount:
     return UpstreamAccount.objects.get(username="bot")
 
 
-def set_limit(account: UpstreamAccount, remaining: int | None, *, seen_ago: timedelta = timedelta(), window: int | None = 21600):
+def set_limit(
+    account: UpstreamAccount, remaining: int | None, *, seen_ago: timedelta = timedelta(), window: int | None = 21600
+):
     UpstreamAccount.objects.filter(pk=account.pk).update(
-        ratelimit_limit=100, ratelimit_remaining=remaining, ratelimit_window=window, ratelimit_seen_at=timezone.now() - seen_ago
+        ratelimit_limit=100,
+        ratelimit_remaining=remaining,
+        ratelimit_window=window,
+        ratelimit_seen_at=timezone.now() - seen_ago,
     )
 
 

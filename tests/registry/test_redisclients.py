@@ -1,5 +1,6 @@
 """The one Redis client factory: timeouts, no retried timeouts, and the circuit breaker that
 spares callers a Redis known to be down."""
+
 from __future__ import annotations
 
 import logging

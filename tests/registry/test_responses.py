@@ -45,8 +45,16 @@ SECURITY = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "def
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     "method, path",
-    [("GET", "/v2/"), ("HEAD", "/v2/"), ("GET", "/v2"), ("GET", "/v2/x/unknown"), ("PUT", "/v2/x/manifests/1"),
-     ("GET", "/v2/INVALID/manifests/1"), ("GET", "/v2/x/blobs/sha256:nothex"), ("GET", "/v2/token")],
+    [
+        ("GET", "/v2/"),
+        ("HEAD", "/v2/"),
+        ("GET", "/v2"),
+        ("GET", "/v2/x/unknown"),
+        ("PUT", "/v2/x/manifests/1"),
+        ("GET", "/v2/INVALID/manifests/1"),
+        ("GET", "/v2/x/blobs/sha256:nothex"),
+        ("GET", "/v2/token"),
+    ],
 )
 def test_every_v2_answer_is_never_sniffed_nor_run(client, method, path):
     response = client.generic(method, path)

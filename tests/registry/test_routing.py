@@ -1,6 +1,7 @@
 """Which upstream a request goes to: containerd's ?ns=, path aliases and registry-host
 prefixes, the default; unknown ones are a clear 404; and no request ever makes the mirror
 connect to a host that is not a configured upstream."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import threading
 
 import pytest
 
-from registry.upstreams import routing
 from registry.models import Repository, Upstream
+from registry.upstreams import routing
 
 pytestmark = pytest.mark.django_db
 
@@ -55,7 +56,12 @@ def test_requests_are_routed(upstreams, name, ns, upstream, repository):
 
 
 def test_the_default_upstream_answers_for_docker_hub_names(upstreams):
-    assert upstreams["hub"].host_names() == ["docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"]
+    assert upstreams["hub"].host_names() == [
+        "docker.io",
+        "index.docker.io",
+        "registry-1.docker.io",
+        "registry.hub.docker.com",
+    ]
 
 
 def test_ns_is_echoed_and_unknown_ones_are_a_clear_404(client, upstreams):
@@ -125,10 +131,23 @@ def listener():
 def test_no_request_reaches_a_host_that_is_not_configured(client, upstreams, listener):
     port = listener.port
     tricks = [
-        f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"127.1:{port}", f"2130706433:{port}",
-        f"0x7f000001:{port}", f"http://127.0.0.1:{port}", f"//127.0.0.1:{port}", f"user:pw@127.0.0.1:{port}",
-        f"docker.io@127.0.0.1:{port}", f"ghcr.io@127.0.0.1:{port}", f"ghcr.io:{port}", f"127.0.0.1:{port}/v2",
-        f"127.0.0.1:{port}#ghcr.io", f"ghcr.io%00.127.0.0.1:{port}", f"127.0.0.1%3A{port}", f" 127.0.0.1:{port}",
+        f"127.0.0.1:{port}",
+        f"localhost:{port}",
+        f"[::1]:{port}",
+        f"127.1:{port}",
+        f"2130706433:{port}",
+        f"0x7f000001:{port}",
+        f"http://127.0.0.1:{port}",
+        f"//127.0.0.1:{port}",
+        f"user:pw@127.0.0.1:{port}",
+        f"docker.io@127.0.0.1:{port}",
+        f"ghcr.io@127.0.0.1:{port}",
+        f"ghcr.io:{port}",
+        f"127.0.0.1:{port}/v2",
+        f"127.0.0.1:{port}#ghcr.io",
+        f"ghcr.io%00.127.0.0.1:{port}",
+        f"127.0.0.1%3A{port}",
+        f" 127.0.0.1:{port}",
     ]
     paths = []
     for trick in tricks:

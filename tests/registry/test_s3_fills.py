@@ -3,21 +3,21 @@ but not their temporary files: a replica waits for another's commit, and takes a
 when its owner died (its Redis lock expired). On the filling replica, followers get the end of
 a verified blob from the temporary file while the upload completes; the blob is recorded only
 once it is in the bucket."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 import threading
-from typing import Iterator
 
 from botocore.exceptions import EndpointConnectionError
 import pytest
 
 from registry import oci
-from registry.proxy import cache
-from registry.proxy import fills
+from registry.models import Blob, Upstream
+from registry.proxy import cache, fills
 from registry.storage import locks
 from registry.storage.blobstore import Redirect
-from registry.models import Blob, Upstream
 from registry.storage.s3 import S3Config, S3Store
 from tests.support.dashboard import wait_for
 from tests.support.fake_upstream import FakeUpstream

@@ -1,6 +1,7 @@
 """The S3 blob store against a real S3-compatible server (moto, on loopback): objects appear
 only after verification, every failure leaves nothing visible, garbage collection aborts
 abandoned uploads and deletes evicted objects, hits are served by presigned URL or stream."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,11 +15,10 @@ import pytest
 import requests
 
 from registry import oci
-from registry.storage import blobstore
 from registry.jobs import gc
-from registry.storage import locks
-from registry.storage.blobstore import DigestMismatch, Redirect, StorageUnavailable, Streamed
 from registry.models import Upstream
+from registry.storage import blobstore, locks
+from registry.storage.blobstore import DigestMismatch, Redirect, StorageUnavailable, Streamed
 from registry.storage.s3 import S3Config, S3Store
 from tests.registry.cachestate import blob_digests, cache_image
 from tests.support.dashboard import wait_for
@@ -51,7 +51,7 @@ def store(s3_settings) -> S3Store:
 
 def write_in_chunks(fill, content: bytes, chunk: int = MB) -> None:
     for start in range(0, len(content), chunk):
-        fill.write(content[start:start + chunk])
+        fill.write(content[start : start + chunk])
 
 
 def test_factory_picks_the_configured_store(s3_settings, tmp_path):
@@ -101,13 +101,13 @@ def test_parts_upload_while_the_fill_goes_on(store, s3_server, bucket, monkeypat
     monkeypatch.setattr(store.client, "upload_part", held_part)
     fill = store.begin_fill(digest, len(content))
     # Three parts' worth written while no part could go up: writing never waits for uploads.
-    write_in_chunks(fill, content[:3 * PART_SIZE])
+    write_in_chunks(fill, content[: 3 * PART_SIZE])
     assert s3_server.parts(bucket, key) == []
     sending.set()
     # The parts go up while the fill is still open, before its last bytes arrive.
     assert wait_for(lambda: s3_server.parts(bucket, key), lambda numbers: numbers == [1, 2, 3]) == [1, 2, 3]
     assert store.size(digest) is None
-    write_in_chunks(fill, content[3 * PART_SIZE:])
+    write_in_chunks(fill, content[3 * PART_SIZE :])
     fill.commit()
     assert s3_server.keys(bucket) == {key: len(content)}
     assert b"".join(store.read(digest)) == content
@@ -195,7 +195,7 @@ def test_interrupted_fill_stays_invisible_and_gc_aborts_only_abandoned_uploads(s
     # the live one is also too young. Either way its lock keeps it.)
     assert store.key(dead.digest) in [upload.key for upload in plan.uploads]
     assert {upload.size for upload in plan.uploads} == {PART_SIZE}
-    live.write(live_content[PART_SIZE:PART_SIZE + 1])  # still writing, however long planning took
+    live.write(live_content[PART_SIZE : PART_SIZE + 1])  # still writing, however long planning took
     freed = gc.apply(plan, store)
     # The dead fill's local temporary file goes too; the live one's stays.
     assert freed.temp_files == 2 and freed.temp_bytes == (PART_SIZE + MB // 2) + PART_SIZE
@@ -203,7 +203,7 @@ def test_interrupted_fill_stays_invisible_and_gc_aborts_only_abandoned_uploads(s
     assert s3_server.uploads(bucket) == [store.key(live.digest)]
     assert s3_server.keys(bucket) == {}
 
-    write_in_chunks(live, live_content[PART_SIZE + 1:])
+    write_in_chunks(live, live_content[PART_SIZE + 1 :])
     live.commit()  # the live fill was left alone and completes
     live_lock.release()
     assert store.size(live.digest) == len(live_content)

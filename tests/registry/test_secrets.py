@@ -1,8 +1,9 @@
 """Account secrets are encrypted at rest, with a key from settings that can be rotated."""
+
 from __future__ import annotations
 
-import pytest
 from django.db import connection
+import pytest
 
 from registry import secrets
 from registry.models import Upstream, UpstreamAccount

@@ -1,12 +1,12 @@
 """The Celery tasks are thin: each hands its work to a plain function and says how it went."""
+
 from __future__ import annotations
 
 import pytest
 
-from registry.jobs import gc
-from registry.jobs import tasks
-from registry.storage.blobstore import FilesystemStore
+from registry.jobs import gc, tasks
 from registry.models import GcRun, Manifest, Upstream
+from registry.storage.blobstore import FilesystemStore
 from tests.registry.cachestate import cache_image
 
 pytestmark = pytest.mark.django_db
@@ -30,12 +30,15 @@ def test_scheduled_garbage_collection(hub, tmp_path):
 
 
 def test_refresh_of_popular_tags_with_nothing_popular(hub):
-    assert tasks.refresh_popular() == "0 unchanged, 0 moved and prefetched, 0 over budget, 0 errors, 0 manifests fetched"
+    assert (
+        tasks.refresh_popular() == "0 unchanged, 0 moved and prefetched, 0 over budget, 0 errors, 0 manifests fetched"
+    )
 
 
 def test_accounts_are_verified_on_schedule(hub, settings):
     assert settings.CELERY_BEAT_SCHEDULE["verify-upstream-accounts"] == {
-        "task": "registry.verify_accounts", "schedule": float(settings.MIRROR_ACCOUNT_VERIFY_INTERVAL),
+        "task": "registry.verify_accounts",
+        "schedule": float(settings.MIRROR_ACCOUNT_VERIFY_INTERVAL),
     }
     assert tasks.verify_accounts() == "1 unreachable"  # the default upstream's anonymous account
     hub.refresh_from_db()

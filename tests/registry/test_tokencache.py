@@ -1,16 +1,17 @@
 """Upstream tokens shared by replicas through Redis: two UpstreamClients stand for two replicas,
 pulling from the session's real upstream (Distribution with its token server)."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 import uuid
 
 import pytest
 import redis
 
 from registry.upstreams import tokencache
-from registry.upstreams.tokencache import SharedTokens
 from registry.upstreams.client import UpstreamClient
+from registry.upstreams.tokencache import SharedTokens
 from tests.support.upstream_registry import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own on the machine's Redis
@@ -54,7 +55,8 @@ def test_the_second_replica_takes_the_token_the_first_one_got(shared, upstream, 
     assert first.get_manifest("library/multi", "1").status == 200
     assert token_server.request_count == before + 2
     assert pull_scopes(token_server.requests[-2:]) == [
-        ("repository:library/small:pull",), ("repository:library/multi:pull",)
+        ("repository:library/small:pull",),
+        ("repository:library/multi:pull",),
     ]
 
 
@@ -76,11 +78,17 @@ def test_tokens_are_kept_per_account_and_encrypted(shared, upstream, images):
     first.get_manifest("library/small", "1")
     token, seconds = shared.get(upstream.url, upstream.username, "repository:library/small:pull")
     assert 0 < seconds <= 300 and token.count(".") == 2, "a JWT, good for a while"
-    stored = redis.Redis.from_url(REDIS_URL).get(shared.key(upstream.url, upstream.username, "repository:library/small:pull"))
-    assert token.encode() not in stored, "Redis never holds the token in clear"
-    assert 0 < redis.Redis.from_url(REDIS_URL).pttl(
+    stored = redis.Redis.from_url(REDIS_URL).get(
         shared.key(upstream.url, upstream.username, "repository:library/small:pull")
-    ) <= seconds * 1000 + 1000, "it leaves Redis when it expires"
+    )
+    assert token.encode() not in stored, "Redis never holds the token in clear"
+    assert (
+        0
+        < redis.Redis.from_url(REDIS_URL).pttl(
+            shared.key(upstream.url, upstream.username, "repository:library/small:pull")
+        )
+        <= seconds * 1000 + 1000
+    ), "it leaves Redis when it expires"
 
     before = upstream.token_server.request_count
     anonymous = UpstreamClient(upstream.url, shared_tokens=shared)

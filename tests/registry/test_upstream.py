@@ -1,4 +1,5 @@
 """The upstream client against small real HTTP servers on loopback."""
+
 from __future__ import annotations
 
 import base64
@@ -91,7 +92,9 @@ def registry(cdn):
             if "/manifests/broken" in self.path:
                 return self.reply(500)
             body = b'{"schemaVersion": 2}'
-            return self.reply(200, [("Docker-Content-Digest", DIGEST), ("Content-Type", oci.OCI_MANIFEST)] + limits, body)
+            return self.reply(
+                200, [("Docker-Content-Digest", DIGEST), ("Content-Type", oci.OCI_MANIFEST)] + limits, body
+            )
 
         do_GET = route
         do_HEAD = route
@@ -117,7 +120,7 @@ def test_token_auth_redirect_without_authorization_and_ratelimit(registry, cdn):
 
     assert state["token_requests"] == 1, "the token is cached per scope until it expires"
     assert seen[-1] == RateLimit(limit=100, remaining=76, window=21600)
-    (method, path, headers), = cdn_recorder.requests
+    ((method, path, headers),) = cdn_recorder.requests
     assert path == "/cdn/blob?sig=abc"
     assert "Authorization" not in headers, "credentials never follow a redirect"
     accepts = [h.get("Accept", "") for m, p, h in recorder.requests if "/manifests/" in p]

@@ -1,5 +1,6 @@
 """The MIRROR_UPSTREAMS file: parsed and checked, applied (and applied again) as code, beside
 the default upstream of REGISTRY_PROXY_*."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +8,9 @@ import textwrap
 
 import pytest
 
-from registry.upstreams import routing
-from registry.upstreams import configfile as upstreamconfig
 from registry.models import Managed, Upstream, UpstreamAccount
+from registry.upstreams import configfile as upstreamconfig
+from registry.upstreams import routing
 from tests.support.tls import make_server_certificate
 
 pytestmark = pytest.mark.django_db
@@ -36,7 +37,9 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_a_file_of_several_upstreams_and_accounts(env, tmp_path):
     certificate = make_server_certificate(tmp_path / "tls")
     (tmp_path / "quay-password").write_text("quay-password-from-file\n")
-    path = write(tmp_path, f"""
+    path = write(
+        tmp_path,
+        f"""
         upstreams:
           - url: https://ghcr.io
             alias: ghcr
@@ -58,23 +61,29 @@ def test_a_file_of_several_upstreams_and_accounts(env, tmp_path):
             ca_bundle: {certificate.ca_cert}
             accounts:
               - username: robot
-                password_file: {tmp_path / 'quay-password'}
+                password_file: {tmp_path / "quay-password"}
           - url: https://registry-1.docker.io
             tls_verify: true
             accounts:
               - username: hub-bot
                 password: hub-password
-    """)
+    """,
+    )
     applied = upstreamconfig.apply_file(path)
     assert [u.name for u in applied] == ["ghcr-io", "quay", "registry-1-docker-io"]
     ghcr = Upstream.objects.get(url="https://ghcr.io")
     assert (ghcr.hosts, ghcr.alias, ghcr.tag_ttl_seconds(), ghcr.serves_stale, ghcr.max_staleness_seconds()) == (
-        "ghcr.io", "ghcr", 300, False, 86400
+        "ghcr.io",
+        "ghcr",
+        300,
+        False,
+        86400,
     )
     assert ghcr.timeouts() == (2.0, 30.5) and ghcr.connection_limit() == 8 and ghcr.managed_by == Managed.FILE
     assert ghcr.allows("myorg/app") and not ghcr.allows("myorg/secret") and not ghcr.allows("other/app")
     assert [(a.username, a.get_secret()) for a in ghcr.accounts.order_by("position")] == [
-        ("bot", "ghcr-token-from-env"), ("", "")
+        ("bot", "ghcr-token-from-env"),
+        ("", ""),
     ]
     quay = Upstream.objects.get(name="quay")
     assert quay.url == "https://quay.io" and quay.host_names() == ["quay.io", "quay.example"]
@@ -91,26 +100,37 @@ def test_a_file_of_several_upstreams_and_accounts(env, tmp_path):
 
 
 def test_applying_again_follows_the_file(env, tmp_path, settings):
-    first = write(tmp_path, """
+    first = write(
+        tmp_path,
+        """
         upstreams:
           - url: https://ghcr.io
             accounts:
               - {username: one, password: first}
               - {username: two, password: second}
-    """)
+    """,
+    )
     upstreamconfig.apply_file(first)
     two = UpstreamAccount.objects.get(username="two")
     UpstreamAccount.objects.filter(pk=two.pk).update(ratelimit_remaining=7)
-    second = write(tmp_path, """
+    second = write(
+        tmp_path,
+        """
         upstreams:
           - url: https://ghcr.io
             accounts:
               - {username: two, password: changed}
-    """)
+    """,
+    )
     upstreamconfig.apply_file(second)
     ghcr = Upstream.objects.get(url="https://ghcr.io")
     (account,) = ghcr.accounts.all()
-    assert (account.pk, account.get_secret(), account.position, account.ratelimit_remaining) == (two.pk, "changed", 1, 7)
+    assert (account.pk, account.get_secret(), account.position, account.ratelimit_remaining) == (
+        two.pk,
+        "changed",
+        1,
+        7,
+    )
 
     upstreamconfig.apply_file(write(tmp_path, "upstreams: []\n"))
     ghcr.refresh_from_db()
@@ -118,14 +138,20 @@ def test_applying_again_follows_the_file(env, tmp_path, settings):
 
     # REGISTRY_PROXY_USERNAME stays first in line on the default upstream.
     settings.REGISTRY_PROXY_USERNAME, settings.REGISTRY_PROXY_PASSWORD = "env-bot", "env-password"
-    upstreamconfig.apply_file(write(tmp_path, """
+    upstreamconfig.apply_file(
+        write(
+            tmp_path,
+            """
         upstreams:
           - url: https://registry-1.docker.io
             accounts: [{username: file-bot, password: p}]
-    """))
+    """,
+        )
+    )
     hub = Upstream.objects.default()
     assert [(a.username, a.managed_by) for a in hub.accounts.order_by("position")] == [
-        ("env-bot", Managed.ENVIRONMENT), ("file-bot", Managed.FILE)
+        ("env-bot", Managed.ENVIRONMENT),
+        ("file-bot", Managed.FILE),
     ]
 
 
@@ -138,7 +164,10 @@ def test_applying_again_follows_the_file(env, tmp_path, settings):
         ("upstreams: [{url: https://x.example, alias: a/b}]", "alias: one path component"),
         ("upstreams: [{url: https://x.example, hosts: ['bad host']}]", "hosts: not a registry host name"),
         ("upstreams: [{url: https://x.example, stale_policy: sometimes}]", "stale_policy"),
-        ("upstreams: [{url: https://x.example, accounts: [{username: a, password_env: NOT_SET_ANYWHERE}]}]", "NOT_SET_ANYWHERE is not set"),
+        (
+            "upstreams: [{url: https://x.example, accounts: [{username: a, password_env: NOT_SET_ANYWHERE}]}]",
+            "NOT_SET_ANYWHERE is not set",
+        ),
         ("upstreams: [{url: https://x.example, accounts: [{anonymous: true, password: p}]}]", "none for anonymous"),
         ("upstreams: [{url: https://x.example}, {url: https://x.example/}]", "the same URL twice"),
         ("upstreams: [{url: https://x.example, alias: same}, {url: https://y.example, alias: same}]", "alias"),

@@ -1,18 +1,19 @@
 """Each upstream's own settings, called through the cache: repository allow and deny
 patterns, tag TTL, stale policy and maximum staleness, timeouts, TLS, the connection limit,
 and the short memory of upstream 404s."""
+
 from __future__ import annotations
 
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import threading
 
-import pytest
 from django.utils import timezone
+import pytest
 
 from registry import memory, oci
-from registry.proxy import cache
 from registry.models import Tag, Upstream
+from registry.proxy import cache
 from registry.upstreams.client import UpstreamUnavailable
 from tests.support.images import build_image
 from tests.support.limited_registry import LimitedRegistry
@@ -46,8 +47,11 @@ def upstream_of(url: str, **fields) -> Upstream:
 
 def asked(registry: LimitedRegistry, method: str | None = None) -> list[str]:
     """What reached the registry past authentication: `METHOD path`."""
-    return [f"{r.method} {r.path}" for r in registry.requests
-            if r.path.startswith("/v2/") and r.status != 401 and (method is None or r.method == method)]
+    return [
+        f"{r.method} {r.path}"
+        for r in registry.requests
+        if r.path.startswith("/v2/") and r.status != 401 and (method is None or r.method == method)
+    ]
 
 
 def expire_tags() -> None:
@@ -193,10 +197,12 @@ def test_connections_to_an_upstream_are_limited(mirror_settings):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     upstream = upstream_of(f"http://127.0.0.1:{server.server_port}", max_connections=2)
     client = cache.upstream_client(upstream)
-    client.username  # resolve the (anonymous) account before the threads race for it
+    _ = client.username  # resolve the (anonymous) account before the threads race for it
     sizes: list[int | None] = []
     threads = [
-        threading.Thread(target=lambda i=i: sizes.append(client.head_blob(f"library/app{i}", IMAGE.layers[0].digest).content_length))
+        threading.Thread(
+            target=lambda i=i: sizes.append(client.head_blob(f"library/app{i}", IMAGE.layers[0].digest).content_length)
+        )
         for i in range(6)
     ]
     try:

@@ -1,6 +1,7 @@
 """What the upstream client refuses from a hostile upstream: redirects of anything but blobs,
 token realms on other hosts, and header values it cannot trust (the client alone, against a
 scripted loopback registry; a Listener stands in for an internal service)."""
+
 from __future__ import annotations
 
 import base64
@@ -10,7 +11,13 @@ from requests.structures import CaseInsensitiveDict
 
 from registry import oci
 from registry.upstreams.client import (
-    RETRY_AFTER_MAX, RateLimit, RealmRefused, UpstreamClient, UpstreamRefused, UpstreamResponse, parse_ratelimit,
+    RETRY_AFTER_MAX,
+    RateLimit,
+    RealmRefused,
+    UpstreamClient,
+    UpstreamRefused,
+    UpstreamResponse,
+    parse_ratelimit,
     retry_after,
 )
 from tests.support.hostile_registry import HostileRegistry, Listener, answer, error
@@ -101,7 +108,9 @@ def test_a_redirected_token_request_is_refused(hostile):
 
 def test_an_unusable_challenge_or_token_is_refused(hostile):
     registry, _ = hostile
-    registry.script("GET", "/v2/", answer(401, WWW_Authenticate=f'Bearer realm="{registry.url}/token",service="a\x7fb"'))
+    registry.script(
+        "GET", "/v2/", answer(401, WWW_Authenticate=f'Bearer realm="{registry.url}/token",service="a\x7fb"')
+    )
     with pytest.raises(UpstreamRefused):
         UpstreamClient(registry.url).check_credentials()
     registry.script("GET", "/v2/", answer(401, WWW_Authenticate=f'Bearer realm="{registry.url}/token"'))
@@ -120,11 +129,13 @@ def test_header_values_are_checked_before_use():
     assert UpstreamResponse(200, headers()).digest is None
     for bad in ("sha256:" + "z" * 64, "md5:abc", digest + "\r\nX: 1", "x" * 5000):
         with pytest.raises(oci.ManifestInvalid):  # the upstream's fault: 502, never stored or trusted
-            UpstreamResponse(200, headers(Docker_Content_Digest=bad)).digest
+            _ = UpstreamResponse(200, headers(Docker_Content_Digest=bad)).digest
     assert UpstreamResponse(200, headers(Content_Length="12")).content_length == 12
     for bad in ("١٢", "+12", "1_2", "-1", "9" * 30):
         assert UpstreamResponse(200, headers(Content_Length=bad)).content_length is None
-    assert parse_ratelimit(headers(ratelimit_limit="100;w=21600", ratelimit_remaining="76;w=21600")) == RateLimit(100, 76, 21600)
+    assert parse_ratelimit(headers(ratelimit_limit="100;w=21600", ratelimit_remaining="76;w=21600")) == RateLimit(
+        100, 76, 21600
+    )
     for bad in ("١٠٠;w=21600", "-5;w=1", "99999999999;w=1", "1_000"):
         assert parse_ratelimit(headers(ratelimit_remaining=bad)) is None
     assert parse_ratelimit(headers(ratelimit_remaining="5;w=99999999999")) == RateLimit(None, 5, None)
@@ -136,7 +147,9 @@ def test_header_values_are_checked_before_use():
 
 def test_a_429s_retry_after_reaches_the_client_only_as_checked(hostile):
     registry, _ = hostile
-    registry.script("GET", "/v2/library/x/manifests/1", error(429, "TOOMANYREQUESTS", Retry_After="²"))  # isdigit(), not int()
+    registry.script(
+        "GET", "/v2/library/x/manifests/1", error(429, "TOOMANYREQUESTS", Retry_After="²")
+    )  # isdigit(), not int()
     with pytest.raises(oci.TooManyRequests) as limited:
         UpstreamClient(registry.url).get_manifest("library/x", "1")
     assert limited.value.detail == {"retry_after": None}
@@ -159,13 +172,13 @@ def db_upstream(db, settings, tmp_path, hostile):
 def test_the_cache_refuses_a_manifest_of_another_media_type_and_stores_nothing(db_upstream, media_type):
     import json
 
-    from registry.proxy import cache
     from registry.models import Manifest, Repository
+    from registry.proxy import cache
 
     upstream, registry, _ = db_upstream
     body = json.dumps({"schemaVersion": 2, "mediaType": media_type, "body": "<script>alert(1)</script>"}).encode()
     registry.script("GET", "/v2/library/x/manifests/1", answer(200, body))
-    for attempt in range(2):
+    for _attempt in range(2):
         with pytest.raises(oci.ManifestInvalid):
             cache.get_manifest(upstream, "x", oci.parse_reference("1"))
     assert len(registry.seen("/v2/library/x/manifests/1")) == 2, "nothing cached: asked again"
@@ -173,8 +186,8 @@ def test_the_cache_refuses_a_manifest_of_another_media_type_and_stores_nothing(d
 
 
 def test_verification_says_why_a_foreign_realm_got_nothing(db_upstream):
-    from registry.upstreams import verification
     from registry.models import Upstream, UpstreamAccount
+    from registry.upstreams import verification
 
     upstream, registry, listener = db_upstream
     registry.script("GET", "/v2/", answer(401, WWW_Authenticate=f'Bearer realm="http://localhost:{listener.port}/t"'))
@@ -193,14 +206,14 @@ def test_realm_hosts_come_from_the_file_and_are_checked(db, tmp_path):
 
     path = tmp_path / "upstreams.yaml"
     path.write_text("upstreams:\n  - url: https://registry.gitlab.example\n    realm_hosts: [GitLab.example]\n")
-    upstream, = upstreamconfig.apply_file(path)
+    (upstream,) = upstreamconfig.apply_file(path)
     assert upstream.token_realm_hosts() == ["gitlab.example"]
     for bad in ("https://gitlab.example", "gitlab.example:443", "gitlab.example/jwt"):
         path.write_text(f"upstreams:\n  - url: https://registry.gitlab.example\n    realm_hosts: ['{bad}']\n")
         with pytest.raises(upstreamconfig.ConfigError, match="realm_hosts"):
             upstreamconfig.load(path)
     path.write_text("upstreams:\n  - url: https://registry-1.docker.io\n")
-    hub, = upstreamconfig.apply_file(path)
+    (hub,) = upstreamconfig.apply_file(path)
     assert hub.token_realm_hosts() == ["auth.docker.io"], "Docker Hub's default"
 
 
@@ -211,10 +224,17 @@ def test_realm_hosts_are_edited_in_the_admin(admin_client, db):
     page = admin_client.get(f"/admin/registry/upstream/{upstream.pk}/change/")
     assert b'name="realm_hosts"' in page.content
     form = {
-        "name": "gitlab", "url": "https://registry.gitlab.example", "hosts": "registry.gitlab.example", "alias": "",
-        "stale_policy": "serve", "tls_verify": "on", "realm_hosts": "gitlab.example, auth.gitlab.example",
-        "accounts-TOTAL_FORMS": "0", "accounts-INITIAL_FORMS": "0",
-        "account_switches-TOTAL_FORMS": "0", "account_switches-INITIAL_FORMS": "0",
+        "name": "gitlab",
+        "url": "https://registry.gitlab.example",
+        "hosts": "registry.gitlab.example",
+        "alias": "",
+        "stale_policy": "serve",
+        "tls_verify": "on",
+        "realm_hosts": "gitlab.example, auth.gitlab.example",
+        "accounts-TOTAL_FORMS": "0",
+        "accounts-INITIAL_FORMS": "0",
+        "account_switches-TOTAL_FORMS": "0",
+        "account_switches-INITIAL_FORMS": "0",
     }
     answer_ = admin_client.post(f"/admin/registry/upstream/{upstream.pk}/change/", form)
     assert answer_.status_code == 302, answer_.content[:2000]
@@ -234,19 +254,23 @@ def test_upgrading_forgets_manifests_cached_with_another_media_type(db):
     from registry.models import Manifest, Repository, Tag, Upstream
 
     migration = importlib.import_module("registry.migrations.0004_upstream_realm_hosts")
-    repository = Repository.objects.create(upstream=Upstream.objects.create(name="old", url="https://old.example"), name="x")
-    kept = Manifest.objects.create(repository=repository, digest="sha256:" + "a" * 64, media_type=oci.OCI_INDEX, content=b"{}", size=2)
+    repository = Repository.objects.create(
+        upstream=Upstream.objects.create(name="old", url="https://old.example"), name="x"
+    )
+    kept = Manifest.objects.create(
+        repository=repository, digest="sha256:" + "a" * 64, media_type=oci.OCI_INDEX, content=b"{}", size=2
+    )
     for n, media_type in enumerate(("text/html", "image/svg+xml", "application/json\r\nX: 1")):
-        html = Manifest.objects.create(repository=repository, digest=f"sha256:{n}" + "b" * 63, media_type=media_type,
-                                       content=b"<script>", size=8)
+        html = Manifest.objects.create(
+            repository=repository, digest=f"sha256:{n}" + "b" * 63, media_type=media_type, content=b"<script>", size=8
+        )
         Tag.objects.create(repository=repository, name=f"t{n}", manifest=html, validated_at=timezone.now())
     migration.forget_manifests_served_as_something_else(apps, None)
     assert list(Manifest.objects.all()) == [kept] and not Tag.objects.exists()
 
 
 def test_changed_realm_hosts_take_effect_on_the_next_request(db_upstream):
-    from registry.upstreams import accounts
-    from registry.upstreams import failover
+    from registry.upstreams import accounts, failover
 
     upstream, _, _ = db_upstream
     before = failover.client_for(upstream)

@@ -1,4 +1,5 @@
 """The /v2/ API's answers to input that never needs the upstream."""
+
 import json
 
 import pytest

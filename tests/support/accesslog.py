@@ -5,6 +5,7 @@ Both write one Apache "combined" line per request:
     127.0.0.1 - - [29/Nov/2026:02:45:17 +0000] "GET /v2/x/blobs/sha256:ab…?ns=docker.io HTTP/1.1" 200 526 "-" "containerd/1.6.20"
 Other lines in the same file (application logs, Distribution's logrus lines) are ignored.
 """
+
 from __future__ import annotations
 
 import os

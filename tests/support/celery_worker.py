@@ -1,5 +1,6 @@
 """A real Celery worker process of the mirror (`celery -A mirrorsite worker`), and the Redis
 the end-to-end tests use as its broker."""
+
 from __future__ import annotations
 
 import os
@@ -45,16 +46,31 @@ class CeleryWorker:
         self.concurrency = concurrency
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60) -> "CeleryWorker":
+    def start(self, timeout: float = 60) -> CeleryWorker:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [
-                    sys.executable, "-m", "celery", "-A", "mirrorsite", "worker", "--loglevel", "INFO",
-                    "--concurrency", str(self.concurrency), "--hostname", f"test-{uuid.uuid4().hex[:8]}@%h",
-                    "--without-gossip", "--without-mingle",
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "mirrorsite",
+                    "worker",
+                    "--loglevel",
+                    "INFO",
+                    "--concurrency",
+                    str(self.concurrency),
+                    "--hostname",
+                    f"test-{uuid.uuid4().hex[:8]}@%h",
+                    "--without-gossip",
+                    "--without-mingle",
                 ],
-                cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=PROJECT_ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,5 +1,6 @@
 """What the real-client tests share: images of their own, and the proof that a pull went
 through the mirror (and only through it)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ class Watch:
     upstream_mark: int
 
     @classmethod
-    def start(cls, mirror, upstream, trap: EgressTrap) -> "Watch":
+    def start(cls, mirror, upstream, trap: EgressTrap) -> Watch:
         mirror_log, upstream_log = AccessLog(mirror.log_path), AccessLog(upstream.log_path)
         trap.clear()
         return cls(mirror_log, upstream_log, trap, mirror_log.mark(), upstream_log.mark())

@@ -4,11 +4,12 @@ The same checks run against the mirror (anonymous: it needs no credentials) and,
 check of the checks, against the upstream Distribution directly (with a pull token minted
 by the test token server for the repository at hand).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 import json
-from typing import Callable
 from urllib.parse import urljoin
 
 import requests
@@ -51,4 +52,4 @@ def next_link(response: requests.Response) -> str | None:
         target, _, params = part.partition(";")
         if 'rel="next"' in params.replace(" ", "") and target.strip().startswith("<"):
             return target.strip()[1:-1]
-    raise AssertionError(f"Link header without rel=\"next\": {header!r}")
+    raise AssertionError(f'Link header without rel="next": {header!r}')

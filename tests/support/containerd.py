@@ -6,6 +6,7 @@ is everything that would reach outside that directory (the `opt` plugin's /opt/c
 debug and metrics listeners). Content is isolated per namespace, so a pull in a fresh
 namespace downloads every blob again: each test uses its own namespace.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,8 @@ class Containerd:
         self.log_path = w / "containerd.log"
         self.config.write_text(
             f"""version = 2
-root = "{w / 'root'}"
-state = "{w / 'state'}"
+root = "{w / "root"}"
+state = "{w / "state"}"
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 [grpc]
@@ -72,7 +73,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = ""
 
 [plugins."io.containerd.internal.v1.opt"]
-  path = "{w / 'opt'}"
+  path = "{w / "opt"}"
 
 [plugins."io.containerd.metadata.v1.bolt"]
   content_sharing_policy = "isolated"
@@ -82,11 +83,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         self.env["HOME"] = str(w)
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30) -> "Containerd":
+    def start(self, timeout: float = 30) -> Containerd:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [self.containerd, "--config", str(self.config)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -121,12 +126,19 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     # ------------------------------------------------------------------ ctr
     def ctr(
-        self, *args: str, namespace: str = "default", env: dict[str, str] | None = None,
-        check: bool = True, timeout: float = 180,
+        self,
+        *args: str,
+        namespace: str = "default",
+        env: dict[str, str] | None = None,
+        check: bool = True,
+        timeout: float = 180,
     ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [self.ctr_binary, "--address", str(self.socket), "--namespace", namespace, *args],
-            env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
             stdin=subprocess.DEVNULL,
         )
         if check and proc.returncode != 0:
@@ -162,7 +174,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         """The bytes of one blob in the namespace's content store, None if it is not there."""
         proc = subprocess.run(
             [self.ctr_binary, "--address", str(self.socket), "--namespace", namespace, "content", "get", digest],
-            env=self.env, capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+            env=self.env,
+            capture_output=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
         )
         return proc.stdout if proc.returncode == 0 else None
 
@@ -172,4 +187,3 @@ def write_hosts_dir(directory: Path, registry: str, hosts_toml: str) -> Path:
     (directory / registry).mkdir(parents=True, exist_ok=True)
     (directory / registry / "hosts.toml").write_text(hosts_toml)
     return directory
-

@@ -1,15 +1,17 @@
 """The dashboard of a mirror process, as a staff user sees it: a user and API token in the
 mirror's own database, the statistics API, /metrics, and plain pulls with known outcomes."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 import subprocess
 import sys
 import time
-from typing import Callable, TypeVar
+from typing import TypeVar
 
-import requests
 from prometheus_client.parser import text_string_to_metric_families
+import requests
 
 from tests.support.images import PushedImage
 from tests.support.mirror import PROJECT_ROOT, MirrorProcess
@@ -29,7 +31,11 @@ def create_staff(mirror: MirrorProcess, username: str = "admin", password: str =
     """A superuser in the mirror's database; returns its API token."""
     done = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", CREATE_STAFF.format(username=username, password=password)],
-        cwd=PROJECT_ROOT, env=mirror.env, capture_output=True, text=True, timeout=60,
+        cwd=PROJECT_ROOT,
+        env=mirror.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()[-1]

@@ -11,9 +11,10 @@ by being given the same ProcessDatabase.
 `python -m tests.support.databases URL` checks that the server of URL answers (make test asks
 before it starts).
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 import hashlib
 import os
 from pathlib import Path
@@ -90,7 +91,7 @@ class ProcessDatabase:
         """What a process of the mirror needs in its environment to use this database."""
         return {"DATABASE_URL": self.url}
 
-    def create(self) -> "ProcessDatabase":
+    def create(self) -> ProcessDatabase:
         """A fresh database, made once (a restart keeps what is stored)."""
         if self.postgres:
             _created.create(self)
@@ -128,7 +129,7 @@ class ProcessDatabase:
 def _sqlite_value(value):
     """Datetimes as Django stores them in SQLite: UTC, no offset."""
     if isinstance(value, datetime) and value.tzinfo is not None:
-        return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(" ")
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ")
     return value
 
 

@@ -9,6 +9,7 @@ a failing mirror to `docker.io`) lands here, is recorded and fails at once. A te
 prove that a pull went through the mirror and nowhere else, and that a client whose mirror
 fails does not quietly succeed some other way.
 """
+
 from __future__ import annotations
 
 import socketserver
@@ -22,7 +23,7 @@ class EgressTrap:
         self._server: socketserver.ThreadingTCPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "EgressTrap":
+    def start(self) -> EgressTrap:
         trap = self
 
         class Handler(socketserver.StreamRequestHandler):
@@ -38,9 +39,7 @@ class EgressTrap:
                 with trap._lock:
                     trap._lines.append(line)
                 try:
-                    self.wfile.write(
-                        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    )
+                    self.wfile.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 except OSError:
                     pass
 
@@ -68,9 +67,12 @@ class EgressTrap:
     def env(self) -> dict[str, str]:
         """Environment that sends a client's non-loopback traffic to the trap."""
         return {
-            "HTTPS_PROXY": self.url, "https_proxy": self.url,
-            "HTTP_PROXY": self.url, "http_proxy": self.url,
-            "NO_PROXY": "", "no_proxy": "",
+            "HTTPS_PROXY": self.url,
+            "https_proxy": self.url,
+            "HTTP_PROXY": self.url,
+            "http_proxy": self.url,
+            "NO_PROXY": "",
+            "no_proxy": "",
         }
 
     @property

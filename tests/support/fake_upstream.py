@@ -8,10 +8,10 @@ promise. Same length, so only a digest check catches it.
 
 from __future__ import annotations
 
-import json
-import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import json
+import threading
 from urllib.parse import urlsplit
 
 from .images import DOCKER_MANIFEST, build_image, sha256_digest
@@ -47,7 +47,7 @@ class FakeUpstream:
         return self.layer.digest
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "FakeUpstream":
+    def start(self) -> FakeUpstream:
         if self._httpd is None:
             self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
             self._httpd.daemon_threads = True
@@ -63,7 +63,7 @@ class FakeUpstream:
                 self._thread.join(timeout=5)
             self._httpd = self._thread = None
 
-    def __enter__(self) -> "FakeUpstream":
+    def __enter__(self) -> FakeUpstream:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -142,7 +142,7 @@ def _make_handler(fake: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             if not path.startswith(prefix):
                 self._error(404, "NAME_UNKNOWN", "repository name not known to registry")
                 return
-            kind, _, ref = path[len(prefix):].partition("/")
+            kind, _, ref = path[len(prefix) :].partition("/")
             if kind == "manifests":
                 if ref in (fake.tag, fake.manifest_digest):
                     self._send(

@@ -1,5 +1,6 @@
 """An HTTP proxy between the mirror and its upstream that can slow responses down or cut a
 blob download midway, to test what the mirror does when its upstream misbehaves."""
+
 from __future__ import annotations
 
 import http.client
@@ -28,7 +29,7 @@ class FaultProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_port}"
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self

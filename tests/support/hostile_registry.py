@@ -7,14 +7,15 @@ loopback port that must receive nothing: a stand-in for an internal service or a
 realm; it logs every connection and request it gets. Either serves HTTPS when given a
 certificate (tests/support/tls.py).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import json
 import ssl
 import threading
-from typing import Callable, Union
 from urllib.parse import parse_qs, urlsplit
 
 from tests.support.images import PushedImage, PushedIndex
@@ -38,7 +39,7 @@ class Seen:
     headers: dict[str, str]
 
 
-Script = Union[Answer, Callable[[Seen], Answer]]
+Script = Answer | Callable[[Seen], Answer]
 
 
 def answer(status: int = 200, body: bytes | str | dict = b"", unsized: bool = False, **headers: str) -> Answer:
@@ -113,20 +114,26 @@ class HostileRegistry(_Server):
         children = image.children if isinstance(image, PushedIndex) else []
         for manifest in [image, *children]:
             headers = {"Content_Type": manifest.media_type, "Docker_Content_Digest": manifest.digest}
-            self.script("GET", f"/v2/{repository}/manifests/{manifest.digest}", answer(200, manifest.manifest, **headers))
+            self.script(
+                "GET", f"/v2/{repository}/manifests/{manifest.digest}", answer(200, manifest.manifest, **headers)
+            )
         self.script(
-            "GET", f"/v2/{repository}/manifests/{tag}",
+            "GET",
+            f"/v2/{repository}/manifests/{tag}",
             answer(200, image.manifest, Content_Type=image.media_type, Docker_Content_Digest=image.digest),
         )
         for blob in image.blobs:
             self.script(
-                "GET", f"/v2/{repository}/blobs/{blob.digest}",
+                "GET",
+                f"/v2/{repository}/blobs/{blob.digest}",
                 answer(200, blob.data, Content_Type="application/octet-stream", Docker_Content_Digest=blob.digest),
             )
 
     def seen(self, path: str | None = None, method: str | None = None) -> list[Seen]:
         with self._lock:
-            return [s for s in self.requests if (path is None or s.path == path) and (method is None or s.method == method)]
+            return [
+                s for s in self.requests if (path is None or s.path == path) and (method is None or s.method == method)
+            ]
 
     def sent(self, path: str, method: str = "GET") -> list[int]:
         """Body bytes the client took (the socket accepted) for each answered `method path`."""
@@ -191,7 +198,9 @@ def _handler(
             if reply.unsized:
                 self.send_header("Connection", "close")
                 self.close_connection = True
-            elif not any(name.lower() == "content-length" for name, _ in reply.headers):  # a scripted one wins (a HEAD's)
+            elif not any(
+                name.lower() == "content-length" for name, _ in reply.headers
+            ):  # a scripted one wins (a HEAD's)
                 self.send_header("Content-Length", str(len(reply.body)))
             self.end_headers()
             if self.command == "HEAD":
@@ -199,8 +208,8 @@ def _handler(
             written = 0
             try:  # in pieces, so what the client took before it hung up can be told
                 for start in range(0, len(reply.body), WRITE_SIZE):
-                    self.wfile.write(reply.body[start:start + WRITE_SIZE])
-                    written += len(reply.body[start:start + WRITE_SIZE])
+                    self.wfile.write(reply.body[start : start + WRITE_SIZE])
+                    written += len(reply.body[start : start + WRITE_SIZE])
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
             finally:

@@ -9,6 +9,8 @@ close to the requested size.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 import gzip
 import hashlib
 import io
@@ -16,8 +18,7 @@ import json
 import random
 import re
 import tarfile
-from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 from urllib.parse import urljoin
 
 import requests
@@ -293,7 +294,9 @@ class RegistryClient:
 
     def manifest_digest(self, repository: str, reference: str) -> str | None:
         """Current digest of a tag (None if absent), via HEAD with every manifest type accepted."""
-        r = self.request("HEAD", f"/v2/{repository}/manifests/{reference}", repository, headers={"Accept": MANIFEST_ACCEPT})
+        r = self.request(
+            "HEAD", f"/v2/{repository}/manifests/{reference}", repository, headers={"Accept": MANIFEST_ACCEPT}
+        )
         if r.status_code == 404:
             return None
         _expect(r, 200, f"head manifest {repository}:{reference}")

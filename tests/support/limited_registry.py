@@ -8,6 +8,7 @@ their window), and after a user's `pulls` GETs its manifests are answered 429 wi
 `Retry-After`, the way Docker Hub answers an account that used up its pulls. Repositories
 under `missing/` do not exist (404 NAME_UNKNOWN).
 """
+
 from __future__ import annotations
 
 import base64
@@ -63,7 +64,7 @@ class LimitedRegistry:
         scheme = "https" if self.tls is not None else "http"
         return f"{scheme}://127.0.0.1:{self._server.server_port}"
 
-    def __enter__(self) -> "LimitedRegistry":
+    def __enter__(self) -> LimitedRegistry:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -72,7 +73,11 @@ class LimitedRegistry:
         self._server.server_close()
 
     def manifest_gets(self, user: str | None = None) -> list[Logged]:
-        return [r for r in self.requests if r.method == "GET" and "/manifests/" in r.path and (user is None or r.user == user)]
+        return [
+            r
+            for r in self.requests
+            if r.method == "GET" and "/manifests/" in r.path and (user is None or r.user == user)
+        ]
 
     # --- answers ----------------------------------------------------------------------------------
     def _token(self, authorization: str | None) -> tuple[int, dict, bytes]:
@@ -81,31 +86,52 @@ class LimitedRegistry:
             name, _, password = base64.b64decode(authorization[6:]).decode().partition(":")
             if self.users.get(name) != password:
                 self.token_requests.append((name, 401))
-                return 401, {"WWW-Authenticate": f'Basic realm="{self.url}/token"'}, b'{"details": "incorrect username or password"}'
+                return (
+                    401,
+                    {"WWW-Authenticate": f'Basic realm="{self.url}/token"'},
+                    b'{"details": "incorrect username or password"}',
+                )
             user = name
         self.token_requests.append((user, 200))
-        return 200, {"Content-Type": "application/json"}, json.dumps({"token": f"tok-{user or ''}", "expires_in": 300}).encode()
+        return (
+            200,
+            {"Content-Type": "application/json"},
+            json.dumps({"token": f"tok-{user or ''}", "expires_in": 300}).encode(),
+        )
 
     def _registry(self, method: str, path: str, user: str) -> tuple[int, dict, bytes]:
         image = self.image
         if path.startswith("/v2/missing/"):
-            body = json.dumps({"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known to registry"}]})
+            body = json.dumps(
+                {"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known to registry"}]}
+            )
             return 404, {"Content-Type": "application/json"}, body.encode()
         if "/manifests/" in path:
             quota = self.quotas.get(user)
             headers: dict[str, str] = {}
             if quota is not None:
                 if method == "GET" and quota.used >= quota.pulls:
-                    headers = {"ratelimit-limit": f"{quota.reported};w={WINDOW}", "ratelimit-remaining": f"0;w={WINDOW}",
-                               "Retry-After": self.retry_after, "Content-Type": "application/json"}
+                    headers = {
+                        "ratelimit-limit": f"{quota.reported};w={WINDOW}",
+                        "ratelimit-remaining": f"0;w={WINDOW}",
+                        "Retry-After": self.retry_after,
+                        "Content-Type": "application/json",
+                    }
                     return 429, headers, b'{"errors": [{"code": "TOOMANYREQUESTS", "message": "rate limit"}]}'
                 if method == "GET":
                     quota.used += 1
                 remaining = max(quota.reported - quota.used, 0)
-                headers = {"ratelimit-limit": f"{quota.reported};w={WINDOW}", "ratelimit-remaining": f"{remaining};w={WINDOW}"}
+                headers = {
+                    "ratelimit-limit": f"{quota.reported};w={WINDOW}",
+                    "ratelimit-remaining": f"{remaining};w={WINDOW}",
+                }
             reference = path.rsplit("/", 1)[-1]
             if reference in (image.tag, image.digest):
-                return 200, {**headers, "Content-Type": image.media_type, "Docker-Content-Digest": image.digest}, image.manifest
+                return (
+                    200,
+                    {**headers, "Content-Type": image.media_type, "Docker-Content-Digest": image.digest},
+                    image.manifest,
+                )
             return 404, headers, b""
         for blob in image.blobs:
             if path.endswith(f"/blobs/{blob.digest}"):
@@ -134,7 +160,7 @@ class LimitedRegistry:
                         challenge = f'Bearer realm="{registry.url}/token",service="limited"'
                         status, headers, body, user = 401, {"WWW-Authenticate": challenge}, b"", None
                     else:
-                        user = authorization[len("Bearer tok-"):]
+                        user = authorization[len("Bearer tok-") :]
                         status, headers, body = registry._registry(self.command, path, user)
                     registry.requests.append(Logged(self.command, path, user, status))
                 self.send_response(status)

@@ -1,4 +1,5 @@
 """`make run` started as a user starts it (its own process group, like a terminal's job)."""
+
 from __future__ import annotations
 
 import os
@@ -38,11 +39,15 @@ class MakeRun:
         )
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> "MakeRun":
+    def __enter__(self) -> MakeRun:
         self.database.create()
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
-                ["make", "run"], cwd=PROJECT_ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                ["make", "run"],
+                cwd=PROJECT_ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         return self

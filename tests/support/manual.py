@@ -5,6 +5,7 @@ Each configuration file the manual tells users to write is preceded there by a m
 text, the mirror's address put in place of `mirror.example:5000`. A snippet of the manual that
 stops working fails a test.
 """
+
 from __future__ import annotations
 
 from tests.support.mirror import PROJECT_ROOT
@@ -19,7 +20,7 @@ def client_config(name: str, mirror_host: str) -> str:
     start = text.find(marker)
     if start < 0:
         raise AssertionError(f"docs/clients.md has no {marker!r} before a code block")
-    lines = text[start + len(marker):].splitlines()
+    lines = text[start + len(marker) :].splitlines()
     body: list[str] = []
     fence: str | None = None
     for line in lines:

@@ -1,4 +1,5 @@
 """The mirror as a real server process (`manage.py serve`: migrate, then gunicorn)."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,14 @@ class MirrorProcess:
     several processes the same one to have them share it."""
 
     def __init__(
-        self, data_dir: Path, upstream_url: str, *, username: str = "", password: str = "",
-        database: ProcessDatabase | None = None, **env: str,
+        self,
+        data_dir: Path,
+        upstream_url: str,
+        *,
+        username: str = "",
+        password: str = "",
+        database: ProcessDatabase | None = None,
+        **env: str,
     ):
         self.data_dir = Path(data_dir)
         self.database = database or ProcessDatabase(self.data_dir)
@@ -55,21 +62,25 @@ class MirrorProcess:
         if env.get("REGISTRY_HTTP_TLS_CERTIFICATE"):
             self.url = f"https://{self.host}"
 
-    def start(self, timeout: float = 60) -> "MirrorProcess":
+    def start(self, timeout: float = 60) -> MirrorProcess:
         return self.launch().wait_until_serving(timeout)
 
-    def launch(self) -> "MirrorProcess":
+    def launch(self) -> MirrorProcess:
         """Start the process without waiting for it (replicas started together)."""
         self.database.create()
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "serve"],
-            cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=PROJECT_ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         return self
 
-    def wait_until_serving(self, timeout: float = 60) -> "MirrorProcess":
+    def wait_until_serving(self, timeout: float = 60) -> MirrorProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -98,7 +109,12 @@ class MirrorProcess:
     def manage(self, *args: str) -> str:
         """Run a management command on this mirror's data, with its environment."""
         done = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=PROJECT_ROOT, env=self.env, capture_output=True, text=True, timeout=120,
+            [sys.executable, "manage.py", *args],
+            cwd=PROJECT_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if done.returncode != 0:
             raise RuntimeError(f"manage.py {args[0]} failed:\n{done.stderr}")

@@ -1,5 +1,6 @@
 """Mounts a client left behind in its temporary directory (podman's overlay driver
 bind-mounts its own directory; containerd's snapshotter mounts while unpacking)."""
+
 from __future__ import annotations
 
 from pathlib import Path

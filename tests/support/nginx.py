@@ -1,4 +1,5 @@
 """nginx in front of the mirror, configured from the deploy/ example the manual points at."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -62,10 +63,11 @@ http {{
         )
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "NginxFront":
+    def start(self) -> NginxFront:
         self.process = subprocess.Popen(
             [NGINX, "-c", str(self.workdir / "nginx.conf"), "-p", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=open(self.workdir / "stderr.log", "wb"),
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "stderr.log", "wb"),
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -2,6 +2,7 @@
 configuration and state: its own storage (`--root`), run directory (`--runroot`, a short
 path: sockets and locks live there), libpod temp and network directories, configuration
 files and policy under one temporary directory."""
+
 from __future__ import annotations
 
 import json
@@ -59,15 +60,30 @@ class Podman:
         )
         self.env.update(extra_env or {})
         self.global_args = [
-            "--root", str(self.root), "--runroot", str(self.runroot),
-            "--tmpdir", str(self.runroot / "libpod"), "--network-config-dir", str(w / "net"),
-            "--storage-driver", STORAGE_DRIVER, "--cgroup-manager", "cgroupfs", "--events-backend", "none",
+            "--root",
+            str(self.root),
+            "--runroot",
+            str(self.runroot),
+            "--tmpdir",
+            str(self.runroot / "libpod"),
+            "--network-config-dir",
+            str(w / "net"),
+            "--storage-driver",
+            STORAGE_DRIVER,
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "none",
         ]
 
     def run(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [self.binary, *self.global_args, *args], env=self.env, capture_output=True, text=True,
-            timeout=timeout, stdin=subprocess.DEVNULL,
+            [self.binary, *self.global_args, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"podman {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
@@ -90,4 +106,3 @@ class Podman:
         self.run("system", "reset", "--force", check=False, timeout=60)
         unmount_all_under(self.workdir)
         shutil.rmtree(self.workdir, ignore_errors=True)
-

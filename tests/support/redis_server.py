@@ -1,5 +1,6 @@
 """A Redis server of a test's own on loopback (never the machine's shared one), which the test
 may stop, or freeze (SIGSTOP: a Redis that accepts connections and never answers) and thaw."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,12 +26,25 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 20) -> "RedisServer":
+    def start(self, timeout: float = 20) -> RedisServer:
         log = open(self.workdir / f"redis-{self.port}.log", "ab")
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + timeout

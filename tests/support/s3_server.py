@@ -1,5 +1,6 @@
 """An S3-compatible server on loopback (moto's server mode), for the S3 blob store: buckets,
 a boto3 client, the mirror's settings pointing at it, and its request log."""
+
 from __future__ import annotations
 
 import itertools
@@ -39,11 +40,13 @@ class S3Server:
         self.process: subprocess.Popen | None = None
         self._buckets = itertools.count(1)
 
-    def start(self, timeout: float = 30) -> "S3Server":
+    def start(self, timeout: float = 30) -> S3Server:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -69,8 +72,11 @@ class S3Server:
 
     def client(self):
         return boto3.session.Session().client(
-            "s3", endpoint_url=self.url, region_name=REGION,
-            aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET_ACCESS_KEY,
+            "s3",
+            endpoint_url=self.url,
+            region_name=REGION,
+            aws_access_key_id=ACCESS_KEY_ID,
+            aws_secret_access_key=SECRET_ACCESS_KEY,
             config=Config(s3={"addressing_style": "path"}),
         )
 

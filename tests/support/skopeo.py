@@ -1,5 +1,6 @@
 """skopeo, isolated from the host's configuration (no registries.conf mirrors, no stored
 credentials, no proxies), as an independent registry client for the tests."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,17 @@ class Skopeo:
     def run(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[bytes]:
         # skopeo 1.9 reads the host's registries.conf unless told otherwise on the command line.
         proc = subprocess.run(
-            [self.binary, "--policy", str(self.policy), "--registries-conf", str(self.workdir / "registries.conf"), *args],
-            env=self.env, capture_output=True, timeout=timeout,
+            [
+                self.binary,
+                "--policy",
+                str(self.policy),
+                "--registries-conf",
+                str(self.workdir / "registries.conf"),
+                *args,
+            ],
+            env=self.env,
+            capture_output=True,
+            timeout=timeout,
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"skopeo {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr.decode()}")

@@ -1,5 +1,6 @@
 """HTTP requests sent from another loopback address (127.0.0.2, ...), as a second client
 machine would: what an address allow-list sees is the connection's real source."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,7 +23,10 @@ def request_from(
     parts = urlsplit(url)
     if parts.scheme == "https":
         connection = http.client.HTTPSConnection(
-            parts.hostname, parts.port, timeout=30, source_address=(source, 0),
+            parts.hostname,
+            parts.port,
+            timeout=30,
+            source_address=(source, 0),
             context=ssl.create_default_context(cafile=ca_file),
         )
     else:

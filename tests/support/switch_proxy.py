@@ -1,6 +1,7 @@
 """An HTTP proxy in front of an upstream that counts every request it receives and can be
 switched to fail: drop connections unanswered (an unreachable upstream), answer 500, or
 answer 429 with a Retry-After, then forward again (recovery)."""
+
 from __future__ import annotations
 
 import http.client
@@ -34,7 +35,7 @@ class SwitchProxy:
         with self._lock:
             return len(self.paths)
 
-    def start(self) -> "SwitchProxy":
+    def start(self) -> SwitchProxy:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

@@ -9,6 +9,7 @@ switches to stand in for that server failing:
 Without a target it only hangs: a server that accepts and never answers. `connections` counts
 what it accepted, so a test can tell whether a client tried (or retried).
 """
+
 from __future__ import annotations
 
 import select
@@ -35,7 +36,7 @@ class TcpRelay:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "TcpRelay":
+    def start(self) -> TcpRelay:
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
         return self

@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 import datetime as dt
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import json
 import os
 import tempfile
 import threading
-import uuid
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterable
 from urllib.parse import parse_qs, urlsplit
+import uuid
 
-import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+import jwt
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def _b64der(cert: x509.Certificate) -> str:
 
 def _make_ca_and_signer(common_name: str) -> tuple[x509.Certificate, x509.Certificate, rsa.RSAPrivateKey]:
     """Create a self-signed CA and a leaf signing cert it issued (both valid for a day)."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     # Backdate a little: Distribution verifies the chain with the current clock.
     not_before = now - dt.timedelta(hours=1)
     not_after = now + dt.timedelta(days=1)
@@ -71,9 +71,15 @@ def _make_ca_and_signer(common_name: str) -> tuple[x509.Certificate, x509.Certif
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -93,15 +99,19 @@ def _make_ca_and_signer(common_name: str) -> tuple[x509.Certificate, x509.Certif
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     return ca_cert, signer_cert, key
@@ -152,7 +162,7 @@ class TokenServer:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "TokenServer":
+    def start(self) -> TokenServer:
         if self._httpd is not None:
             return self
         handler = _make_handler(self)
@@ -172,7 +182,7 @@ class TokenServer:
         self._httpd = None
         self._thread = None
 
-    def __enter__(self) -> "TokenServer":
+    def __enter__(self) -> TokenServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -243,7 +253,7 @@ class TokenServer:
     ) -> tuple[str, int, dt.datetime]:
         """Mint a signed RS256 JWT. Returns (token, expires_in, issued_at)."""
         lifetime = self.expires_in if expires_in is None else expires_in
-        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         iat = int(now.timestamp())
         claims = {
             "iss": self.issuer,

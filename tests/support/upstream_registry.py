@@ -193,7 +193,7 @@ class UpstreamRegistry:
         return self._proc is not None and self._proc.poll() is None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, timeout: float = 20.0) -> "UpstreamRegistry":
+    def start(self, timeout: float = 20.0) -> UpstreamRegistry:
         if self.running:
             return self
         if not os.access(self.binary, os.X_OK):
@@ -245,7 +245,7 @@ class UpstreamRegistry:
                     break
             time.sleep(0.05)
 
-    def restart(self) -> "UpstreamRegistry":
+    def restart(self) -> UpstreamRegistry:
         self.stop()
         return self.start()
 
@@ -259,7 +259,7 @@ class UpstreamRegistry:
             self._log_file.close()
             self._log_file = None
 
-    def __enter__(self) -> "UpstreamRegistry":
+    def __enter__(self) -> UpstreamRegistry:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -282,7 +282,9 @@ class UpstreamRegistry:
         return self.token_server.token_for(self.username, self.service, [f"repository:{repository}:pull,push"])
 
     def auth_headers(self, repository: str, actions: str = "pull,push") -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token_server.token_for(self.username, self.service, [f'repository:{repository}:{actions}'])}"}
+        return {
+            "Authorization": f"Bearer {self.token_server.token_for(self.username, self.service, [f'repository:{repository}:{actions}'])}"
+        }
 
     # ------------------------------------------------------------------ logs
     def _read_lines(self) -> list[str]:
@@ -333,7 +335,8 @@ class UpstreamRegistry:
         authentication (a 401 challenge transfers nothing; its retry with a token is counted)."""
         suffix = f"/blobs/{digest}"
         return sum(
-            1 for r in self.requests_log(since)
+            1
+            for r in self.requests_log(since)
             if r.method == "GET" and r.path.startswith("/v2/") and r.path.endswith(suffix) and r.status != 401
         )
 
@@ -343,7 +346,7 @@ class UpstreamRegistry:
         for m, p in self.access_log(since):
             if m != method or not p.startswith("/v2/"):
                 continue
-            repo, sep, ref = p[len("/v2/"):].rpartition("/manifests/")
+            repo, sep, ref = p[len("/v2/") :].rpartition("/manifests/")
             if sep and ref == reference and (repository is None or repo == repository):
                 n += 1
         return n

@@ -1,4 +1,5 @@
 """`manage.py gc [--dry-run]`: evict what the policies say, delete unreferenced blobs and dead fills."""
+
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
@@ -13,7 +14,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--dry-run", action="store_true", help="print what would go and how much it frees; change nothing")
+        parser.add_argument(
+            "--dry-run", action="store_true", help="print what would go and how much it frees; change nothing"
+        )
 
     def handle(self, *args, **options) -> None:
         dry_run = options["dry_run"]

@@ -1,4 +1,5 @@
 """`manage.py pin <image>... [--remove] [--all-tags]` and `manage.py pin --list`."""
+
 from __future__ import annotations
 
 import getpass
@@ -14,7 +15,9 @@ class Command(BaseCommand):
     help = "Pin images so garbage collection never evicts them (or unpin them with --remove)."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("images", nargs="*", help="[registry/]name[:tag|@digest]; a pinned tag keeps what it points at")
+        parser.add_argument(
+            "images", nargs="*", help="[registry/]name[:tag|@digest]; a pinned tag keeps what it points at"
+        )
         parser.add_argument("--remove", action="store_true", help="unpin")
         parser.add_argument("--all-tags", action="store_true", help="pin (or unpin) the whole repository")
         parser.add_argument("--note", default="", help="why it is pinned (shown in the admin)")

@@ -1,4 +1,5 @@
 """`manage.py prefetch <image> [--platform ...] [--wait]`: cache an image before anyone pulls it."""
+
 from __future__ import annotations
 
 import getpass
@@ -40,9 +41,13 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("image", help="[registry/]name[:tag|@digest], e.g. postgres:17 or library/postgres@sha256:...")
         parser.add_argument(
-            "--platform", action="append", default=[],
+            "image", help="[registry/]name[:tag|@digest], e.g. postgres:17 or library/postgres@sha256:..."
+        )
+        parser.add_argument(
+            "--platform",
+            action="append",
+            default=[],
             help="os/architecture[/variant] to fetch from an index, repeatable or comma-separated (default: all)",
         )
         parser.add_argument("--wait", action="store_true", help="run the prefetch here instead of in a worker")

@@ -14,6 +14,7 @@ SIGINT or SIGTERM stops everything it started; the children also die with this p
 when the worker is stopped is resumed later (prefetch.resume_stalled), fetching only what is
 missing.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -31,9 +32,9 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
 from registry import startup
+from registry.models import Upstream
 from registry.upstreams import configfile as upstreamconfig
 from registry.upstreams import verification
-from registry.models import Upstream
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +52,17 @@ def celery_commands() -> list[list[str]]:
     """The embedded worker and beat."""
     celery = [sys.executable, "-m", "celery", "-A", "mirrorsite"]
     worker = celery + [
-        "worker", "--loglevel", settings.LOG_LEVEL, "--concurrency", str(settings.MIRROR_WORKER_CONCURRENCY),
-        "--hostname", "embedded@%h",
+        "worker",
+        "--loglevel",
+        settings.LOG_LEVEL,
+        "--concurrency",
+        str(settings.MIRROR_WORKER_CONCURRENCY),
+        "--hostname",
+        "embedded@%h",
         # One worker on one machine: nothing to synchronise with or to watch over the broker.
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
     ]
     return [worker, celery + ["beat", "--loglevel", settings.LOG_LEVEL]]
 

@@ -1,4 +1,5 @@
 """`manage.py verify_accounts`: check every upstream account now by fetching a token."""
+
 from django.core.management.base import BaseCommand
 
 from registry.upstreams import verification
