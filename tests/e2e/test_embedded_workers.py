@@ -27,7 +27,7 @@ def test_make_run_accepts_a_prefetch_and_completes_it(upstream, images, tmp_path
         assert prefetch.returncode == 0, f"{prefetch.stdout}\n{prefetch.stderr}\n{run.log.read_text()[-3000:]}"
         assert "queued prefetch job 1" in prefetch.stdout
         assert "job 1 succeeded" in prefetch.stdout and "6/6 blobs" in prefetch.stdout
-        assert "Task registry.jobs.prefetch[" in run.log.read_text(), "done by the embedded worker"
+        assert "Task registry.prefetch[" in run.log.read_text(), "done by the embedded worker"
         stored = {p.name for p in (run.data_dir / "blobs").rglob("*") if p.is_file()}
         assert stored == {blob.digest.split(":")[1] for blob in images.big.blobs}
         assert all(upstream.blob_gets(blob.digest, since=mark) == 1 for blob in images.big.blobs)

@@ -85,7 +85,7 @@ def test_a_prefetch_by_the_worker_makes_the_next_pull_free(mirror, worker, upstr
     assert done.returncode == 0, done.stderr
     assert "succeeded: library/prefetched:1" in done.stdout and "12/12 blobs" in done.stdout
     assert "100%" in done.stderr, "the progress bar"
-    assert "Task registry.jobs.prefetch[" in worker.log() and "prefetch library/prefetched:1: succeeded" in worker.log()
+    assert "Task registry.prefetch[" in worker.log() and "prefetch library/prefetched:1: succeeded" in worker.log()
     stored = mirror.stored_blobs()
     for blob in multi_layer.blobs:
         assert blob.digest in stored
