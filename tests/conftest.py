@@ -15,7 +15,7 @@ import os
 import pytest
 
 from tests.support.databases import check_server, drop_created_databases, is_postgres, session_database_url
-from tests.support.fake_upstream import FakeUpstream
+from tests.support.fake_registry import FakeRegistry, UnknownRepositories, corrupt_image
 from tests.support.fault_proxy import FaultProxy
 from tests.support.images import PushedImage, PushedIndex, push_image, push_index, retag
 from tests.support.s3_server import S3Server
@@ -191,8 +191,17 @@ def images(upstream: UpstreamRegistry) -> SessionImages:
 
 
 @pytest.fixture(scope="session")
-def fake_upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream().start()
+def broken_image() -> PushedImage:
+    """`library/bad:latest` as its manifest describes it; `fake_upstream` serves its layer corrupt."""
+    return corrupt_image()
+
+
+@pytest.fixture(scope="session")
+def fake_upstream(broken_image: PushedImage) -> Iterator[FakeRegistry]:
+    """A registry (no auth) that serves `broken_image` with its layer's bytes not matching its
+    digest (one byte flipped, same length: only a digest check tells), for the mirror's checks."""
+    fake = FakeRegistry(UnknownRepositories(lambda name: name != broken_image.repository)).start()
+    fake.serve(broken_image.repository, broken_image, corrupt=[broken_image.layers[0].digest])
     yield fake
     fake.stop()
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.containerd import Containerd
-from tests.support.fake_upstream import FakeUpstream
+from tests.support.fake_registry import FakeRegistry
 from tests.support.mirror import MirrorProcess
 from tests.support.upstream_registry import UpstreamRegistry
 
@@ -30,7 +30,7 @@ def mirror(upstream: UpstreamRegistry, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="session")
-def broken_mirror(fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MirrorProcess]:
+def broken_mirror(fake_upstream: FakeRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MirrorProcess]:
     """A mirror of the fake upstream that serves a layer whose bytes do not match its digest."""
     process = MirrorProcess(tmp_path_factory.mktemp("broken-mirror") / "data", fake_upstream.url).start()
     yield process

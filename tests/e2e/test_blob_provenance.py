@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from tests.support.hostile_registry import HostileRegistry, answer
+from tests.support.fake_registry import FakeRegistry, answer
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, sha256_digest
 from tests.support.mirror import MirrorProcess
 
@@ -25,8 +25,8 @@ User.objects.create_user("alice", password="alice-password")
 
 
 @pytest.fixture(scope="module")
-def hostile() -> Iterator[HostileRegistry]:
-    with HostileRegistry() as registry:
+def hostile() -> Iterator[FakeRegistry]:
+    with FakeRegistry() as registry:
         yield registry
 
 
@@ -65,7 +65,7 @@ def claiming_manifest(image: PushedImage) -> bytes:
     ).encode()
 
 
-def script_claim(hostile: HostileRegistry, repository: str, image: PushedImage) -> None:
+def script_claim(hostile: FakeRegistry, repository: str, image: PushedImage) -> None:
     manifest = claiming_manifest(image)
     hostile.script(
         "GET",

@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from tests.support.hostile_registry import HostileRegistry, answer
+from tests.support.fake_registry import FakeRegistry, answer
 from tests.support.images import MANIFEST_ACCEPT, PushedImage, build_image
 from tests.support.mirror import MirrorProcess
 
@@ -22,8 +22,8 @@ MILLION_TAGS = {"name": "huge/tags", "tags": [f"t{i:07d}" for i in range(1_000_0
 
 
 @pytest.fixture(scope="module")
-def hostile() -> Iterator[HostileRegistry]:
-    with HostileRegistry() as registry:
+def hostile() -> Iterator[FakeRegistry]:
+    with FakeRegistry() as registry:
         yield registry
 
 
@@ -96,7 +96,7 @@ def test_a_tag_list_is_asked_once_within_its_ttl_and_n_goes_upstream(bounded, ho
     assert asked == [None, ["2"], ["1000"]], "n passed upstream, at most MIRROR_TAG_PAGE_MAX"
 
 
-def serve_image(hostile: HostileRegistry, repository: str, layer_size: int, seed: int) -> PushedImage:
+def serve_image(hostile: FakeRegistry, repository: str, layer_size: int, seed: int) -> PushedImage:
     image = build_image(repository, "1", layer_sizes=[layer_size], seed=seed)
     hostile.serve(repository, image)
     return image

@@ -245,25 +245,25 @@ def test_upstream_down_cached_images_still_pull(skopeo, mirror, upstream, images
         upstream.start()
 
 
-def test_corrupt_blob_is_never_stored_nor_served(skopeo, broken_mirror, fake_upstream, tmp_path):
+def test_corrupt_blob_is_never_stored_nor_served(skopeo, broken_mirror, fake_upstream, broken_image, tmp_path):
     failed = copy(skopeo, broken_mirror, "library/bad:latest", tmp_path / "bad", check=False)
     assert failed.returncode != 0
-    digest = fake_upstream.bad_layer_digest
+    digest = broken_image.layers[0].digest
     assert digest not in broken_mirror.stored_blobs()
     assert broken_mirror.temp_files() == []
     # The next request goes upstream again (nothing was cached) and fails again, cleanly:
     # a blob this small is verified before the response starts.
-    asked = fake_upstream.blob_requests(digest)
+    asked = len(fake_upstream.seen(f"/v2/library/bad/blobs/{digest}", "GET"))
     response = requests.get(f"{broken_mirror.url}/v2/library/bad/blobs/{digest}", timeout=10)
     assert response.status_code == 502
     assert response.json()["errors"][0]["code"] == "DIGEST_INVALID"
-    assert fake_upstream.blob_requests(digest) == asked + 1
+    assert len(fake_upstream.seen(f"/v2/library/bad/blobs/{digest}", "GET")) == asked + 1
     assert digest not in broken_mirror.stored_blobs()
     assert broken_mirror.temp_files() == []
     # A good blob of the same upstream is stored as usual.
-    config = requests.get(f"{broken_mirror.url}/v2/library/bad/blobs/{fake_upstream.config.digest}", timeout=10)
-    assert config.content == fake_upstream.config.data
-    assert fake_upstream.config.digest in broken_mirror.stored_blobs()
+    config = requests.get(f"{broken_mirror.url}/v2/library/bad/blobs/{broken_image.config.digest}", timeout=10)
+    assert config.content == broken_image.config.data
+    assert broken_image.config.digest in broken_mirror.stored_blobs()
 
 
 def test_tls_probe_on_the_http_port_is_refused_at_once(mirror):

@@ -1,5 +1,5 @@
 """The mirror trusts nothing an upstream does not own: a real mirror process in front of
-scripted hostile registries (tests/support/hostile_registry.py).
+scripted hostile registries (tests/support/fake_registry.py).
 
 1. Markup: a manifest that says it is `text/html` (or SVG, or a media type with a line break,
    or 5,000 characters long) is refused with 502 MANIFEST_INVALID and never stored; every
@@ -24,7 +24,7 @@ import time
 import pytest
 import requests
 
-from tests.support.hostile_registry import Answer, HostileRegistry, Listener, answer
+from tests.support.fake_registry import Answer, FakeRegistry, Listener, answer
 from tests.support.images import MANIFEST_ACCEPT, build_image
 from tests.support.mirror import MirrorProcess
 from tests.support.tls import ServerCertificate, make_server_certificate
@@ -42,13 +42,13 @@ class World:
 
     def __init__(self, certificate: ServerCertificate):
         self.listener = Listener().start()
-        self.plain = HostileRegistry().start()  # the default upstream, anonymous
-        self.cdn = HostileRegistry().start()  # another loopback port, where blobs may go
-        self.token_jump = HostileRegistry().start()  # its token service redirects to the listener
-        self.foreign = HostileRegistry().start()  # its realm is on another host (the listener)
-        self.secure = HostileRegistry(tls=certificate).start()  # HTTPS: its blobs redirect to HTTP
-        self.listed = HostileRegistry(tls=certificate).start()  # HTTPS, realm on a listed host
-        self.realm = HostileRegistry(tls=certificate).start()  # that realm: https://localhost:<port>
+        self.plain = FakeRegistry().start()  # the default upstream, anonymous
+        self.cdn = FakeRegistry().start()  # another loopback port, where blobs may go
+        self.token_jump = FakeRegistry().start()  # its token service redirects to the listener
+        self.foreign = FakeRegistry().start()  # its realm is on another host (the listener)
+        self.secure = FakeRegistry(tls=certificate).start()  # HTTPS: its blobs redirect to HTTP
+        self.listed = FakeRegistry(tls=certificate).start()  # HTTPS, realm on a listed host
+        self.realm = FakeRegistry(tls=certificate).start()  # that realm: https://localhost:<port>
         self.all = [
             self.listener,
             self.plain,
@@ -65,7 +65,7 @@ class World:
             server.stop()
 
 
-def bearer_only(registry: HostileRegistry, realm: str, token: str, then: Answer):
+def bearer_only(registry: FakeRegistry, realm: str, token: str, then: Answer):
     """A route that wants `Bearer <token>` from `realm`."""
 
     def route(seen):

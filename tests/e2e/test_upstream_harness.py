@@ -166,13 +166,14 @@ def test_fake_upstream_serves_corrupt_blob(fake_upstream) -> None:
     assert m.status_code == 200 and m.headers["Docker-Content-Digest"] == sha256_digest(m.content)
     manifest = json.loads(m.content)
     layer = manifest["layers"][0]
-    before = fake_upstream.blob_requests(layer["digest"])
+    blob_path = f"/v2/library/bad/blobs/{layer['digest']}"
+    before = len(fake_upstream.seen(blob_path, "GET"))
     r = requests.get(f"{base}/v2/library/bad/blobs/{layer['digest']}", timeout=5)
     assert r.status_code == 200
     assert r.headers["Docker-Content-Digest"] == layer["digest"]
     assert len(r.content) == layer["size"] == int(r.headers["Content-Length"])
     assert sha256_digest(r.content) != layer["digest"]
-    assert fake_upstream.blob_requests(layer["digest"]) == before + 1
+    assert len(fake_upstream.seen(blob_path, "GET")) == before + 1
     cfg = requests.get(f"{base}/v2/library/bad/blobs/{manifest['config']['digest']}", timeout=5)
     assert sha256_digest(cfg.content) == manifest["config"]["digest"]
     head = requests.head(f"{base}/v2/library/bad/blobs/{layer['digest']}", timeout=5)

@@ -18,7 +18,7 @@ from registry.proxy.fills import UpstreamDigestMismatch
 from registry.storage import locks
 from registry.storage.blobstore import BlobStore, FilesystemStore
 from registry.upstreams.client import BlobSizeInvalid
-from tests.support.hostile_registry import HostileRegistry, answer
+from tests.support.fake_registry import FakeRegistry, answer
 from tests.support.images import PushedImage, build_image, sha256_digest
 
 pytestmark = pytest.mark.django_db(transaction=True)  # fills write from their own threads
@@ -48,8 +48,8 @@ def hub(settings, store, upstream) -> Upstream:
 
 
 @pytest.fixture
-def hostile() -> Iterator[HostileRegistry]:
-    with HostileRegistry() as registry:
+def hostile() -> Iterator[FakeRegistry]:
+    with FakeRegistry() as registry:
         yield registry
 
 
@@ -73,7 +73,7 @@ def fill_private(hub: Upstream, store: BlobStore, image: PushedImage) -> None:
         )
 
 
-def claim(hostile: HostileRegistry, repository: str, image: PushedImage) -> None:
+def claim(hostile: FakeRegistry, repository: str, image: PushedImage) -> None:
     manifest = json.dumps(
         {
             "schemaVersion": 2,
@@ -134,7 +134,7 @@ def test_an_upstream_that_delivers_the_bytes_makes_the_blob_public(hub, evil, ho
     assert RepositoryBlob.objects.get(repository__upstream=evil, digest=config.digest).delivered
 
 
-def served_image(hostile: HostileRegistry, repository: str, size: int, seed: int) -> PushedImage:
+def served_image(hostile: FakeRegistry, repository: str, size: int, seed: int) -> PushedImage:
     image = build_image(repository, "1", layer_sizes=[size], seed=seed)
     hostile.serve(repository, image)
     return image

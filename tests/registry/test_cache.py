@@ -15,7 +15,7 @@ from registry import memory, oci
 from registry.models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, Upstream
 from registry.proxy import cache, fills, pulltimes
 from registry.storage.blobstore import BlobStore, FilesystemStore
-from tests.support.fake_upstream import FakeUpstream
+from tests.support.fake_registry import FakeRegistry, corrupt_image
 
 pytestmark = pytest.mark.django_db
 
@@ -224,15 +224,18 @@ def test_fill_outlives_a_client_that_goes_away(hub, images, store):
 
 @pytest.mark.django_db(transaction=True)
 def test_large_corrupt_blob_is_cut_short_and_never_stored(mirror_of, store):
-    with FakeUpstream(layer_size=3 * 1024 * 1024) as fake:
+    image = corrupt_image(layer_size=3 * 1024 * 1024)
+    layer = image.layers[0]
+    with FakeRegistry() as fake:
+        fake.serve(image.repository, image, corrupt=[layer.digest])
         liar = mirror_of(fake.url)
-        digest = oci.parse_digest(fake.bad_layer_digest)
+        digest = oci.parse_digest(layer.digest)
         found = cache.fetch_blob(liar, "library/bad", digest, store)
         received = b""
         with pytest.raises(fills.UpstreamDigestMismatch):
             for chunk in found.chunks:
                 received += chunk
-        assert 0 < len(received) < fake.layer.size, "the client got a truncated body, never a complete wrong one"
+        assert 0 < len(received) < layer.size, "the client got a truncated body, never a complete wrong one"
         assert store.size(digest) is None
         assert [p.suffix for p in store.tmp_dir.iterdir() if p.is_file()] in ([], [".fill"]), "no partial blob"
         assert not Blob.objects.exists()

@@ -12,7 +12,7 @@ import requests
 from registry.destinations import DestinationRefused, Destinations, address_class
 from registry.models import default_realm_hosts
 from registry.upstreams.client import make_session
-from tests.support.hostile_registry import Listener
+from tests.support.fake_registry import Listener
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,8 @@ from registry import memory, oci
 from registry.models import AccountSwitch, Tag, Upstream, UpstreamAccount
 from registry.proxy import cache
 from registry.upstreams import accounts, verification
+from tests.support.fake_registry import FakeRegistry, Quota, Seen, hub_like
 from tests.support.images import build_image
-from tests.support.limited_registry import LimitedRegistry, Quota
 
 pytestmark = pytest.mark.django_db
 
@@ -53,9 +53,19 @@ def pull(upstream: Upstream, repository: str) -> cache.ManifestResult:
     return cache.get_manifest(upstream, repository, oci.parse_reference("1"))
 
 
+def manifest_gets(registry: FakeRegistry, user: str | None = None) -> list[Seen]:
+    """The manifest GETs that reached the registry, of `user`'s account or of all."""
+    return [s for s in registry.seen(method="GET", kind="manifests") if user is None or s.user == user]
+
+
+def token_answers(registry: FakeRegistry) -> list[tuple[str | None, int | None]]:
+    """(login, status) of each token request: the login "" when anonymous."""
+    return [(s.user, s.status) for s in registry.seen("/token")]
+
+
 def test_rejected_then_rate_limited_accounts_hand_over_and_pulls_keep_working(quiet_settings):
     quotas = {"spent": Quota(pulls=2, reported=100), "spare": Quota(pulls=100, reported=100)}
-    with LimitedRegistry(IMAGE, USERS, quotas) as registry:
+    with hub_like(IMAGE, USERS, quotas) as registry:
         upstream = upstream_with(
             registry.url, ("wrong", "not-the-password"), ("spent", USERS["spent"]), ("spare", USERS["spare"])
         )
@@ -63,9 +73,9 @@ def test_rejected_then_rate_limited_accounts_hand_over_and_pulls_keep_working(qu
             assert pull(upstream, f"app{i}").digest == IMAGE.digest
 
         # The wrong password is tried once, then left aside; `spent` served two pulls, then `spare`.
-        assert registry.token_requests.count(("wrong", 401)) == 1
-        assert [r.status for r in registry.manifest_gets("spent")] == [200, 200, 429]
-        assert [r.status for r in registry.manifest_gets("spare")] == [200, 200]
+        assert token_answers(registry).count(("wrong", 401)) == 1
+        assert [r.status for r in manifest_gets(registry, "spent")] == [200, 200, 429]
+        assert [r.status for r in manifest_gets(registry, "spare")] == [200, 200]
     switches = list(AccountSwitch.objects.order_by("pk").values_list("from_label", "to_label", "reason"))
     assert [(a, b) for a, b, _ in switches] == [("wrong", "spent"), ("spent", "spare")]
     assert switches[0][2] == "credentials rejected"
@@ -82,11 +92,11 @@ def test_rejected_then_rate_limited_accounts_hand_over_and_pulls_keep_working(qu
 def test_an_account_under_the_reserve_hands_over_before_its_429(quiet_settings):
     quiet_settings.MIRROR_ACCOUNT_RATELIMIT_RESERVE = 5
     quotas = {"spent": Quota(pulls=100, reported=7), "spare": Quota(pulls=100, reported=100)}
-    with LimitedRegistry(IMAGE, USERS, quotas) as registry:
+    with hub_like(IMAGE, USERS, quotas) as registry:
         upstream = upstream_with(registry.url, ("spent", USERS["spent"]), ("spare", USERS["spare"]))
         for i in range(4):
             pull(upstream, f"app{i}")
-        assert len(registry.manifest_gets("spent")) == 2, "7 - 2 = 5 left: the reserve is kept"
+        assert len(manifest_gets(registry, "spent")) == 2, "7 - 2 = 5 left: the reserve is kept"
         assert not any(r.status == 429 for r in registry.requests)
     (switch,) = AccountSwitch.objects.all()
     assert (switch.from_label, switch.to_label) == ("spent", "spare")
@@ -97,7 +107,7 @@ def test_every_account_spent_is_429_with_retry_after_and_cached_tags_go_stale(cl
     # The fake upstream grants no anonymous pulls: a rule opens it to this test's anonymous client.
     AccessRule.objects.create(pattern="*", policy=Policy.PUBLIC)
     quotas = {"spent": Quota(pulls=1, reported=100)}
-    with LimitedRegistry(IMAGE, USERS, quotas, retry_after="120") as registry:
+    with hub_like(IMAGE, USERS, quotas, retry_after="120") as registry:
         upstream_with(registry.url, ("spent", USERS["spent"]))
         assert client.get("/v2/lim/cached/manifests/1").status_code == 200
         Tag.objects.update(validated_at=timezone.now() - timedelta(hours=2))
@@ -117,21 +127,21 @@ def test_every_account_spent_is_429_with_retry_after_and_cached_tags_go_stale(cl
 
 
 def test_a_rejected_account_is_not_asked_again_while_another_cools_down(quiet_settings):
-    with LimitedRegistry(IMAGE, USERS, {"spent": Quota(pulls=1, reported=100)}) as registry:
+    with hub_like(IMAGE, USERS, {"spent": Quota(pulls=1, reported=100)}) as registry:
         upstream = upstream_with(registry.url, ("wrong", "not-the-password"), ("spent", USERS["spent"]))
         pull(upstream, "app0")
         for i in (1, 2, 3):
             with pytest.raises(oci.TooManyRequests):
                 pull(upstream, f"app{i}")
-        assert registry.token_requests.count(("wrong", 401)) == 1
-        assert [r.status for r in registry.manifest_gets("spent")] == [200, 429]
+        assert token_answers(registry).count(("wrong", 401)) == 1
+        assert [r.status for r in manifest_gets(registry, "spent")] == [200, 429]
 
 
 def test_verification_finds_the_wrong_password_and_puts_the_next_account_in_use(quiet_settings):
-    with LimitedRegistry(IMAGE, USERS) as registry:
+    with hub_like(IMAGE, USERS) as registry:
         upstream = upstream_with(registry.url, ("wrong", "not-the-password"), ("spare", USERS["spare"]), ("", ""))
         assert verification.verify_all() == "2 ok, 1 rejected"
-        assert registry.manifest_gets() == [], "verifying pulls nothing"
+        assert manifest_gets(registry) == [], "verifying pulls nothing"
     wrong, spare, anonymous = account("wrong"), account("spare"), account("")
     assert (wrong.verification, spare.verification, anonymous.verification) == ("rejected", "ok", "ok")
     assert anonymous.verification_message == "token issued (anonymous)"
@@ -143,7 +153,7 @@ def test_verification_finds_the_wrong_password_and_puts_the_next_account_in_use(
 
 
 def test_a_fixed_password_verifies_again(quiet_settings):
-    with LimitedRegistry(IMAGE, USERS) as registry:
+    with hub_like(IMAGE, USERS) as registry:
         upstream_with(registry.url, ("wrong", "not-the-password"))
         verification.verify_all()
         assert account("wrong").rejected_at is not None
@@ -164,7 +174,7 @@ def test_an_unreachable_upstream_is_recorded_not_blamed_on_the_account(quiet_set
 
 
 def test_no_enabled_account_is_unavailable(client, quiet_settings):
-    with LimitedRegistry(IMAGE, USERS) as registry:
+    with hub_like(IMAGE, USERS) as registry:
         upstream = upstream_with(registry.url, ("spare", USERS["spare"]))
         UpstreamAccount.objects.update(enabled=False)
         accounts.forget(upstream)
@@ -175,10 +185,10 @@ def test_no_enabled_account_is_unavailable(client, quiet_settings):
 
 
 def test_an_upstream_without_accounts_pulls_anonymously(quiet_settings):
-    with LimitedRegistry(IMAGE, USERS, {"": Quota(pulls=10, reported=10)}) as registry:
+    with hub_like(IMAGE, USERS, {"": Quota(pulls=10, reported=10)}) as registry:
         upstream = Upstream.objects.create(name="anon", url=registry.url)
         assert pull(upstream, "library/app").digest == IMAGE.digest
-        assert [r.user for r in registry.manifest_gets() if r.status == 200] == [""]
+        assert [r.user for r in manifest_gets(registry) if r.status == 200] == [""]
     (anonymous,) = UpstreamAccount.objects.filter(upstream=upstream)
     assert anonymous.username == "" and anonymous.ratelimit_remaining == 9
 
@@ -196,7 +206,7 @@ def test_each_request_is_counted_for_the_account_that_made_it(quiet_settings):
 
     upstream_request.connect(listener)
     try:
-        with LimitedRegistry(IMAGE, USERS) as registry:
+        with hub_like(IMAGE, USERS) as registry:
             upstream = upstream_with(registry.url, ("spare", USERS["spare"]))
             pull(upstream, "library/app")
             with pytest.raises(oci.ManifestUnknown):

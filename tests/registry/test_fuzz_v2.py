@@ -25,6 +25,7 @@ from audit import recorder
 from dashboard import stats
 from registry import oci
 from tests.registry.fuzzing import BOUNDED, REJECTED_STATUSES, Files, check_answer, row_counts
+from tests.support.fake_registry import FakeRegistry
 from tests.support.images import MANIFEST_ACCEPT
 
 # Blob fills write from a thread of their own: real transactions.
@@ -105,7 +106,7 @@ class Mirror:
     around: tuple[Path, ...]  # what must never change: the test's directory and the process's own data dir
     config: bytes  # a cached blob
     config_digest: str
-    upstream: object  # the fake upstream: its request counts
+    upstream: FakeRegistry  # the fake upstream: the requests it got
 
     def outside(self) -> Files:
         # The test database (and its journal files) is the test process's, written by the test itself.
@@ -126,7 +127,7 @@ class Mirror:
 
 
 @pytest.fixture
-def mirror(settings, tmp_path, fake_upstream) -> Mirror:
+def mirror(settings, tmp_path, fake_upstream, broken_image) -> Mirror:
     home_data = Path(settings.MIRROR_DATA_DIR)  # the test process's own (its test database lives there)
     data = tmp_path / "data"
     (tmp_path / "neighbour").mkdir()
@@ -139,7 +140,7 @@ def mirror(settings, tmp_path, fake_upstream) -> Mirror:
     client = Client()
     # Cached before the fuzzing: library/bad's manifest and its (intact) config blob.
     assert client.get("/v2/library/bad/manifests/latest", HTTP_ACCEPT=MANIFEST_ACCEPT).status_code == 200
-    config = fake_upstream.config
+    config = broken_image.config
     warmed = client.get(f"/v2/library/bad/blobs/{config.digest}")
     assert b"".join(warmed.streaming_content) == config.data
     warmed.close()
@@ -166,7 +167,7 @@ def test_any_name_and_reference_gets_a_registry_answer(mirror, method, endpoint,
     path = f"/v2/{quote(name, safe='/')}/{endpoint}"
     if endpoint in ("manifests", "blobs", "referrers"):
         path += "/" + quote(reference, safe="")
-    asked_upstream = sum(mirror.upstream.counts.values())
+    asked_upstream = len(mirror.upstream.requests)
     response, _ = mirror.exchange(method, path, HTTP_ACCEPT=MANIFEST_ACCEPT)
     if method not in ("GET", "HEAD"):
         assert response.status_code == 405
@@ -181,7 +182,7 @@ def test_any_name_and_reference_gets_a_registry_answer(mirror, method, endpoint,
     ):
         # Checked against the grammar before anything touches storage or the network.
         assert response.status_code == 400
-        assert sum(mirror.upstream.counts.values()) == asked_upstream, "an ill-formed reference went upstream"
+        assert len(mirror.upstream.requests) == asked_upstream, "an ill-formed reference went upstream"
     if response.status_code == 200 and endpoint in ("manifests", "blobs"):
         oci.validate_name(name if name.count("/") else f"library/{name}")  # only well-formed names are served
 

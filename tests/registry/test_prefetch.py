@@ -15,8 +15,8 @@ from registry.jobs.imageref import parse_image, parse_platforms
 from registry.models import Manifest, PrefetchJob, Tag, TagPullCount, Upstream, UpstreamAccount
 from registry.proxy import pulltimes
 from registry.storage.blobstore import BlobStore, FilesystemStore
-from tests.registry.scripted_registry import ScriptedRegistry
-from tests.support.images import build_image, push_index
+from tests.support.fake_registry import ANY_REPOSITORY, Behaviour, FailFirst, FakeRegistry, Quota, RateLimit
+from tests.support.images import PushedImage, build_image, push_index
 
 # Fills write from a background thread: real transactions, not a rolled-back one.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -140,19 +140,27 @@ def test_prefetch_stops_before_spending_the_last_pulls(hub, upstream, images, st
     assert run("small:1").status == PrefetchJob.Status.SUCCEEDED
 
 
+def serving(image: PushedImage, *behaviours: Behaviour) -> FakeRegistry:
+    """A registry serving `image` under any name, misbehaving as `behaviours` say."""
+    registry = FakeRegistry(*behaviours)
+    registry.serve(ANY_REPOSITORY, image)
+    return registry
+
+
 def test_prefetch_stops_cleanly_when_the_limit_runs_low_midway(mirror_of, store):
     image = build_image("library/limited", "1", layer_sizes=[10 * KB, 10 * KB], seed=7002)
-    with ScriptedRegistry(image, ratelimit=11) as registry:
+    with serving(image, RateLimit({None: Quota(reported=100, used=100 - 11)})) as registry:
         job = run("limited:1", upstream=mirror_of(registry.url))
         assert job.status == PrefetchJob.Status.STOPPED
         assert "10 of 100 pulls left" in job.message
-        assert registry.gets("manifests") == 1 and registry.gets("blobs") == 0
+        assert len(registry.seen(method="GET", kind="manifests", status=200)) == 1
+        assert len(registry.seen(method="GET", kind="blobs", status=200)) == 0
     assert job.blobs_total == 3 and job.blobs_done == 0
 
 
 def test_transient_upstream_errors_are_retried(mirror_of, store):
     image = build_image("library/flaky", "1", layer_sizes=[10 * KB], seed=7003)
-    with ScriptedRegistry(image, fail_first=2, fail_status=503) as registry:
+    with serving(image, FailFirst(2, status=503)) as registry:
         job = run("flaky:1", upstream=mirror_of(registry.url))
     assert job.status == PrefetchJob.Status.SUCCEEDED, job.message
     assert stored(store, image.blobs) == {b.digest for b in image.blobs}
@@ -162,7 +170,7 @@ def test_transient_upstream_errors_are_retried(mirror_of, store):
 
 def test_a_persistent_429_stops_the_job_after_the_retries(mirror_of, store, settings):
     image = build_image("library/busy", "1", layer_sizes=[10 * KB], seed=7004)
-    with ScriptedRegistry(image, fail_first=100, fail_status=429) as registry:
+    with serving(image, FailFirst(100, status=429)) as registry:
         job = run("busy:1", upstream=mirror_of(registry.url))
         # After a 429 the account is left aside (MIRROR_ACCOUNT_COOLDOWN): the retries wait
         # for it without asking the upstream again.

@@ -20,7 +20,7 @@ from registry.storage import locks
 from registry.storage.blobstore import Redirect
 from registry.storage.s3 import S3Config, S3Store
 from tests.support.dashboard import wait_for
-from tests.support.fake_upstream import FakeUpstream
+from tests.support.fake_registry import FakeRegistry, corrupt_image
 from tests.support.fault_proxy import FaultProxy
 from tests.support.s3_server import PART_SIZE
 
@@ -186,15 +186,18 @@ def test_failed_part_upload_ends_followers_cleanly(local_store, monkeypatch, s3_
 
 def test_wrong_bytes_never_release_the_end(local_store, settings, s3_server):
     settings.REGISTRY_PROXY_USERNAME = settings.REGISTRY_PROXY_PASSWORD = ""
-    with FakeUpstream(layer_size=2 * PART_SIZE + 1000) as fake:
+    image = corrupt_image(layer_size=2 * PART_SIZE + 1000)
+    layer = image.layers[0]
+    with FakeRegistry() as fake:
+        fake.serve(image.repository, image, corrupt=[layer.digest])
         liar = Upstream.objects.create(name="liar", url=fake.url, library_prefix=True)
-        digest = oci.parse_digest(fake.bad_layer_digest)
+        digest = oci.parse_digest(layer.digest)
         found = cache.fetch_blob(liar, "library/bad", digest, local_store)
         received = b""
         with pytest.raises(fills.UpstreamDigestMismatch):
             for chunk in found.chunks:
                 received += chunk
-        assert len(received) <= fake.layer.size - fills.HOLD_BACK, "the held-back end was never sent"
+        assert len(received) <= layer.size - fills.HOLD_BACK, "the held-back end was never sent"
         assert s3_server.keys(local_store.config.bucket) == {}
         assert s3_server.uploads(local_store.config.bucket) == []
         assert not Blob.objects.exists()

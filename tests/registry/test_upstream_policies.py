@@ -15,8 +15,8 @@ from registry import memory, oci
 from registry.models import Tag, Upstream
 from registry.proxy import cache
 from registry.upstreams.client import UpstreamUnavailable
+from tests.support.fake_registry import FakeRegistry, hub_like
 from tests.support.images import build_image
-from tests.support.limited_registry import LimitedRegistry
 from tests.support.tls import make_server_certificate
 
 pytestmark = pytest.mark.django_db
@@ -37,7 +37,7 @@ def mirror_settings(settings, tmp_path):
 
 @pytest.fixture
 def double(mirror_settings):
-    with LimitedRegistry(IMAGE, {}) as registry:
+    with hub_like(IMAGE) as registry:
         yield registry
 
 
@@ -45,7 +45,7 @@ def upstream_of(url: str, **fields) -> Upstream:
     return Upstream.objects.create(name="up", url=url, library_prefix=True, **fields)
 
 
-def asked(registry: LimitedRegistry, method: str | None = None) -> list[str]:
+def asked(registry: FakeRegistry, method: str | None = None) -> list[str]:
     """What reached the registry past authentication: `METHOD path`."""
     return [
         f"{r.method} {r.path}"
@@ -154,7 +154,7 @@ def test_the_timeouts_of_the_upstream_apply(mirror_settings):
 
 def test_tls_with_the_upstreams_ca_bundle_or_insecure(mirror_settings, tmp_path):
     certificate = make_server_certificate(tmp_path / "tls", ca_name="Upstream test CA")
-    with LimitedRegistry(IMAGE, {}, tls=certificate) as registry:
+    with hub_like(IMAGE, tls=certificate) as registry:
         system_trust = upstream_of(registry.url)
         with pytest.raises(UpstreamUnavailable):
             cache.get_manifest(system_trust, "app", TAG)

@@ -20,7 +20,7 @@ from registry.upstreams.client import (
     parse_ratelimit,
     retry_after,
 )
-from tests.support.hostile_registry import HostileRegistry, Listener, answer, error
+from tests.support.fake_registry import FakeRegistry, Listener, answer, error
 from tests.support.images import build_image
 
 IMAGE = build_image("library/x", "1", layer_sizes=[1024], seed=8700)
@@ -29,7 +29,7 @@ BASIC = "Basic " + base64.b64encode(b"bot:s3cret").decode()
 
 @pytest.fixture
 def hostile():
-    with HostileRegistry() as registry, Listener() as listener:
+    with FakeRegistry() as registry, Listener() as listener:
         yield registry, listener
 
 
@@ -54,7 +54,7 @@ def test_a_redirected_manifest_tag_list_or_v2_is_refused_and_never_followed(host
 def test_a_blob_redirect_is_followed_on_loopback_without_credentials(hostile):
     registry, listener = hostile
     blob = IMAGE.layers[0]
-    with HostileRegistry() as cdn:
+    with FakeRegistry() as cdn:
         cdn.script("GET", "/cdn/blob", answer(200, blob.data))
         registry.script("GET", f"/v2/library/x/blobs/{blob.digest}", answer(307, Location=f"{cdn.url}/cdn/blob?sig=1"))
         download = UpstreamClient(registry.url).open_blob("library/x", blob.digest)
