@@ -69,6 +69,12 @@ class Seen:
         match = _REPOSITORY_PATH.fullmatch(self.path)
         return match["name"] if match else None
 
+    @property
+    def kind(self) -> str | None:
+        """What under the repository it asks for: manifests, blobs or tags."""
+        match = _REPOSITORY_PATH.fullmatch(self.path)
+        return match["kind"] if match else None
+
 
 Respond = Callable[[Seen], Answer]
 Script = Answer | Respond
@@ -162,6 +168,7 @@ class FakeRegistry(_Server):
         for behaviour in reversed(behaviours):
             self._answer = _wrapped(behaviour, self._answer)
         super().__init__(tls)
+        self._written = threading.Condition(self._lock)
 
     def script(self, method: str, path: str, script: Script) -> None:
         """Answer `method path` (query ignored) with `script`; HEAD defaults to GET's answer, bodiless.
@@ -214,18 +221,27 @@ class FakeRegistry(_Server):
                 for s in self.requests
                 if (path is None or s.path == path)
                 and (method is None or s.method == method)
-                and (kind is None or f"/{kind}/" in s.path)
+                and (kind is None or s.kind == kind)
                 and (status is None or s.status == status)
             ]
 
-    def sent(self, path: str, method: str = "GET") -> list[int]:
-        """Body bytes the client took (the socket accepted) for each answered `method path`."""
-        with self._lock:
-            return [count for s, count in self._sent if (s.path, s.method) == (path, method)]
+    def sent(self, path: str, method: str = "GET", wait: float = 10) -> list[int]:
+        """Body bytes the client took (the socket accepted) for each answered `method path`.
+
+        Answers still being written are waited for (up to `wait` seconds): a client that hangs
+        up answers its own caller before this server's write fails and the count is known."""
+        asked = self.seen(path, method)
+        with self._written:
+            self._written.wait_for(lambda: len(self._sent_to(path, method)) >= len(asked), timeout=wait)
+            return [count for _, count in self._sent_to(path, method)]
+
+    def _sent_to(self, path: str, method: str) -> list[tuple[Seen, int]]:
+        return [(s, count) for s, count in self._sent if (s.path, s.method) == (path, method)]
 
     def note_sent(self, seen: Seen, count: int) -> None:
-        with self._lock:
+        with self._written:
             self._sent.append((seen, count))
+            self._written.notify_all()
 
     def respond(self, seen: Seen) -> Answer:
         with self._lock:
@@ -241,7 +257,7 @@ class FakeRegistry(_Server):
         if script is None:
             if seen.path in ("/v2", "/v2/"):
                 return answer(200, {})
-            code = {"tags": "NAME_UNKNOWN", "blobs": "BLOB_UNKNOWN"}.get(_kind(seen.path), "MANIFEST_UNKNOWN")
+            code = {"tags": "NAME_UNKNOWN", "blobs": "BLOB_UNKNOWN"}.get(seen.kind, "MANIFEST_UNKNOWN")
             return error(404, code, "not scripted")
         return script(seen) if callable(script) else script
 
@@ -252,11 +268,6 @@ class FakeRegistry(_Server):
             if script is None and match:
                 script = self._routes.get((method, f"/v2/{ANY_REPOSITORY}/{match['kind']}/{match['rest']}"))
             return script
-
-
-def _kind(path: str) -> str | None:
-    match = _REPOSITORY_PATH.fullmatch(path)
-    return match["kind"] if match else None
 
 
 def _wrapped(behaviour: Behaviour, inner: Respond) -> Respond:
@@ -347,7 +358,7 @@ class RateLimit:
 
     def __call__(self, seen: Seen, inner: Respond) -> Answer:
         quota = self.quotas.get(seen.user)
-        if quota is None or _kind(seen.path) != "manifests":
+        if quota is None or seen.kind != "manifests":
             return inner(seen)
         with self._lock:
             refused = seen.method == "GET" and quota.pulls is not None and quota.used >= quota.pulls
@@ -430,6 +441,7 @@ def _handler(server: _Server) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", str(len(reply.body)))
             self.end_headers()
             if self.command == "HEAD":
+                server.note_sent(seen, 0)
                 return
             written = 0
             try:  # in pieces, so what the client took before it hung up can be told
