@@ -1,12 +1,11 @@
 """Mirrorsite settings: every knob is an environment variable, declared in the schema
 (mirrorsite/config/schema.py: type, default, description) and read once by its loader.
 
-Every setting of the schema is a Django setting of the same name (settings.MIRROR_TAG_TTL);
-DJANGO_*, DATABASE_URL and MIRROR_LOG_LEVEL become Django's own names too (SECRET_KEY,
-DATABASES, LOGGING...). The embedded
-default (no environment at all) is a complete mirror of Docker Hub that keeps everything
-(SQLite database, blobs, temporary files, generated secret key) under MIRROR_DATA_DIR.
-docs/configuration.md lists every variable (generated from the schema).
+Each setting of the schema is a Django setting of the same name (settings.MIRROR_TAG_TTL), but
+DJANGO_* and DATABASE_URL, which become Django's own (SECRET_KEY, DEBUG, ALLOWED_HOSTS,
+DATABASES). The embedded default (no environment at all) is a complete mirror of Docker Hub
+that keeps everything (SQLite database, blobs, temporary files, generated secret key) under
+MIRROR_DATA_DIR. docs/configuration.md lists every variable (generated from the schema).
 """
 
 import copy
