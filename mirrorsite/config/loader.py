@@ -68,6 +68,9 @@ KIND_NAMES = {str: "a string", int: "an integer", float: "a number", tuple[str, 
 def fields() -> tuple[tuple[dataclasses.Field, Any, Declaration], ...]:
     """The schema's settings in order, each with its type and declaration."""
     hints = typing.get_type_hints(Settings)
+    unreadable = [field.name for field in dataclasses.fields(Settings) if hints[field.name] not in READERS]
+    if unreadable:
+        raise TypeError(f"settings of a type the loader cannot read: {unreadable}")
     return tuple((field, hints[field.name], declaration(field)) for field in dataclasses.fields(Settings))
 
 

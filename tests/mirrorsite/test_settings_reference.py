@@ -15,7 +15,7 @@ READS_THE_ENVIRONMENT = re.compile(r"os\.environ|os\.getenv|getenv\(|import envi
 ALLOWED = (
     (re.compile(r"mirrorsite/config/loader\.py$"), re.compile(r".")),
     (re.compile(r".*"), re.compile(r'os\.environ\.setdefault\("DJANGO_SETTINGS_MODULE"')),
-    (re.compile(r"registry/upstreams/configfile\.py$"), re.compile(r"os\.environ(\[variable\]|\b)")),
+    (re.compile(r"registry/upstreams/configfile\.py$"), re.compile(r"os\.environ")),
 )
 
 
