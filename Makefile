@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast docs lint install test-tools migrate clean
+.PHONY: run test test-fast docs settings-table lint install test-tools migrate clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ test-tools:
 # The manual (docs/, MkDocs): built into site/; --strict makes a broken link or page an error.
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+# The settings table of docs/configuration.md, regenerated from mirrorsite/config/schema.py.
+settings-table: $(STAMP)
+	$(PY) -m mirrorsite.config --write-docs
 
 # ruff (lint and format check) and the import contracts of pyproject.toml (registry in
 # floors, the apps in layers): a broken contract fails `make test` before the suite runs.

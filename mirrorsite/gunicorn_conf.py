@@ -7,24 +7,28 @@ With REGISTRY_HTTP_TLS_CERTIFICATE and REGISTRY_HTTP_TLS_KEY the server speaks H
 (Distribution's names), at the cost of sendfile: TLS bytes go through Python.
 """
 
-import os
+from mirrorsite.config import load
 
-bind = [os.environ.get("REGISTRY_HTTP_ADDR", "0.0.0.0:5000")]
+# The settings' schema and loader only: gunicorn reads its settings before (and without) Django.
+# Not named `config`: gunicorn would take that for its own setting of that name.
+mirror_settings = load()
+
+bind = [mirror_settings.REGISTRY_HTTP_ADDR]
 # The measured default (README: "Why gunicorn with threads"); others, e.g. "gevent", for comparison.
-worker_class = os.environ.get("MIRROR_WEB_WORKER_CLASS", "mirrorsite.gunicorn_worker.MirrorWorker")
-workers = int(os.environ.get("MIRROR_WEB_WORKERS", "2"))
-threads = int(os.environ.get("MIRROR_WEB_THREADS", "32"))
+worker_class = mirror_settings.MIRROR_WEB_WORKER_CLASS
+workers = mirror_settings.MIRROR_WEB_WORKERS
+threads = mirror_settings.MIRROR_WEB_THREADS
 # Large blobs stream for minutes; the gthread heartbeat keeps the worker alive meanwhile.
 timeout = 120
-graceful_timeout = int(os.environ.get("MIRROR_WEB_GRACEFUL_TIMEOUT", "10"))
+graceful_timeout = mirror_settings.MIRROR_WEB_GRACEFUL_TIMEOUT
 keepalive = 75
-accesslog = "-" if os.environ.get("MIRROR_ACCESS_LOG", "true").lower() in ("1", "true", "yes", "on") else None
+accesslog = "-" if mirror_settings.MIRROR_ACCESS_LOG else None
 errorlog = "-"
-loglevel = os.environ.get("MIRROR_LOG_LEVEL", "info").lower()
+loglevel = mirror_settings.MIRROR_LOG_LEVEL.lower()
 wsgi_app = "mirrorsite.wsgi:application"
 
-certfile = os.environ.get("REGISTRY_HTTP_TLS_CERTIFICATE") or None
-keyfile = os.environ.get("REGISTRY_HTTP_TLS_KEY") or None
+certfile = mirror_settings.REGISTRY_HTTP_TLS_CERTIFICATE or None
+keyfile = mirror_settings.REGISTRY_HTTP_TLS_KEY or None
 if bool(certfile) != bool(keyfile):
     raise SystemExit("set both REGISTRY_HTTP_TLS_CERTIFICATE and REGISTRY_HTTP_TLS_KEY, or neither")
 

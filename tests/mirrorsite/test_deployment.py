@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from mirrorsite.config.loader import fields
 from tests.support.mirror import PROJECT_ROOT
 
 MIRRORSITE_SERVICES = ("web", "worker", "beat")
@@ -21,17 +22,8 @@ def compose() -> dict:
 
 
 def setting_names() -> set[str]:
-    """Every environment variable the code reads: mirrorsite/settings.py (django-environ) and
-    mirrorsite/gunicorn_conf.py."""
-    names = set(
-        re.findall(r'env\.\w+\(\s*"([A-Z][A-Z0-9_]*)"', (PROJECT_ROOT / "mirrorsite" / "settings.py").read_text())
-    )
-    names |= set(
-        re.findall(
-            r'os\.environ\.get\("([A-Z][A-Z0-9_]*)"', (PROJECT_ROOT / "mirrorsite" / "gunicorn_conf.py").read_text()
-        )
-    )
-    return names
+    """Every environment variable the code reads: the settings' schema (mirrorsite/config/schema.py)."""
+    return {field.name for field, _kind, _declared in fields()}
 
 
 def test_every_part_of_the_scaled_layout_is_there(compose):
