@@ -77,11 +77,11 @@ test: $(STAMP) test-tools lint docs
 			exit 1; }; \
 	fi
 	@echo "==== make test: SQLite pass ===="
-	env -u DATABASE_URL $(PY) -m pytest $(PYTEST_ARGS)
+	env -u DATABASE_URL $(PY) -m pytest --durations=20 $(PYTEST_ARGS)
 	@if [ -n "$(MIRROR_TEST_POSTGRES_URL)" ]; then \
 		echo "==== make test: PostgreSQL pass ($(MIRROR_TEST_POSTGRES_URL)) ===="; \
 		DATABASE_URL="$(MIRROR_TEST_POSTGRES_URL)" DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-$(TEST_SECRET_KEY)}" \
-			$(PY) -m pytest -m "database and not clients" $(PYTEST_ARGS); \
+			$(PY) -m pytest -m "database and not clients" --durations=20 $(PYTEST_ARGS); \
 	else \
 		echo "#### make test: PostgreSQL pass SKIPPED (MIRROR_TEST_POSTGRES_URL is empty): SQLite only ####" >&2; \
 	fi
