@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterator
 import logging
 import threading
+import time
 from typing import Generic, Protocol, Self, TypeVar
 
 from django.conf import settings
@@ -82,6 +83,7 @@ class WriteBuffer(Generic[P]):
         self._pending = empty()
         self._dropped = 0
         self._added = threading.Event() if at_once_when_zero else None
+        self._quiet_until = 0.0  # after a failed write, adds do not wake the thread (it retries by itself)
         flushing.register(name, self.flush, interval_setting, wakeup=self._added)
 
     def max_pending(self) -> int:
@@ -96,7 +98,7 @@ class WriteBuffer(Generic[P]):
                     self._dropped += 1
                     return
                 change(self._pending)
-            if self._added is not None and self._flushes_at_once():
+            if self._added is not None and time.monotonic() >= self._quiet_until and self._flushes_at_once():
                 self._added.set()
         except Exception:
             logger.exception("could not buffer an entry for the %s", self.name)
@@ -135,6 +137,7 @@ class WriteBuffer(Generic[P]):
                     error,
                 )
                 self.put_back(taken)
+                self._quiet_until = time.monotonic() + flushing.RETRY_SECONDS
                 return 0
             return len(taken)
 

@@ -24,6 +24,8 @@ from django.db import close_old_connections
 
 logger = logging.getLogger(__name__)
 
+RETRY_SECONDS = 1.0  # a buffer written at once (interval 0, woken) retries what it kept this often
+
 
 @dataclass(frozen=True)
 class Buffer:
@@ -85,7 +87,7 @@ def _flush_forever(buffer: Buffer, interval: float) -> None:
         if interval > 0:
             time.sleep(interval)
         else:  # woken by what was added: written at once, still off the request's thread
-            buffer.wakeup.wait()
+            buffer.wakeup.wait(timeout=RETRY_SECONDS)  # and what a failed write put back, retried
             buffer.wakeup.clear()
         try:
             close_old_connections()  # a connection broken since the last flush is reopened
