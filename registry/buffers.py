@@ -124,7 +124,7 @@ class WriteBuffer(Generic[P]):
             taken, dropped = self.take()
             if dropped:
                 logger.warning("%s: %d %s dropped (the buffer was full)", self.name, dropped, self.what)
-            if not len(taken):
+            if not taken:  # (a batch knows whether it holds anything)
                 return 0
             try:
                 self._write(taken)
