@@ -2,10 +2,10 @@
 
 `recorded` wraps the manifest view (inside `stats.counted`, whose view of the request it
 reads: the upstream, the repository and whether the upstream was used). Each request adds
-one entry to this process's buffer (a lock and a list append, no I/O); the buffer is written
-with one bulk INSERT every MIRROR_AUDIT_FLUSH_INTERVAL seconds and as a server process exits
-(registry.flushing). Nothing here raises into a request: a record that cannot be made is
-logged, a batch that cannot be saved is kept for the next flush, and past
+one entry to this process's write buffer (registry.buffers: a lock and a list append, no
+I/O); its flush thread writes it with one bulk INSERT every MIRROR_AUDIT_FLUSH_INTERVAL seconds,
+and as a server process exits. Nothing here raises into a request: a record that cannot be
+made is logged, a batch that cannot be saved is kept for the next flush, and past
 MIRROR_AUDIT_BUFFER_MAX entries the newest are counted and dropped (a database down for
 long must not grow a process without bound).
 
@@ -19,26 +19,21 @@ from __future__ import annotations
 from collections.abc import Callable
 import functools
 import logging
-import threading
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
 from access.clientaddress import client_address
 from dashboard import stats
-from registry import flushing
+from registry.buffers import Records, WriteBuffer
 
 from .models import PullRecord
 
 logger = logging.getLogger(__name__)
 
 DENIED_STATUSES = (401, 403)
-
-_lock = threading.Lock()
-_pending: list[PullRecord] = []
-_dropped = 0
 
 
 def outcome_of(response: HttpResponse, used_upstream: bool) -> str:
@@ -82,12 +77,7 @@ def entry(
 
 
 def add(record: PullRecord) -> None:
-    global _dropped
-    with _lock:
-        if len(_pending) >= settings.MIRROR_AUDIT_BUFFER_MAX:
-            _dropped += 1
-            return
-        _pending.append(record)
+    _buffer.add(lambda records: records.append(record))
 
 
 def recorded(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -119,37 +109,29 @@ def _recording(
 
 def take() -> tuple[list[PullRecord], int]:
     """What this process recorded since the last take (and how many it dropped)."""
-    global _pending, _dropped
-    with _lock:
-        records, dropped = _pending, _dropped
-        _pending, _dropped = [], 0
-    return records, dropped
+    return _buffer.take()
 
 
 def put_back(records: list[PullRecord]) -> None:
     """Records that could not be saved go out with the next flush (the oldest first), within the cap."""
-    global _pending, _dropped
-    with _lock:
-        room = max(settings.MIRROR_AUDIT_BUFFER_MAX - len(_pending), 0)
-        _dropped += max(len(records) - room, 0)
-        _pending = records[:room] + _pending
+    _buffer.put_back(Records(records))
 
 
 def flush() -> int:
     """Write the buffered records in one batch; on failure keep them. Returns how many were written."""
-    records, dropped = take()
-    if dropped:
-        logger.warning("audit log: %d pull records dropped (the buffer was full)", dropped)
-    if not records:
-        return 0
-    try:
-        with transaction.atomic():  # all or nothing: a batch kept for later is never half saved
-            PullRecord.objects.bulk_create(records, batch_size=500)
-    except DatabaseError as error:
-        logger.warning("could not save %d audit records (%s); keeping them for the next flush", len(records), error)
-        put_back(records)
-        return 0
-    return len(records)
+    return _buffer.flush()
 
 
-flushing.register("audit log", flush, "MIRROR_AUDIT_FLUSH_INTERVAL")
+def _write(records: Records) -> None:
+    with transaction.atomic():  # all or nothing: a batch kept for later is never half saved
+        PullRecord.objects.bulk_create(records, batch_size=500)
+
+
+_buffer: WriteBuffer[Records] = WriteBuffer(
+    "audit log",
+    empty=Records,
+    write=_write,
+    interval_setting="MIRROR_AUDIT_FLUSH_INTERVAL",
+    max_pending=lambda: settings.MIRROR_AUDIT_BUFFER_MAX,
+    what="pull records",
+)

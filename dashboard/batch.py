@@ -1,6 +1,8 @@
 """A batch of statistics: what a process recorded since its last flush, or what was drained
 from Redis. Batches merge (counters add, latest times win) and flatten into Redis fields, so
-the same batch goes to the database whichever way it travelled.
+the same batch goes to the database whichever way it travelled. A batch is what the
+statistics' write buffer accumulates (registry.buffers.Pending): its counters and calls are
+the entries the buffer's bound counts; events are capped by the batch itself.
 
 Upstreams are named by their `Upstream.name`, or by URL where only the URL is known (the
 upstream client); the database writer resolves URLs to names.
@@ -66,6 +68,14 @@ class Batch:
     def __bool__(self) -> bool:
         return bool(self.counters or self.calls or self.events or self.dropped_events)
 
+    def __len__(self) -> int:
+        return len(self.counters) + len(self.calls) + len(self.events)
+
+    def holds(self, key: CounterKey | CallKey | None) -> bool:
+        """Whether recording under `key` needs no room in the buffer: its counters are already
+        held, or it is an event (None), which the batch caps itself."""
+        return key is None or key in self.counters or key in self.calls
+
     # --- recording -------------------------------------------------------------------------
     def count(self, key: CounterKey, **amounts: int) -> None:
         counter = self.counters.setdefault(key, Counter())
@@ -82,14 +92,28 @@ class Batch:
         else:
             self.events.append(event)
 
-    def merge(self, other: Batch) -> None:
-        for key, counter in other.counters.items():
-            self.counters.setdefault(key, Counter()).update(counter)
-        for key, stats in other.calls.items():
-            self.calls.setdefault(key, CallStats()).merge(stats)
-        for event in other.events:
+    def take_back(self, older: Batch, room: int) -> int:
+        """Add a batch that could not be saved, with at most `room` keys not held already;
+        returns how many keys were left out."""
+        left_out = 0
+        for entries, merge in ((older.counters, self._merge_counter), (older.calls, self._merge_call)):
+            for key, value in entries.items():
+                if not self.holds(key):
+                    if room <= 0:
+                        left_out += 1
+                        continue
+                    room -= 1
+                merge(key, value)
+        for event in older.events:
             self.event(event)
-        self.dropped_events += other.dropped_events
+        self.dropped_events += older.dropped_events
+        return left_out
+
+    def _merge_counter(self, key: CounterKey, counter: Counter[str]) -> None:
+        self.counters.setdefault(key, Counter()).update(counter)
+
+    def _merge_call(self, key: CallKey, stats: CallStats) -> None:
+        self.calls.setdefault(key, CallStats()).merge(stats)
 
     # --- Redis form: hash fields to add (counters, calls), list items (events) ---------------
     def counter_fields(self) -> dict[str, int]:

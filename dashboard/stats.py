@@ -1,11 +1,12 @@
 """Recording statistics on the pull path, without a database write per request.
 
-Each process adds to a batch in its own memory (a lock and a few dict updates per request,
-no I/O). A background thread (registry.flushing) flushes the batch every MIRROR_STATS_FLUSH_INTERVAL seconds:
-into Redis counters when MIRROR_STATS_REDIS_URL is set (a Celery beat task moves them into
-the database), straight into the hourly buckets otherwise; server processes also flush when
-they exit. A crash loses at most one interval. Nothing here ever raises into a request: a
-failure to record is logged, and a failure to flush keeps the batch for the next try.
+Each process adds to a batch in its own memory, a write buffer (registry.buffers: a lock and a
+few dict updates per request, no I/O). Its flush thread writes the batch every
+MIRROR_STATS_FLUSH_INTERVAL seconds: into Redis counters when MIRROR_STATS_REDIS_URL is set (a
+Celery beat task moves them into the database), straight into the hourly buckets otherwise;
+server processes also flush when they exit. A crash loses at most one interval. Nothing here
+ever raises into a request: a failure to record is logged, a failure to flush keeps the batch
+for the next try, and past MAX_PENDING keys new ones are dropped (and counted in the log).
 
 What the pull path tells:
 - `counted(kind)` wraps a /v2/ view and records its outcome (hit, miss, stale, error), the
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 import functools
 import json
 import logging
-import threading
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -31,7 +31,8 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.http import FileResponse, HttpRequest, HttpResponse, StreamingHttpResponse
 
-from registry import flushing, signals
+from registry import signals
+from registry.buffers import WriteBuffer
 
 from .batch import Batch, CallKey, CounterKey
 
@@ -42,9 +43,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST, BLOB = signals.MANIFEST, signals.BLOB  # what a request was about, as registry names it
 MISMATCH_CODES = {"DIGEST_INVALID", "MANIFEST_INVALID"}
-
-_lock = threading.Lock()
-_batch = Batch()
+MAX_PENDING = 100_000  # counter and call keys held between flushes (hours x repositories x accounts...)
 
 
 # --- the buffer -------------------------------------------------------------------------------
@@ -61,23 +60,18 @@ def _never_raises(record: Callable[..., None]) -> Callable[..., None]:
     return guarded
 
 
-@_never_raises
-def _apply(change: Callable[[Batch], None]) -> None:
-    with _lock:
-        change(_batch)
+def _apply(change: Callable[[Batch], None], key: CounterKey | CallKey | None) -> None:
+    _buffer.add(change, key)  # never raises
 
 
 def take() -> Batch:
     """What this process recorded since the last take, leaving an empty buffer."""
-    global _batch
-    with _lock:
-        batch, _batch = _batch, Batch()
-    return batch
+    return _buffer.take()[0]
 
 
 def put_back(batch: Batch) -> None:
     """A batch that could not be saved: it goes out again with the next flush."""
-    _apply(lambda buffer: buffer.merge(batch))
+    _buffer.put_back(batch)
 
 
 def _hour(now: float) -> float:
@@ -86,7 +80,7 @@ def _hour(now: float) -> float:
 
 def _count(upstream: str, repository: str, account: str, kind: str, **amounts: int) -> None:
     key = CounterKey(_hour(time.time()), upstream, repository, account, kind)
-    _apply(lambda batch: batch.count(key, **amounts))
+    _apply(lambda batch: batch.count(key, **amounts), key)
 
 
 def _event(kind: str, message: str, *, upstream: str = "", account: str = "", repository: str = "") -> None:
@@ -98,7 +92,7 @@ def _event(kind: str, message: str, *, upstream: str = "", account: str = "", re
         "repository": repository,
         "message": message[:500],
     }
-    _apply(lambda batch: batch.event(event))
+    _apply(lambda batch: batch.event(event), None)
 
 
 def account_in_use(upstream: Upstream) -> str:
@@ -155,7 +149,8 @@ def upstream_call(
 ) -> None:
     """One request an upstream client made (to `url`: the upstream, or where it redirected),
     answered with `status` or not at all. A failure (no answer, 5xx, 429) is also an event."""
-    _apply(lambda batch: batch.call(CallKey(upstream_url, account, str(status) if status else "error"), seconds))
+    key = CallKey(upstream_url, account, str(status) if status else "error")
+    _apply(lambda batch: batch.call(key, seconds), key)
     if status is None or status >= 500 or status == 429:
         outcome = error or (f"answered {status}" if status else "no answer")
         _event("upstream_error", f"{method} {urlsplit(url).path}: {outcome}", upstream=upstream_url, account=account)
@@ -317,11 +312,12 @@ class _CountingStream:
 
 
 # --- flushing ------------------------------------------------------------------------------------
-def flush() -> None:
+def flush() -> int:
     """Send what this process recorded to Redis, or to the database; on failure keep it."""
-    batch = take()
-    if not batch:
-        return
+    return _buffer.flush()
+
+
+def _write(batch: Batch) -> None:
     from . import redisbuffer, store
 
     if settings.MIRROR_STATS_REDIS_URL:
@@ -330,11 +326,7 @@ def flush() -> None:
             return
         except Exception as error:  # Redis is down: the database will do
             logger.warning("could not send statistics to Redis (%s); writing them to the database", error)
-    try:
-        store.write(batch)
-    except Exception as error:
-        logger.warning("could not save statistics (%s); keeping them for the next flush", error)
-        put_back(batch)
+    store.write(batch)  # raises if it could not: the buffer keeps the batch
 
 
 def flush_shared() -> None:
@@ -357,7 +349,14 @@ def flush_shared() -> None:
         raise
 
 
-flushing.register("statistics", flush, "MIRROR_STATS_FLUSH_INTERVAL")  # server processes start it
+_buffer: WriteBuffer[Batch] = WriteBuffer(
+    "statistics",
+    empty=Batch,
+    write=_write,
+    interval_setting="MIRROR_STATS_FLUSH_INTERVAL",  # server processes start its thread
+    max_pending=MAX_PENDING,
+    what="statistics entries",
+)
 
 
 # --- receivers of registry's signals (connected in DashboardConfig.ready) --------------------------

@@ -1,11 +1,13 @@
 """Buffers written in batches: each process keeps what the pull path recorded in memory, and
 this writes it out, so no request waits on a database write.
 
-A buffer registers its flush (at import) with the setting that says how often it runs. Server
-processes (gunicorn workers, Celery worker processes) call `start()` once they run: one daemon
-thread per buffer flushes it every interval. They call `flush_all()` as they exit, so a clean
-stop loses nothing and a crash at most one interval. A flush must keep (or drop, and log)
-what it cannot write; a failing flush is logged here and never stops the thread.
+A buffer (registry.buffers.WriteBuffer) registers its flush (at import) with the setting that
+says how often it runs. Server processes (gunicorn workers, Celery worker processes) call
+`start()` once they run: one daemon thread per buffer flushes it every interval (or, given a
+`wakeup` event and an interval of 0, each time the event is set). They call `flush_all()` as
+they exit, so a clean stop loses nothing and a crash at most one interval. A flush must keep
+(or drop, and log) what it cannot write; a failing flush is logged here and never stops the
+thread.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from django.db import close_old_connections
 
 logger = logging.getLogger(__name__)
 
+RETRY_SECONDS = 1.0  # a buffer written at once (interval 0, woken) retries what it kept this often
+
 
 @dataclass(frozen=True)
 class Buffer:
     name: str
-    flush: Callable[[], None]
-    interval_setting: str | None  # seconds between flushes; None: only at exit (it flushes itself)
+    flush: Callable[[], object]
+    interval_setting: str | None  # seconds between flushes; None or 0: only at exit
+    wakeup: threading.Event | None = None  # with an interval of 0: flush each time it is set
 
     def interval(self) -> float:
         return float(getattr(settings, self.interval_setting, 0) or 0) if self.interval_setting else 0.0
@@ -38,10 +43,16 @@ _started_in: set[tuple[int, str]] = set()  # (pid, buffer) whose thread runs
 _lock = threading.Lock()
 
 
-def register(name: str, flush: Callable[[], None], interval_setting: str | None = None) -> None:
-    """Flush `flush` every `settings.<interval_setting>` seconds (0: only at exit) once started."""
+def register(
+    name: str,
+    flush: Callable[[], object],
+    interval_setting: str | None = None,
+    wakeup: threading.Event | None = None,
+) -> None:
+    """Flush `flush` every `settings.<interval_setting>` seconds once started (0: only at exit,
+    or whenever `wakeup` is set if given)."""
     with _lock:
-        _buffers[name] = Buffer(name, flush, interval_setting)
+        _buffers[name] = Buffer(name, flush, interval_setting, wakeup)
 
 
 def start() -> None:
@@ -50,7 +61,7 @@ def start() -> None:
     with _lock:
         for buffer in _buffers.values():
             interval = buffer.interval()
-            if interval <= 0 or (pid, buffer.name) in _started_in:
+            if (interval <= 0 and buffer.wakeup is None) or (pid, buffer.name) in _started_in:
                 continue
             _started_in.add((pid, buffer.name))
             threading.Thread(
@@ -73,7 +84,11 @@ def _flush_once(buffer: Buffer) -> None:
 
 def _flush_forever(buffer: Buffer, interval: float) -> None:
     while True:
-        time.sleep(interval)
+        if interval > 0:
+            time.sleep(interval)
+        else:  # woken by what was added: written at once, still off the request's thread
+            buffer.wakeup.wait(timeout=RETRY_SECONDS)  # and what a failed write put back, retried
+            buffer.wakeup.clear()
         try:
             close_old_connections()  # a connection broken since the last flush is reopened
         except Exception:

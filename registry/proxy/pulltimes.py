@@ -1,8 +1,9 @@
 """Last-pulled times, buffered so a busy mirror does not write the database on every hit.
 
-Each process keeps the newest pull time per object and writes them in one UPDATE per model
-at most every MIRROR_PULL_TIME_FLUSH_INTERVAL seconds. Eviction only needs minute precision,
-and a crash loses at most one interval of times, never cached content.
+Each process keeps the pulled objects in memory (registry.buffers) and its flush thread writes
+them, one UPDATE per model, every MIRROR_PULL_TIME_FLUSH_INTERVAL seconds (0: as soon as they
+are recorded, still off the request's thread), and as a server process exits. Eviction only
+needs minute precision, and a crash loses at most one interval of times, never cached content.
 
 Pulls of a tag are also counted per day in the same flush (TagPullCount): the most pulled
 tags are kept fresh by the workers. Their own pulls (prefetch, refresh) run `uncounted()`, so
@@ -11,30 +12,26 @@ keeping a tag fresh never makes it look popular.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from datetime import date
 import logging
-import threading
-import time
 
-from django.conf import settings
-from django.db import DatabaseError, IntegrityError, models, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from registry import flushing
+from registry.buffers import Tally, WriteBuffer
 from registry.models import Tag, TagPullCount
 
 logger = logging.getLogger(__name__)
 
-_lock = threading.Lock()
-# model -> lookup field -> set of values pulled since the last flush
-_pending: dict[type[models.Model], dict[str, set]] = defaultdict(lambda: defaultdict(set))
-# tag pk -> pulls since the last flush
-_tag_pulls: Counter[int] = Counter()
-_last_flush = time.monotonic()
+MAX_PENDING = 100_000  # objects pulled since the last flush (a database down for long must not grow a process)
+
+# (model, lookup field, value) of each object pulled since the last flush -> its client pulls
+PullKey = tuple[type[models.Model], str, object]
 _counting: ContextVar[bool] = ContextVar("count_tag_pulls", default=True)
 
 
@@ -50,38 +47,30 @@ def uncounted() -> Iterator[None]:
 
 def record(model: type[models.Model], field: str, value: object) -> None:
     """Note that the object with `field == value` was pulled now."""
-    with _lock:
-        _pending[model][field].add(value)
-        if model is Tag and field == "pk" and _counting.get():
-            _tag_pulls[value] += 1
-    if time.monotonic() - _last_flush >= settings.MIRROR_PULL_TIME_FLUSH_INTERVAL:
-        flush()
+    key = (model, field, value)
+    counted = 1 if model is Tag and field == "pk" and _counting.get() else 0
+    _buffer.add(lambda pulled: pulled.add(key, pulls=counted), key)
 
 
-def flush() -> None:
-    """Write the buffered times; a failure is logged and the times are dropped, never raised."""
-    global _last_flush
-    with _lock:
-        batch = {model: dict(fields) for model, fields in _pending.items()}
-        _pending.clear()
-        tag_pulls = dict(_tag_pulls)
-        _tag_pulls.clear()
-        _last_flush = time.monotonic()
+def flush() -> int:
+    """Write the buffered times and counts now; on failure they are kept for the next flush."""
+    return _buffer.flush()
+
+
+def _write(pulled: Tally[PullKey]) -> None:
     now = timezone.now()
-    for model, fields in batch.items():
-        for field, values in fields.items():
-            try:
-                model.objects.filter(**{f"{field}__in": list(values)}).update(last_pulled_at=now)
-            except DatabaseError:
-                logger.warning("could not record last-pulled times for %s", model.__name__, exc_info=True)
-    for tag_id, pulls in tag_pulls.items():
-        try:
-            _add_tag_pulls(tag_id, now.date(), pulls)
-        except DatabaseError:
-            logger.warning("could not record pull counts", exc_info=True)
+    values: dict[tuple[type[models.Model], str], list] = defaultdict(list)
+    for (model, field, value), _ in pulled:
+        values[(model, field)].append(value)
+    with transaction.atomic():  # all or nothing: kept counts are never added twice
+        for (model, field), pulled_values in values.items():
+            model.objects.filter(**{f"{field}__in": pulled_values}).update(last_pulled_at=now)
+        for (model, _, tag_id), counts in pulled:
+            if model is Tag and counts["pulls"]:
+                _add_tag_pulls(tag_id, now.date(), counts["pulls"])
 
 
-def _add_tag_pulls(tag_id: int, day, pulls: int) -> None:
+def _add_tag_pulls(tag_id: int, day: date, pulls: int) -> None:
     counts = TagPullCount.objects.filter(tag_id=tag_id, day=day)
     if counts.update(count=F("count") + pulls):
         return
@@ -94,5 +83,12 @@ def _add_tag_pulls(tag_id: int, day, pulls: int) -> None:
         counts.update(count=F("count") + pulls)
 
 
-# Flushed as requests come (above) and as a server process exits.
-flushing.register("pull times", flush)
+_buffer: WriteBuffer[Tally[PullKey]] = WriteBuffer(
+    "pull times",
+    empty=Tally,
+    write=_write,
+    interval_setting="MIRROR_PULL_TIME_FLUSH_INTERVAL",
+    max_pending=MAX_PENDING,
+    what="pulled objects",
+    at_once_when_zero=True,
+)
