@@ -288,7 +288,10 @@ class Settings:
         owner renews its lock every quarter of this.""",
     )
     MIRROR_PULL_TIME_FLUSH_INTERVAL: int = setting(
-        60, "Last-pulled times are buffered in each process and written to the database at most this often."
+        60,
+        """Seconds between the writes of each process's buffered last-pulled times, tag pull counts
+        and upstream account use (by its flush thread, and as it stops; never by a request). `0`:
+        the flush thread writes them as soon as they are recorded.""",
     )
 
     # --- Redis and Celery -----------------------------------------------------------------------
