@@ -71,6 +71,7 @@ CLIENT_MODULES = frozenset({
     "tests/e2e/test_podman.py", "tests/e2e/test_containerd.py", "tests/e2e/test_skopeo_clients.py",
     "tests/e2e/test_dashboard_browser.py", "tests/e2e/test_make_run.py", "tests/e2e/test_nginx_front.py",
     "tests/e2e/test_tls.py", "tests/e2e/test_conformance.py", "tests/benchmarks/test_bench_smoke.py",
+    "tests/e2e/test_dockerd.py", "tests/e2e/test_docker_image.py",
 })
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
