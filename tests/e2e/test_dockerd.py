@@ -325,7 +325,6 @@ def test_an_image_the_mirror_does_not_have_404(clean_images, mirror, trap):
     assert DOCKER_HUB in trap.hosts
     # The mirror's answer is in dockerd's log only, first of the endpoints it gave up on.
     reasons = fallback_reasons(clean_images, log_mark)
-    print(reasons, mirror_message(mirror, "/v2/library/dk-absent/manifests/1"))
     assert reasons[0] == mirror_message(mirror, "/v2/library/dk-absent/manifests/1"), reasons
 
 
@@ -353,8 +352,8 @@ def test_client_authentication_on_401(clean_images, mirror, guarded, trap, image
         assert "registry-1.docker.io" in hub_error(failed), failed.stderr
         assert DOCKER_HUB in trap.hosts
         reasons = fallback_reasons(clean_images, log_mark)
-        print(reasons)
-        assert reasons[0] == "unauthorized", reasons
+        # dockerd's words for the mirror's 401 (its anonymous token does not admit the pull).
+        assert "requested access to the resource is denied" in reasons[0] and "unauthorized" in reasons[0], reasons
 
 
 def test_upstream_down_and_nothing_cached_503(clean_images, mirror, own_mirror, own_upstream, trap, upstream_down):
@@ -369,8 +368,8 @@ def test_upstream_down_and_nothing_cached_503(clean_images, mirror, own_mirror, 
         assert "registry-1.docker.io" in hub_error(failed), failed.stderr
         assert DOCKER_HUB in trap.hosts
         reasons = fallback_reasons(clean_images, log_mark)
-        print(reasons, mirror_message(own_mirror, "/v2/library/dk-never/manifests/1"))
-        assert reasons[0] == mirror_message(own_mirror, "/v2/library/dk-never/manifests/1"), reasons
+        # For a 5xx dockerd logs the status only, not the mirror's message.
+        assert reasons[0] == "received unexpected HTTP status: 503 Service Unavailable", reasons
 
 
 def test_login_without_client_authentication_succeeds_for_any_password(clean_images, mirror):
