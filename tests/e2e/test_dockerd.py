@@ -6,8 +6,8 @@ asks the mirror for `library/dk-tag`, and the mirror fetches it from the upstrea
 itself is never reached: dockerd's non-loopback traffic goes to the egress trap, so a pull
 that falls back from the mirror to Hub is seen there and fails instead of quietly passing.
 
-One dockerd serves the module (its `registry-mirrors` switched by SIGHUP where a test needs
-another mirror); the concurrency test starts four of its own.
+The session's dockerd (tests/e2e/conftest.py) serves the module, its `registry-mirrors`
+switched by SIGHUP where a test needs another mirror; two tests start daemons of their own.
 """
 from __future__ import annotations
 
@@ -35,17 +35,8 @@ TAG_TTL = 2  # the session mirror's (tests/e2e/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def trap() -> Iterator[EgressTrap]:
-    trap = EgressTrap().start()
-    yield trap
-    trap.stop()
-
-
-@pytest.fixture(scope="module")
-def dockerd(mirror, trap) -> Iterator[Dockerd]:
-    daemon = Dockerd(client_config("daemon.json", mirror.host), extra_env=trap.env).start()
-    yield daemon
-    daemon.cleanup()
+def trap(dockerd_trap) -> EgressTrap:
+    return dockerd_trap
 
 
 @pytest.fixture

@@ -26,13 +26,14 @@ CACHE_DIR = Path(os.environ.get("MIRROR_TEST_CACHE_DIR", "/var/cache/mirrorsite-
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = ("python3", "python3-pip", "python3-venv", "python-is-python3", "passwd", "ca-certificates")
+LAYOUT = 2  # bumped when the way the tarball is made changes, so an old one is not reused
 BASE_TAG = "mirrorsite-test-base:bookworm"
 IMAGE_TAG = "mirrorsite:test"
 
 
 def base_tarball() -> Path:
     """The stand-in base's root file system, made once per package list and kept in CACHE_DIR."""
-    key = hashlib.sha256(f"{SUITE} minbase {' '.join(sorted(BASE_PACKAGES))}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{LAYOUT} {SUITE} minbase {' '.join(sorted(BASE_PACKAGES))}".encode()).hexdigest()[:16]
     tarball = CACHE_DIR / f"base-{SUITE}-{key}.tar"
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with open(CACHE_DIR / ".lock", "w") as lock:  # two runs at once make it once
@@ -47,6 +48,7 @@ def base_tarball() -> Path:
                 ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, str(root), MIRROR],
                 check=True, capture_output=True, timeout=1200,
             )
+            root.chmod(0o755)  # mkdtemp's 0700 would become the image's `/`, closed to non-root users
             # What the official slim image leaves out too: package lists and caches.
             for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
                 shutil.rmtree(root / junk, ignore_errors=True)

@@ -161,9 +161,16 @@ class Dockerd:
         return self.inspect(reference)["RepoDigests"]
 
     def remove_all_images(self) -> None:
-        ids = self.docker("images", "-aq").stdout.split()
+        self.remove_all_images_but()
+
+    def remove_all_images_but(self, *kept: str) -> None:
+        """Remove every image but those named (and what they are built from)."""
+        keep = {self.inspect(name)["Id"] for name in kept}
+        for name in kept:
+            keep.update(self.docker("history", "-q", "--no-trunc", name).stdout.split())
+        ids = set(self.docker("images", "-aq", "--no-trunc").stdout.split()) - keep
         if ids:
-            self.docker("rmi", "-f", *sorted(set(ids)))
+            self.docker("rmi", "-f", *sorted(ids), check=False)
 
     def version(self) -> str:
         return self.docker("version", "--format", "{{.Server.Version}}").stdout.strip()
