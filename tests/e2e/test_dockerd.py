@@ -368,3 +368,17 @@ def test_login_without_client_authentication_succeeds_for_any_password(clean_ima
     done = clean_images.docker("login", "-u", "nobody", "--password-stdin", mirror.host, input="not-a-password\n")
     assert "Login Succeeded" in done.stdout
     clean_images.docker("logout", mirror.host)
+
+
+def test_docker_build_pulls_its_base_through_the_mirror(clean_images, mirror, upstream, trap, tmp_path):
+    """Docker's own builder (BuildKit inside dockerd) takes the daemon's registry-mirrors."""
+    image = push_built(upstream, busybox_image("library/dk-build-base", "1", "built on the mirror"))
+    (tmp_path / "Dockerfile").write_text("FROM dk-build-base:1\nRUN [\"/bin/busybox\", \"touch\", \"/built\"]\n")
+    watch = Watch.start(mirror, upstream, trap)
+    clean_images.docker(
+        "build", "--network", "host", "-t", "dk-built", ".", cwd=tmp_path, env={"DOCKER_BUILDKIT": "1"},
+    )
+    ran = clean_images.docker("run", "--rm", "--network", "host", "dk-built")
+    assert ran.stdout.strip() == "built on the mirror"
+    # BuildKit fetches with containerd's resolver, hence containerd's User-Agent.
+    watch.assert_through_mirror("containerd/", blob_digests(image), cold=True)
