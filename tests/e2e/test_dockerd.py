@@ -14,6 +14,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 import contextlib
 import json
+from pathlib import Path
 import time
 from typing import Iterator
 
@@ -74,22 +75,22 @@ def assert_pulled(daemon: Dockerd, reference: str, repository: str, digest: str,
     return pulled
 
 
-def test_the_daemon_runs_inside_its_directory(mirror, trap):
-    """Nothing of a daemon's outlives it in /etc/docker or /run (dockerd 20.10 would write
-    /etc/docker/key.json without `deprecated-key-path`)."""
-    from pathlib import Path
-
+def test_the_daemon_runs_inside_its_directory(mirror, upstream, trap):
+    """Nothing of a daemon's outlives it in /etc/docker or /run, a container run included
+    (dockerd 20.10 would write /etc/docker/key.json without `deprecated-key-path`)."""
     def listing() -> set[str]:
         return {str(p) for top in (Path("/etc/docker"), Path("/run")) if top.exists() for p in top.rglob("*")}
 
+    image = push_built(upstream, busybox_image("library/dk-inside", "1", "inside"))
     before = listing()
     daemon = Dockerd(client_config("daemon.json", mirror.host), extra_env=trap.env).start()
     try:
         info = json.loads(daemon.docker("info", "--format", "{{json .RegistryConfig}}").stdout)
         assert info["Mirrors"] == [f"http://{mirror.host}/"]
-        assert not Path("/etc/docker/key.json").exists() or "/etc/docker/key.json" in before
+        assert daemon.docker("run", "--rm", "--network", "host", image.repository.split("/", 1)[1] + ":1").stdout == "inside\n"
     finally:
         daemon.cleanup()
+    assert not Path("/etc/docker/key.json").exists()
     assert listing() - before == set()
 
 

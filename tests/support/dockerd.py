@@ -34,6 +34,14 @@ from tests.support.mounts import unmount_all_under
 DOCKERD = "/usr/sbin/dockerd"
 DOCKER = "/usr/bin/docker"
 
+# What dockerd 20.10 and its containerd and runc make outside the directories they are given,
+# whatever the flags: plugin discovery, the shims' sockets, runc's state. Each is an empty
+# directory once the daemons are gone; those a daemon of ours made are removed when the last
+# of ours stops (others' daemons may share them while they run).
+HOST_DIRS = (Path("/run/docker/plugins"), Path("/run/docker"), Path("/run/containerd/s"), Path("/run/containerd"), Path("/run/runc"))
+_running: list["Dockerd"] = []
+_made_by_us: set[Path] = set()
+
 
 def require_binaries() -> None:
     for binary in (DOCKERD, DOCKER):
@@ -72,6 +80,9 @@ class Dockerd:
         self.config_path.write_text(json.dumps(config, indent=2))
 
     def start(self, timeout: float = 30) -> "Dockerd":
+        if not _running:
+            _made_by_us.update(d for d in HOST_DIRS if not d.exists())
+        _running.append(self)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [
@@ -124,6 +135,16 @@ class Dockerd:
         self.stop()
         unmount_all_under(self.workdir)
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self in _running:
+            _running.remove(self)
+        if not _running:
+            for directory in HOST_DIRS:  # deepest first
+                if directory in _made_by_us:
+                    try:
+                        directory.rmdir()  # only if empty
+                        _made_by_us.discard(directory)
+                    except OSError:
+                        pass
 
     def log_text(self) -> str:
         try:
