@@ -149,6 +149,7 @@ def test_the_seed_command_line(mirrorsite_image, dockerd, dockerd_trap, mirror, 
         assert volume["Name"] in volumes, "the data volume outlives `docker rm`"
         again = Container(dockerd, upstream, "-v", f"{volume['Name']}:/data", port=container.port)
         containers.append(again)
+        print(f"a new container on the same volume, to 200 on /v2/: {again.ready_after:.1f} s")
         dockerd.docker("rmi", "dk-container:1")
         second = watch(again, upstream, dockerd_trap)
         dockerd.pull("dk-container:1")

@@ -224,9 +224,11 @@ def test_sighup_reloads_registry_mirrors(clean_images, mirror, upstream, trap):
         info = json.loads(clean_images.docker("info", "--format", "{{json .RegistryConfig}}").stdout)
         assert info["Mirrors"] == [f"http://{dead}/"]
         trap.clear()
+        log_mark = len(clean_images.log_text())
         failed = clean_images.pull("dk-reload:1", check=False)
         assert failed.returncode != 0
         assert DOCKER_HUB in trap.hosts  # the mirror down: dockerd went to Docker Hub
+        assert "connection refused" in fallback_reasons(clean_images, log_mark)[0]
     info = json.loads(clean_images.docker("info", "--format", "{{json .RegistryConfig}}").stdout)
     assert info["Mirrors"] == [f"http://{mirror.host}/"]
     watch = Watch.start(mirror, upstream, trap)

@@ -33,6 +33,9 @@ from tests.support.mounts import unmount_all_under
 
 DOCKERD = "/usr/sbin/dockerd"
 DOCKER = "/usr/bin/docker"
+# overlay2 works for root on this machine's kernel and file system; vfs works anywhere but
+# copies every layer whole (the image's build writes gigabytes with it).
+STORAGE_DRIVER = os.environ.get("MIRROR_TEST_DOCKER_STORAGE_DRIVER", "overlay2")
 
 # What dockerd 20.10 and its containerd and runc make outside the directories they are given,
 # whatever the flags: plugin discovery, the shims' sockets, runc's state. Each is an empty
@@ -86,7 +89,7 @@ class Dockerd:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [
-                DOCKERD, "--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
+                DOCKERD, "--iptables=false", "--ip6tables=false", "--bridge=none", f"--storage-driver={STORAGE_DRIVER}",
                 "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
                 "-H", f"unix://{self.socket}", "--pidfile", str(self.pidfile), "--config-file", str(self.config_path),
             ],
@@ -212,6 +215,11 @@ def busybox_image(repository: str, tag: str, message: str) -> PushedImage:
         info = tarfile.TarInfo("bin/busybox")
         info.size, info.mode, info.mtime = len(binary), 0o755, 1704067200
         tar.addfile(info, io.BytesIO(binary))
+        # The message makes each such image's layer its own (no blob shared with another test's).
+        text = message.encode() + b"\n"
+        info = tarfile.TarInfo("message")
+        info.size, info.mode, info.mtime = len(text), 0o644, 1704067200
+        tar.addfile(info, io.BytesIO(text))
         link = tarfile.TarInfo("bin/sh")
         link.type, link.linkname, link.mtime = tarfile.SYMTYPE, "busybox", 1704067200
         tar.addfile(link)
