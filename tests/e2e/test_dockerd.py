@@ -33,6 +33,8 @@ from tests.support.upstream_registry import UpstreamRegistry, free_port
 AGENT = "docker/"  # dockerd's User-Agent: docker/20.10.24+dfsg1 go/... UpstreamClient(...)
 DOCKER_HUB = "registry-1.docker.io:443"
 TAG_TTL = 2  # the session mirror's (tests/e2e/conftest.py)
+# The outage mirror's: long enough that a pull right after the upstream stops is within it.
+OUTAGE_TAG_TTL = 6
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +255,7 @@ def own_upstream(token_server, upstream) -> Iterator[UpstreamRegistry]:
 def own_mirror(own_upstream, tmp_path_factory) -> Iterator[MirrorProcess]:
     process = MirrorProcess(
         tmp_path_factory.mktemp("dockerd-mirror") / "data", own_upstream.url,
-        username=own_upstream.username, password=own_upstream.password, MIRROR_TAG_TTL=str(TAG_TTL),
+        username=own_upstream.username, password=own_upstream.password, MIRROR_TAG_TTL=str(OUTAGE_TAG_TTL),
     ).start()
     yield process
     process.stop()
@@ -278,7 +280,7 @@ def test_cached_images_pull_with_the_upstream_stopped(clean_images, mirror, own_
             clean_images.pull("dk-outage:1")
             assert_pulled(clean_images, "dk-outage:1", "dk-outage", image.digest, config_id(image))
             watch.assert_through_mirror(AGENT, blob_digests(image), cold=False)
-            time.sleep(TAG_TTL + 0.5)
+            time.sleep(OUTAGE_TAG_TTL + 0.5)
 
 
 def hub_error(failed) -> str:
