@@ -43,6 +43,8 @@ def base_tarball() -> Path:
         if shutil.which("debootstrap") is None:
             raise RuntimeError("debootstrap is missing: run `make test`, which installs it")
         root = Path(tempfile.mkdtemp(prefix="base-", dir=CACHE_DIR))
+        utab = Path("/run/mount")  # libmount's, made by debootstrap's mounts in the chroot
+        had_utab = utab.exists()
         try:
             subprocess.run(
                 ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, str(root), MIRROR],
@@ -57,6 +59,11 @@ def base_tarball() -> Path:
             partial.rename(tarball)
         finally:
             subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
+            if not had_utab:
+                try:
+                    utab.rmdir()
+                except OSError:
+                    pass
     return tarball
 
 
