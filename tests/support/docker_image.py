@@ -21,6 +21,7 @@ import tempfile
 
 from tests.support.dockerd import Dockerd
 from tests.support.mirror import PROJECT_ROOT
+from tests.support.mounts import unmount_all_under
 
 CACHE_DIR = Path(os.environ.get("MIRROR_TEST_CACHE_DIR", "/var/cache/mirrorsite-tests"))
 SUITE = "bookworm"
@@ -58,6 +59,7 @@ def base_tarball() -> Path:
             subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(partial), "."], check=True, timeout=600)
             partial.rename(tarball)
         finally:
+            unmount_all_under(root)  # /proc and the like, should debootstrap fail with them mounted
             subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
             if not had_utab:
                 try:
