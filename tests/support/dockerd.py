@@ -38,10 +38,14 @@ DOCKER = "/usr/bin/docker"
 STORAGE_DRIVER = os.environ.get("MIRROR_TEST_DOCKER_STORAGE_DRIVER", "overlay2")
 
 # What dockerd 20.10 and its containerd and runc make outside the directories they are given,
-# whatever the flags: plugin discovery, the shims' sockets, runc's state. Each is an empty
-# directory once the daemons are gone; those a daemon of ours made are removed when the last
-# of ours stops (others' daemons may share them while they run).
-HOST_DIRS = (Path("/run/docker/plugins"), Path("/run/docker"), Path("/run/containerd/s"), Path("/run/containerd"), Path("/run/runc"))
+# whatever the flags: plugin discovery, the shims' sockets, runc's state (and libmount's, made
+# by the `umount` of the cleanup). Each is an empty directory once the daemons are gone; those
+# made while daemons of ours ran are removed when the last of ours stops (others' daemons may
+# share them while they run).
+HOST_DIRS = (
+    Path("/run/docker/plugins"), Path("/run/docker"), Path("/run/containerd/s"), Path("/run/containerd"),
+    Path("/run/runc"), Path("/run/mount"),
+)
 _running: list["Dockerd"] = []
 _made_by_us: set[Path] = set()
 
