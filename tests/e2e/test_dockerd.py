@@ -23,6 +23,7 @@ import requests
 
 from tests.support.accesslog import AccessLog, blob_gets
 from tests.support.clients import ClientImages, Watch, blob_digests, push_client_images
+from tests.support import dockerd as dockerd_support
 from tests.support.dockerd import Dockerd, busybox_image
 from tests.support.egress import EgressTrap
 from tests.support.images import push_built, push_image, push_index, retag
@@ -93,7 +94,13 @@ def test_the_daemon_runs_inside_its_directory(mirror, upstream, trap):
     finally:
         daemon.cleanup()
     assert not Path("/etc/docker/key.json").exists()
-    assert listing() - before == set()
+    leftover = listing() - before
+    if dockerd_support.running_daemons():
+        # Other daemons of ours (the session's) still share these; the last one to stop removes them.
+        shared = {str(d) for d in dockerd_support.HOST_DIRS}
+        assert {Path(p) for p in leftover & shared} <= dockerd_support.made_by_us()
+        leftover -= shared
+    assert leftover == set()
 
 
 def test_pull_by_tag(clean_images, mirror, upstream, trap, dk_images):

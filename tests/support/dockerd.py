@@ -50,6 +50,15 @@ _running: list["Dockerd"] = []
 _made_by_us: set[Path] = set()
 
 
+def running_daemons() -> list["Dockerd"]:
+    return list(_running)
+
+
+def made_by_us() -> set[Path]:
+    """The directories of HOST_DIRS that were not there when the first daemon of ours started."""
+    return set(_made_by_us)
+
+
 def require_binaries() -> None:
     for binary in (DOCKERD, DOCKER):
         if not os.access(binary, os.X_OK):  # `make test` installs docker.io; missing is a failure, not a skip
