@@ -21,6 +21,9 @@ run: $(STAMP)
 # client, nginx the front that serves cache hits by X-Accel-Redirect; podman and containerd
 # (with ctr) are the real clients pulled through the mirror as the README configures them.
 # Chromium (headless, with its chromedriver) opens the admin's dashboard in the browser test.
+# Docker Engine (docker.io: dockerd 20.10 and its client) pulls through the mirror and builds the
+# image, on a base made by debootstrap; docker-compose checks docker-compose.yml; busybox-static
+# is the runnable image the dockerd tests push.
 test-tools:
 	@missing=""; \
 	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
@@ -31,6 +34,10 @@ test-tools:
 	{ command -v containerd >/dev/null && command -v ctr >/dev/null; } || missing="$$missing containerd"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	{ test -x /usr/sbin/dockerd && test -x /usr/bin/docker; } || missing="$$missing docker.io"; \
+	test -x /usr/sbin/debootstrap || missing="$$missing debootstrap"; \
+	test -x /usr/bin/docker-compose || missing="$$missing docker-compose"; \
+	dpkg -s busybox-static >/dev/null 2>&1 || missing="$$missing busybox-static"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

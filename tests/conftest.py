@@ -78,6 +78,8 @@ CLIENT_MODULES = frozenset(
         "tests/e2e/test_tls.py",
         "tests/e2e/test_conformance.py",
         "tests/benchmarks/test_bench_smoke.py",
+        "tests/e2e/test_dockerd.py",
+        "tests/e2e/test_docker_image.py",
     }
 )
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,7 +7,10 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.containerd import Containerd
+from tests.support.dockerd import Dockerd
+from tests.support.egress import EgressTrap
 from tests.support.fake_registry import FakeRegistry
+from tests.support.manual import client_config
 from tests.support.mirror import MirrorProcess
 from tests.support.upstream_registry import UpstreamRegistry
 
@@ -52,3 +55,20 @@ def processes() -> Iterator[list[MirrorProcess]]:
     yield started
     for process in started:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def dockerd_trap() -> Iterator[EgressTrap]:
+    """Where the session's dockerd sends what is not on loopback (Docker Hub, when it falls back)."""
+    trap = EgressTrap().start()
+    yield trap
+    trap.stop()
+
+
+@pytest.fixture(scope="session")
+def dockerd(mirror: MirrorProcess, dockerd_trap: EgressTrap) -> Iterator[Dockerd]:
+    """One Docker daemon for the session, configured with the manual's daemon.json for `mirror`
+    (tests that need another mirror switch it by SIGHUP and back)."""
+    daemon = Dockerd(client_config("daemon.json", mirror.host), extra_env=dockerd_trap.env).start()
+    yield daemon
+    daemon.cleanup()

@@ -1,6 +1,7 @@
-"""docker-compose.yml and the Dockerfile, read as data (no Docker engine runs here): the scaled
-layout is complete and consistent with the code it runs. tests/e2e/test_replicas.py runs its
-shape for real: replicas on one database and one Redis, behind deploy/nginx-mirror.conf."""
+"""docker-compose.yml and the Dockerfile, read as data: the scaled layout is complete and
+consistent with the code it runs. tests/e2e/test_replicas.py runs its shape for real: replicas
+on one database and one Redis, behind deploy/nginx-mirror.conf; tests/e2e/test_docker_image.py
+builds and runs the image with dockerd and has docker-compose check the file."""
 
 from __future__ import annotations
 

@@ -11,9 +11,9 @@ from tests.support.images import PushedImage, PushedIndex, push_image, push_inde
 
 KB = 1024
 
-# User-Agent prefixes of the container clients: podman (containers/image), skopeo and
-# containerd. The mirror talks to the upstream with an agent of its own.
-CLIENT_AGENTS = ("containers/", "containerd/", "skopeo/", "podman/", "libpod/", "Go-http-client/")
+# User-Agent prefixes of the container clients: podman (containers/image), skopeo, containerd
+# and dockerd. The mirror talks to the upstream with an agent of its own.
+CLIENT_AGENTS = ("containers/", "containerd/", "skopeo/", "podman/", "libpod/", "Go-http-client/", "docker/")
 
 
 @dataclass
