@@ -187,9 +187,10 @@ def test_prefetch_is_not_counted_as_a_client_pull(hub, images, store, settings):
     tag = Tag.objects.get()
     assert tag.last_pulled_at is not None, "it was used: garbage collection sees it"
     assert not TagPullCount.objects.exists(), "but it is not popular for it"
-    from registry.proxy import cache
+    from registry.proxy import manifests
+    from registry.upstreams.routing import Route
 
-    cache.get_manifest(hub, "small", oci.parse_reference("1"))
+    manifests.get_manifest(Route(hub, "small"), oci.parse_reference("1"))
     pulltimes.flush()
     assert TagPullCount.objects.get().count == 1
 
@@ -197,7 +198,7 @@ def test_prefetch_is_not_counted_as_a_client_pull(hub, images, store, settings):
 def test_enqueued_job_is_run_by_the_task(hub, images, store, monkeypatch):
     monkeypatch.setattr(app.conf, "task_always_eager", True)
     with transaction.atomic():
-        job = prefetch.enqueue(parse_image("small:1"), requested_by="staff")
+        job = tasks.enqueue_prefetch(parse_image("small:1"), requested_by="staff")
         assert PrefetchJob.objects.get(pk=job.pk).status == PrefetchJob.Status.QUEUED, "sent only once committed"
     job.refresh_from_db()
     assert job.status == PrefetchJob.Status.SUCCEEDED
@@ -209,7 +210,7 @@ def test_a_job_the_queue_cannot_take_says_so(hub, store, monkeypatch):
         raise ConnectionRefusedError("connection refused")
 
     monkeypatch.setattr(tasks.prefetch, "delay", broker_down)
-    job = prefetch.enqueue(parse_image("small:1"))
+    job = tasks.enqueue_prefetch(parse_image("small:1"))
     job.refresh_from_db()
     assert job.status == PrefetchJob.Status.FAILED
     assert "could not reach the task queue" in job.message
