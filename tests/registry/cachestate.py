@@ -37,7 +37,7 @@ def cache_manifest(
         content=content,
         size=len(content),
     )
-    blobs, children = oci.manifest_references(content)
+    blobs, children = oci.ManifestDocument.parse(content).references()
     ManifestReference.objects.bulk_create(
         [ManifestReference(manifest=manifest, digest=d, kind="blob") for d in blobs]
         + [ManifestReference(manifest=manifest, digest=d, kind="manifest") for d in children]
