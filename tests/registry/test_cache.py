@@ -16,6 +16,7 @@ from registry.models import Blob, Manifest, ManifestReference, Repository, Repos
 from registry.proxy import blobs, fills, listings, manifests, pulltimes
 from registry.storage.blobstore import BlobStore, FilesystemStore
 from registry.upstreams.routing import Route
+from tests.registry.cachestate import count_manifest_parses
 from tests.support.fake_upstream import FakeUpstream
 
 pytestmark = pytest.mark.django_db
@@ -350,3 +351,13 @@ def test_concurrent_revalidations_of_one_tag_send_one_head(hub, upstream, images
     assert digests == [images.small.digest] * 8
     asked = [(r.method, r.path) for r in upstream.requests_log(since=mark) if r.status != 401]
     assert asked == [("HEAD", "/v2/library/small/manifests/1")]
+
+
+def test_a_fill_parses_the_manifest_once_and_hands_the_parse_on(hub, images, monkeypatch):
+    parsed = count_manifest_parses(monkeypatch)
+    result = manifests.get_manifest(Route(hub, "small"), oci.parse_reference("1"))
+    assert parsed == [images.small.manifest], "media type, references and sizes from one parse"
+    assert result.document.references()[0] == [b.digest for b in images.small.blobs]
+    assert len(parsed) == 1, "the result carries the fill's parse"
+    again = manifests.get_manifest(Route(hub, "small"), oci.parse_reference("1"))
+    assert again.parsed is None and len(parsed) == 1, "an answer from the cache is parsed only when asked"

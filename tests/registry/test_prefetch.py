@@ -15,6 +15,7 @@ from registry.jobs.imageref import parse_image, parse_platforms
 from registry.models import Manifest, PrefetchJob, Tag, TagPullCount, Upstream, UpstreamAccount
 from registry.proxy import pulltimes
 from registry.storage.blobstore import BlobStore, FilesystemStore
+from tests.registry.cachestate import count_manifest_parses
 from tests.registry.scripted_registry import ScriptedRegistry
 from tests.support.images import build_image, push_index
 
@@ -233,3 +234,10 @@ def test_a_job_whose_worker_was_lost_is_sent_again_and_resumes(hub, images, stor
     assert tasks.resume_stalled_prefetches() == [], "sent once"
     assert tasks.prefetch(lost.pk) == PrefetchJob.Status.SUCCEEDED
     assert waiting.pk not in sent
+
+
+def test_a_prefetch_parses_each_manifest_once(hub, warm, store, monkeypatch):
+    parsed = count_manifest_parses(monkeypatch)
+    job = run("warm:1", "linux/arm64")
+    assert job.status == PrefetchJob.Status.SUCCEEDED
+    assert sorted(parsed) == sorted([warm.manifest, warm.child("arm64").manifest]), "the index, then the image"
