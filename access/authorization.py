@@ -14,7 +14,6 @@ from django.http import HttpRequest
 
 from registry import oci
 from registry.models import Upstream
-from registry.proxy import cache
 from registry.upstreams.routing import Route
 
 from . import rules, visibility
@@ -25,15 +24,16 @@ from .credentials import ANONYMOUS, BadCredentials, Requester, identify
 
 def authorize(request: HttpRequest, route: Route | None) -> None:
     """Raise the registry error for a request that may not be served. `route` is the
-    repository's (name validated), or None for endpoints of no repository (/v2/, the catalog)."""
+    repository's (its name valid: routing checked it), or None for endpoints of no repository (/v2/, the catalog)."""
     who = requester_of(request)
     if route is None or route.name is None:
         if settings.MIRROR_AUTH and request.headers.get("Authorization") is None:
             raise AuthenticationRequired("authentication required", challenge(request, None))
         return
     # The upstream's name; a repository the upstream's patterns exclude is refused here
-    # (as the cache would), before anything could ask the upstream about it.
-    repository = cache.repository_name(route.upstream, route.name)
+    # (as the proxy would), before anything could ask the upstream about it. The route keeps
+    # the answer: the proxy does not check again.
+    repository = route.repository
     verdict = rules.decide(
         rules.current_rules(),
         route.upstream.pk,

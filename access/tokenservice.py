@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from registry import oci
-from registry.proxy import cache
 from registry.upstreams import routing
 
 from . import rules, tokens, visibility
@@ -82,7 +81,7 @@ def grant(who: Requester, service: str | None, scopes: list[Scope]) -> tokens.Is
 def _may_pull(who: Requester, name: str) -> bool:
     try:
         route = routing.resolve(name, None)
-        repository = cache.repository_name(route.upstream, route.name or "")
+        repository = route.repository
         verdict = rules.decide(
             rules.current_rules(),
             route.upstream.pk,

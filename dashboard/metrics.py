@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from access.networks import monitoring_admitted, presents_metrics_token
 from registry.models import Blob, GcRun, Manifest, Repository, Upstream, UpstreamAccount
-from registry.storage.blobstore import default_store
+from registry.storage import default_store
 
 from .batch import LATENCY_BUCKETS
 from .models import TotalStat, UpstreamCalls

@@ -98,7 +98,7 @@ def _event(kind: str, message: str, *, upstream: str = "", account: str = "", re
 def account_in_use(upstream: Upstream) -> str:
     """The username the mirror pulls from this upstream with ("" is anonymous)."""
     try:
-        from registry.proxy.cache import upstream_client
+        from registry.proxy.upstream_calls import upstream_client
 
         return upstream_client(upstream).username or ""
     except Exception:
@@ -225,7 +225,7 @@ def _body_size(request: HttpRequest, kwargs: dict, response: HttpResponse) -> in
 
 def _blob_size(digest: str, range_header: str | None) -> int:
     from registry import oci
-    from registry.storage.blobstore import default_store
+    from registry.storage import default_store
 
     try:
         size = default_store().size(oci.parse_digest(digest)) or 0

@@ -18,7 +18,8 @@ import redis
 from access.networks import monitoring_admitted
 from registry import redisclients
 from registry.models import Upstream
-from registry.storage.blobstore import StorageUnavailable, default_store
+from registry.storage import default_store
+from registry.storage.blobstore import StorageUnavailable
 
 # Reported, never a reason to be unready: statistics wait in memory for their Redis; without
 # REDIS_URL's Redis the replica still serves (single flight on this machine's file locks, its

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.db.models import Q
 from rest_framework import serializers
 
-from registry.jobs import pins, prefetch
+from registry.jobs import pins, tasks
 from registry.jobs.gc import format_bytes
 from registry.jobs.imageref import ImageRef, ImageRefInvalid, parse_image, parse_platforms
 from registry.models import GcRun, Manifest, Pin, PrefetchJob, Repository, Tag
@@ -213,7 +213,7 @@ class PrefetchJobSerializer(serializers.ModelSerializer):
 
     def create(self, validated_data: dict) -> PrefetchJob:
         user = self.context["request"].user
-        return prefetch.enqueue(
+        return tasks.enqueue_prefetch(
             validated_data["image"], validated_data.get("platforms", []), requested_by=user.get_username()
         )
 

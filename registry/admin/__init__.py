@@ -15,7 +15,7 @@ from django.http import HttpRequest
 
 from registry import oci
 from registry.admin import upstreams as admin_upstreams  # noqa: F401 (it registers its pages)
-from registry.jobs import gc, pins, prefetch
+from registry.jobs import gc, pins, tasks
 from registry.jobs.imageref import ImageRef, ImageRefInvalid, format_platforms, parse_image, parse_platforms
 from registry.models import Blob, GcRun, Manifest, Pin, PrefetchJob, Repository, Tag
 
@@ -83,7 +83,9 @@ class CacheActions:
 
     @admin.action(description="Prefetch (all platforms)", permissions=["prefetch"])
     def prefetch(self, request: HttpRequest, queryset: QuerySet) -> None:
-        jobs = [prefetch.enqueue(image, requested_by=request.user.get_username()) for image in self.images(queryset)]
+        jobs = [
+            tasks.enqueue_prefetch(image, requested_by=request.user.get_username()) for image in self.images(queryset)
+        ]
         self.message_user(request, f"Queued {len(jobs)} prefetch jobs: {', '.join(str(job.pk) for job in jobs)}")
 
 
@@ -238,7 +240,7 @@ class PrefetchJobAdmin(admin.ModelAdmin):
         obj.platforms = format_platforms(form.cleaned_data["platforms"])
         obj.requested_by = request.user.get_username()
         obj.save()
-        transaction.on_commit(lambda: prefetch.send(obj), robust=True)
+        transaction.on_commit(lambda: tasks.send_prefetch(obj), robust=True)
 
     @admin.action(description="Prefetch again", permissions=["add"])
     def run_again(self, request: HttpRequest, queryset: QuerySet) -> None:
@@ -247,7 +249,9 @@ class PrefetchJobAdmin(admin.ModelAdmin):
             reference = oci.parse_reference(old.reference)
             image = ImageRef(old.upstream, old.repository, reference)
             jobs.append(
-                prefetch.enqueue(image, parse_platforms([old.platforms]), requested_by=request.user.get_username())
+                tasks.enqueue_prefetch(
+                    image, parse_platforms([old.platforms]), requested_by=request.user.get_username()
+                )
             )
         self.message_user(request, f"Queued {len(jobs)} prefetch jobs: {', '.join(str(job.pk) for job in jobs)}")
 

@@ -1,4 +1,5 @@
-"""The /v2/ pull API: parse and validate, call the cache, turn the result into a response."""
+"""The /v2/ pull API: route (which checks the name), parse, authorize, make one call into the
+proxy, turn the result into a response."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from registry import oci
 from registry.api.policy import authorize, readable_repositories, repository_is_private
 from registry.api.responses import blob_hit_response, error_response, parse_range, registry_endpoint
 from registry.models import Upstream
-from registry.proxy import cache
+from registry.proxy import blobs, listings, manifests
 from registry.upstreams import routing
 from registry.upstreams.routing import Route
 
@@ -37,10 +38,9 @@ def base(request: HttpRequest) -> HttpResponse:
 @registry_endpoint
 def manifest(request: HttpRequest, name: str, reference: str) -> HttpResponse:
     route = routing.route(request, name)
-    oci.validate_name(route.name)
     parsed = oci.parse_reference(reference)
     authorize(request, route)
-    result = cache.get_manifest(route.upstream, route.name, parsed)
+    result = manifests.get_manifest(route, parsed)
     response = HttpResponse(b"" if request.method == "HEAD" else result.content, content_type=result.media_type)
     response["Content-Length"] = str(len(result.content))
     response["Docker-Content-Digest"] = result.digest
@@ -55,16 +55,15 @@ def manifest(request: HttpRequest, name: str, reference: str) -> HttpResponse:
 @registry_endpoint
 def blob(request: HttpRequest, name: str, digest: str) -> HttpResponse:
     route = routing.route(request, name)
-    upstream, name = route.upstream, oci.validate_name(route.name)
     parsed = oci.parse_digest(digest)
     authorize(request, route)  # before the cache is looked at: a refused client learns nothing of it
     reader = blob_reader(request)
     if request.method == "HEAD":
-        size = cache.stat_blob(upstream, name, parsed, reader=reader)
+        size = blobs.stat_blob(route, parsed, reader=reader)
         response = HttpResponse(b"", content_type="application/octet-stream")
         response["Content-Length"] = str(size)
     else:
-        response = _blob_content(upstream, name, parsed, request.headers.get("Range"), reader)
+        response = _blob_content(route, parsed, request.headers.get("Range"), reader)
     response["Docker-Content-Digest"] = str(parsed)
     response["ETag"] = f'"{parsed}"'
     response["Accept-Ranges"] = "bytes"
@@ -72,7 +71,7 @@ def blob(request: HttpRequest, name: str, digest: str) -> HttpResponse:
     return response
 
 
-def blob_reader(request: HttpRequest) -> cache.BlobReader:
+def blob_reader(request: HttpRequest) -> blobs.BlobReader:
     """The client's reach, for the cache's decision on blobs first cached for another repository."""
 
     def may_read(upstream: Upstream, repository: str) -> bool:
@@ -82,19 +81,17 @@ def blob_reader(request: HttpRequest) -> cache.BlobReader:
             return False
         return True
 
-    return cache.BlobReader(may_read=may_read, is_private=repository_is_private)
+    return blobs.BlobReader(may_read=may_read, is_private=repository_is_private)
 
 
-def _blob_content(
-    upstream: Upstream, name: str, digest: oci.Digest, range_header: str | None, reader: cache.BlobReader
-) -> HttpResponse:
-    found = cache.fetch_blob(upstream, name, digest, reader=reader)
-    if isinstance(found, cache.CachedBlob):
+def _blob_content(route: Route, digest: oci.Digest, range_header: str | None, reader: blobs.BlobReader) -> HttpResponse:
+    found = blobs.fetch_blob(route, digest, reader=reader)
+    if isinstance(found, blobs.CachedBlob):
         try:
             return blob_hit_response(found.location, found.size, range_header)
         except FileNotFoundError:  # evicted between the lookup and the open: a miss after all
-            found = cache.fetch_blob(upstream, name, digest, reader=reader)
-            if isinstance(found, cache.CachedBlob):
+            found = blobs.fetch_blob(route, digest, reader=reader)
+            if isinstance(found, blobs.CachedBlob):
                 return blob_hit_response(found.location, found.size, range_header)
     if found.size is not None:
         try:  # refuse an impossible range now; a possible one is answered with the whole blob
@@ -111,10 +108,9 @@ def _blob_content(
 @registry_endpoint
 def tags_list(request: HttpRequest, name: str) -> HttpResponse:
     route = routing.route(request, name)
-    oci.validate_name(route.name)
     n, last = _pagination(request)
     authorize(request, route)
-    page = cache.list_tags(route.upstream, route.name, n, last)
+    page = listings.list_tags(route, n, last)
     response = JsonResponse({"name": name, "tags": page.tags})
     _link_next(response, f"/v2/{name}/tags/list", n, page.next_last)
     if page.stale:
@@ -127,7 +123,7 @@ def catalog(request: HttpRequest) -> HttpResponse:
     authorize(request, None)
     n, last = _pagination(request)
     upstream = routing.route(request, None).upstream
-    page = cache.list_repositories(upstream, n, last)
+    page = listings.list_repositories(upstream, n, last)
     response = JsonResponse({"repositories": readable_repositories(request, upstream, page.tags)})
     _link_next(response, "/v2/_catalog", n, page.next_last)
     return response
@@ -136,7 +132,6 @@ def catalog(request: HttpRequest) -> HttpResponse:
 @registry_endpoint
 def referrers(request: HttpRequest, name: str, digest: str) -> HttpResponse:
     route = routing.route(request, name)
-    oci.validate_name(route.name)
     authorize(request, route)
     oci.parse_digest(digest)
     # Upstream referrers are not proxied yet: an empty index is a valid answer.

@@ -36,8 +36,8 @@ from registry import oci
 from registry.jobs import inventory as inventory_module
 from registry.jobs.inventory import Image, Inventory
 from registry.models import Blob, GcRun, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, TagPullCount
-from registry.storage import locks
-from registry.storage.blobstore import AbandonedUpload, BlobStore, default_store
+from registry.storage import default_store, locks
+from registry.storage.blobstore import AbandonedUpload, BlobStore
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-import json
 from urllib.parse import urlsplit
 
 from registry import oci
@@ -100,18 +99,6 @@ def parse_platforms(values: Iterable[str]) -> list[Platform]:
 
 def format_platforms(platforms: Iterable[Platform]) -> str:
     return ",".join(str(platform) for platform in platforms)
-
-
-def index_entries(content: bytes) -> list[dict] | None:
-    """The entries of an index (each with a valid digest), or None when this is no index."""
-    _, children = oci.manifest_references(content)
-    if not children:
-        return None
-    return [
-        entry
-        for entry in json.loads(content)["manifests"]
-        if isinstance(entry, dict) and entry.get("digest") in children
-    ]
 
 
 def platform_of(entry: dict) -> Platform | None:

@@ -19,9 +19,10 @@ from django.utils import timezone
 
 from registry import oci
 from registry.jobs import prefetch
-from registry.jobs.imageref import ImageRef, Platform, index_entries, platform_of
+from registry.jobs.imageref import ImageRef, Platform, platform_of
 from registry.models import Manifest, PrefetchJob, Tag, TagPullCount
-from registry.proxy import cache, pulltimes
+from registry.proxy import pulltimes
+from registry.proxy.upstream_calls import STALE_SERVABLE, upstream_client
 from registry.upstreams import ratelimit
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def refresh_popular() -> RefreshReport:
                 break
             try:
                 _refresh(tag, report)
-            except cache.STALE_SERVABLE as error:
+            except STALE_SERVABLE as error:
                 report.stopped = f"upstream unavailable: {error.message}"
                 break
             except oci.RegistryError as error:
@@ -89,7 +90,7 @@ def refresh_popular() -> RefreshReport:
 
 def _refresh(tag: Tag, report: RefreshReport) -> None:
     upstream = tag.repository.upstream
-    head = cache.upstream_client(upstream).head_manifest(tag.repository.name, tag.name)
+    head = upstream_client(upstream).head_manifest(tag.repository.name, tag.name)
     if not head.digest:
         report.errors.append(f"{tag}: the upstream did not say the digest")
         return
@@ -118,7 +119,7 @@ def _refresh(tag: Tag, report: RefreshReport) -> None:
 
 def cached_platforms(manifest: Manifest) -> list[Platform]:
     """The platforms of an index that clients pulled (their manifests are cached); none means all."""
-    entries = index_entries(bytes(manifest.content))
+    entries = oci.ManifestDocument.parse(bytes(manifest.content)).index_entries()
     if entries is None:
         return []
     cached = set(

@@ -10,23 +10,22 @@ when the upstream's rate limit is nearly spent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
-import json
 import logging
 import time
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from registry import flushing, oci
-from registry.jobs.imageref import ImageRef, Platform, format_platforms, index_entries, parse_platforms, platform_of
+from registry.jobs.imageref import ImageRef, Platform, format_platforms, parse_platforms, platform_of
 from registry.models import Manifest, PrefetchJob, Tag
-from registry.proxy import cache, pulltimes
-from registry.storage.blobstore import default_store
+from registry.proxy import blobs, manifests, pulltimes
+from registry.storage import default_store
 from registry.upstreams import ratelimit
+from registry.upstreams.routing import Route
 
 logger = logging.getLogger(__name__)
 
@@ -55,36 +54,13 @@ def create_job(image: ImageRef, platforms: Iterable[Platform] = (), requested_by
     )
 
 
-def enqueue(image: ImageRef, platforms: Iterable[Platform] = (), requested_by: str = "") -> PrefetchJob:
-    """Record a job and hand it to a worker once the job is committed. If the broker cannot be
-    reached, the job says so (failed) rather than the caller's request failing."""
-    job = create_job(image, platforms, requested_by)
-    transaction.on_commit(lambda: send(job), robust=True)
-    return job
-
-
-def send(job: PrefetchJob) -> None:
-    from registry.jobs import tasks  # tasks import this module
-
-    try:
-        tasks.prefetch.delay(job.pk)
-    except Exception as error:  # the broker is down: say so on the job rather than lose it silently
-        logger.exception("could not enqueue prefetch job %s", job.pk)
-        PrefetchJob.objects.filter(pk=job.pk).update(
-            status=PrefetchJob.Status.FAILED,
-            message=f"could not reach the task queue: {error}",
-            finished_at=timezone.now(),
-        )
-        raise
-
-
-def resume_stalled() -> list[int]:
-    """Send again the jobs a worker took and lost (stopped or killed mid-way): queued or
-    running without progress for MIRROR_PREFETCH_STALLED_AFTER. They resume where they were,
-    and a job sent twice runs once."""
+def claim_stalled() -> Iterator[PrefetchJob]:
+    """The jobs a worker took and lost (stopped or killed mid-way): queued or running without
+    progress for MIRROR_PREFETCH_STALLED_AFTER. Each is claimed as it is yielded, for its caller
+    to send again (tasks.resume_stalled_prefetches); they resume where they were, and a job
+    sent twice runs once."""
     now = timezone.now()
     cutoff = now - timedelta(seconds=settings.MIRROR_PREFETCH_STALLED_AFTER)
-    resumed = []
     stalled = PrefetchJob.objects.filter(
         status__in=[PrefetchJob.Status.QUEUED, PrefetchJob.Status.RUNNING], updated_at__lt=cutoff
     )
@@ -94,9 +70,7 @@ def resume_stalled() -> list[int]:
             logger.warning(
                 "prefetch %s (job %s) made no progress since %s: sending it again", job, job.pk, job.updated_at
             )
-            send(job)
-            resumed.append(job.pk)
-    return resumed
+            yield job
 
 
 def run(job_id: int, on_progress: ProgressCallback | None = None) -> PrefetchJob:
@@ -119,6 +93,9 @@ class _Prefetch:
         self.job = job
         self.on_progress = on_progress
         self.upstream = job.upstream
+        # Checked once for the job (the name valid, the upstream's patterns allowing it) by the
+        # first manifest asked.
+        self.route = Route(job.upstream, job.repository)
         self.platforms = parse_platforms([job.platforms])
         self.store = default_store()
         self._finished_bytes = 0
@@ -131,14 +108,14 @@ class _Prefetch:
         job.blobs_done = job.bytes_done = job.bytes_downloaded = 0
         self._save(force=True)
         try:
-            blobs = self._blobs(self._images())
-            job.blobs_total, job.bytes_total = len(blobs), sum(blobs.values())
+            wanted = self._blobs(self._images())
+            job.blobs_total, job.bytes_total = len(wanted), sum(wanted.values())
             self._save(force=True)
-            failed = [digest for digest, size in blobs.items() if not self._blob(digest, size)]
+            failed = [digest for digest, size in wanted.items() if not self._blob(digest, size)]
             if failed:
                 job.status, job.message = (
                     PrefetchJob.Status.FAILED,
-                    f"{len(failed)} of {len(blobs)} blobs could not be fetched",
+                    f"{len(failed)} of {len(wanted)} blobs could not be fetched",
                 )
             else:
                 job.status = PrefetchJob.Status.SUCCEEDED
@@ -161,16 +138,18 @@ class _Prefetch:
             logger.info("prefetch %s: %s %s", job, job.status, job.message)
 
     # --- manifests -------------------------------------------------------------------------
-    def _images(self) -> list[cache.ManifestResult]:
+    def _images(self) -> list[oci.ManifestDocument]:
         root = self._manifest(oci.parse_reference(self.job.reference))
         self.job.digest = root.digest
         return self._expand(root, depth=0)
 
-    def _expand(self, result: cache.ManifestResult, depth: int) -> list[cache.ManifestResult]:
-        """The image manifests under an index (the chosen platforms), or the manifest itself."""
-        entries = index_entries(result.content)
+    def _expand(self, result: manifests.ManifestResult, depth: int) -> list[oci.ManifestDocument]:
+        """The image manifests under an index (the chosen platforms), or the manifest itself;
+        each parsed once (by its fill, or here)."""
+        document = result.document
+        entries = document.index_entries()
         if entries is None:
-            return [result]
+            return [document]
         if depth > 1:
             return []  # an index nested deeper than one level is no image layout in use
         chosen = [
@@ -187,13 +166,11 @@ class _Prefetch:
             images += self._expand(child, depth + 1)
         return images
 
-    def _manifest(self, reference: oci.Reference) -> cache.ManifestResult:
+    def _manifest(self, reference: oci.Reference) -> manifests.ManifestResult:
         if not self._manifest_cached(reference):
             self._check_ratelimit()
         started = timezone.now()
-        result = self._retry(
-            f"manifest {reference}", lambda: cache.get_manifest(self.upstream, self.job.repository, reference)
-        )
+        result = self._retry(f"manifest {reference}", lambda: manifests.get_manifest(self.route, reference))
         if self._manifests().filter(digest=result.digest, created_at__gte=started).exists():
             self.job.manifests_fetched += 1
         return result
@@ -211,23 +188,18 @@ class _Prefetch:
 
     # --- blobs -----------------------------------------------------------------------------
     @staticmethod
-    def _blobs(images: list[cache.ManifestResult]) -> dict[str, int]:
+    def _blobs(images: list[oci.ManifestDocument]) -> dict[str, int]:
         """digest → size of every blob of the images, once each, in manifest order."""
-        blobs: dict[str, int] = {}
+        found: dict[str, int] = {}
         for image in images:
-            try:
-                document = json.loads(image.content)
-            except ValueError:
-                continue
-            descriptors = [document.get("config")] + list(document.get("layers") or [])
-            for descriptor in descriptors:
-                if not isinstance(descriptor, dict) or not isinstance(descriptor.get("digest"), str):
+            for descriptor in image.blob_descriptors():
+                if not isinstance(descriptor.get("digest"), str):
                     continue
                 if any(marker in str(descriptor.get("mediaType", "")) for marker in FOREIGN_LAYER_MARKERS):
                     continue
                 size = descriptor.get("size")
-                blobs.setdefault(descriptor["digest"], size if isinstance(size, int) and size >= 0 else 0)
-        return blobs
+                found.setdefault(descriptor["digest"], size if isinstance(size, int) and size >= 0 else 0)
+        return found
 
     def _blob(self, digest: str, size: int) -> bool:
         """Fetch one blob; False (recorded on the job) when the upstream will not give it."""
@@ -250,8 +222,8 @@ class _Prefetch:
 
     def _drain(self, digest: oci.Digest) -> int:
         """Fill the cache with one blob as a client's GET would; the bytes downloaded."""
-        found = cache.fetch_blob(self.upstream, self.job.repository, digest)
-        if isinstance(found, cache.CachedBlob):
+        found = blobs.fetch_blob(self.route, digest)
+        if isinstance(found, blobs.CachedBlob):
             return 0
         downloaded = 0
         try:

@@ -61,7 +61,7 @@ class FillState:
     failed: str | None = None  # "digest", "size" or "upstream" when the fill gave up
     verified: bool = False  # size and digest matched; the temporary file is complete
     # The upstream and repository the bytes are downloaded through ("<upstream pk>/<name>"):
-    # a client of another repository may be refused them (cache.py).
+    # a client of another repository may be refused them (blobs.py).
     source: str = ""
 
 

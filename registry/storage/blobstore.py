@@ -1,6 +1,6 @@
 """Content-addressed blob storage: the interface the cache, fills and garbage collection use,
-its filesystem implementation, and the factory that picks the configured one
-(MIRROR_STORAGE: `filesystem`, or `s3` in s3store.py).
+and its filesystem implementation (the S3 one is s3.py; the package's `default_store` picks
+the configured one).
 
 Every store keeps a local staging directory (`<MIRROR_DATA_DIR>/tmp/`): a fill writes its bytes
 to a temporary file there, hashing as it goes, so that clients of the same replica can follow
@@ -19,13 +19,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-import functools
 import os
 from pathlib import Path
 import tempfile
-
-from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 
 from registry import oci
 from registry.oci import Digest
@@ -273,23 +269,3 @@ def _fsync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# --- the configured store --------------------------------------------------------------------
-def default_store() -> BlobStore:
-    """The store MIRROR_STORAGE names, one per process and configuration."""
-    if settings.MIRROR_STORAGE == "filesystem":
-        return FilesystemStore(settings.MIRROR_DATA_DIR)
-    if settings.MIRROR_STORAGE == "s3":
-        from registry.storage.s3 import S3Config
-
-        return _s3_store(S3Config.from_settings())
-    raise ImproperlyConfigured(f"MIRROR_STORAGE must be 'filesystem' or 's3', not {settings.MIRROR_STORAGE!r}")
-
-
-@functools.lru_cache(maxsize=4)
-def _s3_store(config) -> BlobStore:
-    # Cached: a boto3 client is costly to build, and thread-safe to share.
-    from registry.storage.s3 import S3Store
-
-    return S3Store(config)

@@ -268,3 +268,29 @@ def test_a_failed_visibility_check_is_not_remembered(client, hub, images):
     mark = images.upstream.log_mark()
     assert get(client, PUBLIC).status_code == 200
     assert images.upstream.access_log(since=mark), "asked again at once"
+
+
+def test_a_pull_checks_the_name_and_the_upstream_patterns_once(client, hub, images, monkeypatch):
+    """The route checks the name when it is made; the access policy asks it for the upstream's
+    name (the allow and deny patterns), and the proxy finds the answer kept."""
+    from registry import oci
+    from registry.models import Upstream
+
+    checks = {"name": 0, "patterns": 0}
+    validate_name, allows = oci.validate_name, Upstream.allows
+
+    def counted_validate_name(name):
+        checks["name"] += 1
+        return validate_name(name)
+
+    def counted_allows(upstream, repository):
+        checks["patterns"] += 1
+        return allows(upstream, repository)
+
+    monkeypatch.setattr(oci, "validate_name", counted_validate_name)
+    monkeypatch.setattr(Upstream, "allows", counted_allows)
+    layer = images.small.layers[0]
+    for path in (PUBLIC, f"/v2/library/small/blobs/{layer.digest}", "/v2/library/small/tags/list"):
+        checks.update(name=0, patterns=0)
+        assert get(client, path).status_code == 200, path
+        assert checks == {"name": 1, "patterns": 1}, path

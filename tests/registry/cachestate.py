@@ -37,7 +37,7 @@ def cache_manifest(
         content=content,
         size=len(content),
     )
-    blobs, children = oci.manifest_references(content)
+    blobs, children = oci.ManifestDocument.parse(content).references()
     ManifestReference.objects.bulk_create(
         [ManifestReference(manifest=manifest, digest=d, kind="blob") for d in blobs]
         + [ManifestReference(manifest=manifest, digest=d, kind="manifest") for d in children]
@@ -112,3 +112,16 @@ def age(manifest: Manifest, days_ago: float, *, blobs: bool = True) -> None:
 
 def blob_digests(manifest: Manifest) -> list[str]:
     return list(ManifestReference.objects.filter(manifest=manifest, kind="blob").values_list("digest", flat=True))
+
+
+def count_manifest_parses(monkeypatch) -> list[bytes]:
+    """The manifests parsed from now on (oci.ManifestDocument.parse), in order."""
+    parsed: list[bytes] = []
+    parse = oci.ManifestDocument.parse
+
+    def counted(content: bytes) -> oci.ManifestDocument:
+        parsed.append(content)
+        return parse(content)
+
+    monkeypatch.setattr(oci.ManifestDocument, "parse", staticmethod(counted))
+    return parsed

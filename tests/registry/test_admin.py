@@ -4,7 +4,8 @@ import pytest
 
 from registry import oci
 from registry.models import Blob, Manifest, Repository, Tag, Upstream, UpstreamAccount
-from registry.proxy import cache
+from registry.proxy import blobs, manifests
+from registry.upstreams.routing import Route
 
 # Filling a blob writes from a background thread: real transactions, not a rolled-back one.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -18,9 +19,9 @@ def cached(settings, tmp_path, upstream, images):
     settings.REGISTRY_PROXY_PASSWORD = upstream.password
     settings.MIRROR_UPSTREAM_LIBRARY_PREFIX = "true"
     hub = Upstream.objects.default()
-    cache.get_manifest(hub, "small", oci.parse_reference("1"))
+    manifests.get_manifest(Route(hub, "small"), oci.parse_reference("1"))
     layer = images.small.layers[0]
-    b"".join(cache.fetch_blob(hub, "small", oci.parse_digest(layer.digest)).chunks)
+    b"".join(blobs.fetch_blob(Route(hub, "small"), oci.parse_digest(layer.digest)).chunks)
     return hub
 
 

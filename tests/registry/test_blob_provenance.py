@@ -13,19 +13,20 @@ import pytest
 
 from registry import oci
 from registry.models import Blob, ManifestReference, Repository, RepositoryBlob, Upstream, UpstreamAccount
-from registry.proxy import cache, fills
+from registry.proxy import blobs, fills, listings, manifests
 from registry.proxy.fills import UpstreamDigestMismatch
 from registry.storage import locks
 from registry.storage.blobstore import BlobStore, FilesystemStore
 from registry.upstreams.client import BlobSizeInvalid
+from registry.upstreams.routing import Route
 from tests.support.fake_registry import FakeRegistry, answer
 from tests.support.images import PushedImage, build_image, sha256_digest
 
 pytestmark = pytest.mark.django_db(transaction=True)  # fills write from their own threads
 
-ANYONE = cache.BlobReader(may_read=lambda upstream, repository: True, is_private=lambda upstream, repository: False)
-NOBODY = cache.BlobReader(may_read=lambda upstream, repository: False, is_private=lambda upstream, repository: False)
-PRIVATE_ORIGIN = cache.BlobReader(
+ANYONE = blobs.BlobReader(may_read=lambda upstream, repository: True, is_private=lambda upstream, repository: False)
+NOBODY = blobs.BlobReader(may_read=lambda upstream, repository: False, is_private=lambda upstream, repository: False)
+PRIVATE_ORIGIN = blobs.BlobReader(
     may_read=lambda upstream, repository: True, is_private=lambda upstream, repository: True
 )
 
@@ -59,16 +60,16 @@ def evil(settings, store, hostile) -> Upstream:
 
 
 def drain(found) -> bytes:
-    if isinstance(found, cache.CachedBlob):
+    if isinstance(found, blobs.CachedBlob):
         return found.location.path.read_bytes()
     return b"".join(found.chunks)
 
 
 def fill_private(hub: Upstream, store: BlobStore, image: PushedImage) -> None:
-    cache.get_manifest(hub, "private/secret", oci.parse_reference("1"))
+    manifests.get_manifest(Route(hub, "private/secret"), oci.parse_reference("1"))
     for blob in image.blobs:
         assert (
-            drain(cache.fetch_blob(hub, "private/secret", oci.parse_digest(blob.digest), store, PRIVATE_ORIGIN))
+            drain(blobs.fetch_blob(Route(hub, "private/secret"), oci.parse_digest(blob.digest), store, PRIVATE_ORIGIN))
             == blob.data
         )
 
@@ -88,7 +89,7 @@ def claim(hostile: FakeRegistry, repository: str, image: PushedImage) -> None:
 
 
 def test_descriptor_sizes_are_kept_with_the_references(hub, images):
-    cache.get_manifest(hub, "small", oci.parse_reference("1"))
+    manifests.get_manifest(Route(hub, "small"), oci.parse_reference("1"))
     sizes = dict(ManifestReference.objects.filter(kind="blob").values_list("digest", "size"))
     assert sizes == {blob.digest: blob.size for blob in images.small.blobs}
 
@@ -103,16 +104,18 @@ def test_a_fill_records_its_origin_and_a_delivered_link(hub, store, images):
 def test_a_claim_serves_a_private_blob_only_to_who_may_read_its_origin(hub, evil, hostile, store, images):
     fill_private(hub, store, images.private)
     claim(hostile, "attacker/image", images.private)
-    cache.get_manifest(evil, "attacker/image", oci.parse_reference("1"))
+    manifests.get_manifest(Route(evil, "attacker/image"), oci.parse_reference("1"))
     layer = oci.parse_digest(images.private.layers[0].digest)
 
     with pytest.raises(oci.BlobUnknown):  # asked for the bytes; it has none
-        cache.fetch_blob(evil, "attacker/image", layer, store, NOBODY)
-    assert cache.stat_blob(evil, "attacker/image", layer, store, NOBODY) == images.private.layers[0].size  # B's word
+        blobs.fetch_blob(Route(evil, "attacker/image"), layer, store, NOBODY)
+    assert (
+        blobs.stat_blob(Route(evil, "attacker/image"), layer, store, NOBODY) == images.private.layers[0].size
+    )  # B's word
     assert not RepositoryBlob.objects.get(repository__upstream=evil, digest=str(layer)).delivered
 
-    allowed = cache.fetch_blob(evil, "attacker/image", layer, store, ANYONE)
-    assert isinstance(allowed, cache.CachedBlob) and drain(allowed) == images.private.layers[0].data
+    allowed = blobs.fetch_blob(Route(evil, "attacker/image"), layer, store, ANYONE)
+    assert isinstance(allowed, blobs.CachedBlob) and drain(allowed) == images.private.layers[0].data
 
 
 def test_other_bytes_from_the_claiming_upstream_are_a_digest_mismatch(hub, evil, hostile, store, images):
@@ -120,14 +123,14 @@ def test_other_bytes_from_the_claiming_upstream_are_a_digest_mismatch(hub, evil,
     layer = images.private.layers[0]
     hostile.script("GET", f"/v2/forger/image/blobs/{layer.digest}", answer(200, b"\0" * layer.size))
     with pytest.raises(UpstreamDigestMismatch):
-        cache.fetch_blob(evil, "forger/image", oci.parse_digest(layer.digest), store, NOBODY)
+        blobs.fetch_blob(Route(evil, "forger/image"), oci.parse_digest(layer.digest), store, NOBODY)
 
 
 def test_an_upstream_that_delivers_the_bytes_makes_the_blob_public(hub, evil, hostile, store, images):
     fill_private(hub, store, images.private)
     config = images.private.config
     hostile.script("GET", f"/v2/public/base/blobs/{config.digest}", answer(200, config.data))
-    found = cache.fetch_blob(evil, "public/base", oci.parse_digest(config.digest), store, NOBODY)
+    found = blobs.fetch_blob(Route(evil, "public/base"), oci.parse_digest(config.digest), store, NOBODY)
     assert drain(found) == config.data
     blob = Blob.objects.select_related("origin").get(digest=config.digest)
     assert (blob.origin.name, blob.origin_private) == ("public/base", False)
@@ -144,9 +147,9 @@ def test_an_unsized_fill_is_held_to_its_descriptor_size(evil, hostile, store):
     image = served_image(hostile, "cap/unsized", 64 * 1024, seed=7201)
     layer = image.layers[0]
     hostile.script("GET", f"/v2/cap/unsized/blobs/{layer.digest}", answer(200, layer.data + b"\0" * 4096, unsized=True))
-    cache.get_manifest(evil, "cap/unsized", oci.parse_reference("1"))
+    manifests.get_manifest(Route(evil, "cap/unsized"), oci.parse_reference("1"))
     with pytest.raises(BlobSizeInvalid):  # fits in the held-back part: a clean error before any byte
-        drain(cache.fetch_blob(evil, "cap/unsized", oci.parse_digest(layer.digest), store))
+        drain(blobs.fetch_blob(Route(evil, "cap/unsized"), oci.parse_digest(layer.digest), store))
     assert store.size(oci.parse_digest(layer.digest)) is None
 
 
@@ -154,9 +157,9 @@ def test_a_content_length_other_than_the_descriptor_is_refused_unread(evil, host
     image = served_image(hostile, "cap/sized", 64 * 1024, seed=7202)
     layer = image.layers[0]
     hostile.script("GET", f"/v2/cap/sized/blobs/{layer.digest}", answer(200, layer.data + b"\0"))
-    cache.get_manifest(evil, "cap/sized", oci.parse_reference("1"))
+    manifests.get_manifest(Route(evil, "cap/sized"), oci.parse_reference("1"))
     with pytest.raises(BlobSizeInvalid):
-        cache.fetch_blob(evil, "cap/sized", oci.parse_digest(layer.digest), store)
+        blobs.fetch_blob(Route(evil, "cap/sized"), oci.parse_digest(layer.digest), store)
 
 
 def test_without_a_descriptor_a_fill_is_held_to_the_maximum(settings, evil, hostile, store):
@@ -164,34 +167,34 @@ def test_without_a_descriptor_a_fill_is_held_to_the_maximum(settings, evil, host
     data = b"x" * 5000
     digest = sha256_digest(data)
     hostile.script("GET", f"/v2/no/manifest/blobs/{digest}", answer(200, data, unsized=True))
-    download = cache._open_download(evil, "no/manifest", oci.parse_digest(digest))
+    download = blobs._open_download(evil, "no/manifest", oci.parse_digest(digest))
     with pytest.raises(BlobSizeInvalid):
         b"".join(download.chunks())
     download.close()
     hostile.script("GET", f"/v2/no/manifest/blobs/{digest}", answer(200, data))
     with pytest.raises(BlobSizeInvalid):  # a Content-Length past the maximum: refused unread
-        cache._open_download(evil, "no/manifest", oci.parse_digest(digest))
+        blobs._open_download(evil, "no/manifest", oci.parse_digest(digest))
 
 
 def test_a_malformed_upstream_digest_is_the_upstreams_fault():
     with pytest.raises(oci.ManifestInvalid) as refused:
-        cache.upstream_digest("sha256:nothex")
+        manifests.upstream_digest("sha256:nothex")
     assert refused.value.status == 502
-    assert str(cache.upstream_digest("sha256:" + "a" * 64)) == "sha256:" + "a" * 64
+    assert str(manifests.upstream_digest("sha256:" + "a" * 64)) == "sha256:" + "a" * 64
 
 
 def test_a_tag_list_is_remembered_and_one_past_the_limit_refused(settings, evil, hostile):
     settings.MIRROR_TAG_LIST_TTL = 60
     settings.MIRROR_TAG_LIST_MAX_BYTES = 1000
     hostile.script("GET", "/v2/some/tags/tags/list", answer(200, {"name": "some/tags", "tags": ["b", "a"]}))
-    assert cache.list_tags(evil, "some/tags", None, None).tags == ["a", "b"]
-    assert cache.list_tags(evil, "some/tags", None, None).tags == ["a", "b"]
+    assert listings.list_tags(Route(evil, "some/tags"), None, None).tags == ["a", "b"]
+    assert listings.list_tags(Route(evil, "some/tags"), None, None).tags == ["a", "b"]
     assert len(hostile.seen("/v2/some/tags/tags/list")) == 1
     hostile.script(
         "GET", "/v2/big/tags/tags/list", answer(200, {"name": "big/tags", "tags": [f"t{i}" for i in range(500)]})
     )
-    with pytest.raises(cache.UpstreamTooLarge) as refused:
-        cache.list_tags(evil, "big/tags", None, None)
+    with pytest.raises(listings.UpstreamTooLarge) as refused:
+        listings.list_tags(Route(evil, "big/tags"), None, None)
     assert (refused.value.status, refused.value.code) == (502, "SIZE_INVALID")
 
 
@@ -214,7 +217,7 @@ def test_a_fill_through_another_repository_is_not_followed_by_who_may_not_read_i
 
     def client_of_b() -> None:
         try:
-            outcome.append(drain(cache.fetch_blob(evil, "attacker/image", digest, store, NOBODY)))
+            outcome.append(drain(blobs.fetch_blob(Route(evil, "attacker/image"), digest, store, NOBODY)))
         except oci.RegistryError as error:
             outcome.append(error)
 
@@ -233,11 +236,11 @@ def test_a_fill_through_another_repository_is_not_followed_by_who_may_not_read_i
 def test_a_tag_list_is_served_stale_from_the_last_answer_while_the_upstream_is_down(settings, evil, hostile):
     settings.MIRROR_TAG_LIST_TTL = 1
     hostile.script("GET", "/v2/some/tags/tags/list", answer(200, {"name": "some/tags", "tags": ["v2", "v1"]}))
-    assert cache.list_tags(evil, "some/tags", None, None) == cache.TagPage(["v1", "v2"], None)
+    assert listings.list_tags(Route(evil, "some/tags"), None, None) == listings.TagPage(["v1", "v2"], None)
     hostile.script("GET", "/v2/some/tags/tags/list", answer(503, b"down"))
     deadline = time.monotonic() + 10
     while len(hostile.seen("/v2/some/tags/tags/list")) < 2:  # the first answer expires, the upstream is asked again
         assert time.monotonic() < deadline
-        stale = cache.list_tags(evil, "some/tags", None, None)
+        stale = listings.list_tags(Route(evil, "some/tags"), None, None)
         time.sleep(0.2)
-    assert stale == cache.TagPage(["v1", "v2"], None, stale=True)
+    assert stale == listings.TagPage(["v1", "v2"], None, stale=True)

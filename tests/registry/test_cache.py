@@ -13,8 +13,10 @@ import pytest
 
 from registry import memory, oci
 from registry.models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Tag, Upstream
-from registry.proxy import cache, fills, pulltimes
+from registry.proxy import blobs, fills, listings, manifests, pulltimes
 from registry.storage.blobstore import BlobStore, FilesystemStore
+from registry.upstreams.routing import Route
+from tests.registry.cachestate import count_manifest_parses
 from tests.support.fake_registry import FakeRegistry, corrupt_image
 
 pytestmark = pytest.mark.django_db
@@ -47,7 +49,7 @@ def hub(mirror_of, upstream) -> Upstream:
 
 
 def drain(found) -> bytes:
-    if isinstance(found, cache.CachedBlob):
+    if isinstance(found, blobs.CachedBlob):
         return found.location.path.read_bytes()
     return b"".join(found.chunks)
 
@@ -73,7 +75,7 @@ def serve_on_loopback(handler: type[BaseHTTPRequestHandler]):
 
 def test_tag_is_cached_with_its_references_and_trusted_for_the_ttl(hub, upstream, images):
     small = images.small
-    result = cache.get_manifest(hub, "small", oci.parse_reference("1"))
+    result = manifests.get_manifest(Route(hub, "small"), oci.parse_reference("1"))
     assert (result.digest, result.content, result.media_type) == (small.digest, small.manifest, small.media_type)
     manifest = Manifest.objects.get(digest=small.digest)
     assert manifest.repository.name == "library/small"
@@ -84,16 +86,16 @@ def test_tag_is_cached_with_its_references_and_trusted_for_the_ttl(hub, upstream
         b.digest for b in small.blobs
     }
     mark = upstream.log_mark()
-    again = cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    again = manifests.get_manifest(Route(hub, "library/small"), oci.parse_reference("1"))
     assert again.content == small.manifest and again.stale_reason is None
     assert upstream.access_log(since=mark) == [], "within the TTL the tag is served with no upstream contact"
 
 
 def test_expired_tag_is_revalidated_with_one_head(hub, upstream, images, settings):
-    cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    manifests.get_manifest(Route(hub, "library/small"), oci.parse_reference("1"))
     expire_tags()
     mark = upstream.log_mark()
-    result = cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    result = manifests.get_manifest(Route(hub, "library/small"), oci.parse_reference("1"))
     assert result.digest == images.small.digest
     served = [(r.method, r.path) for r in upstream.requests_log(since=mark) if r.status != 401]
     assert served == [("HEAD", "/v2/library/small/manifests/1")]
@@ -102,37 +104,39 @@ def test_expired_tag_is_revalidated_with_one_head(hub, upstream, images, setting
 
 def test_manifest_by_digest_is_immutable_and_served_without_upstream(hub, upstream, images):
     child = images.multi.child("arm64")
-    first = cache.get_manifest(hub, "library/multi", oci.parse_reference(child.digest))
+    first = manifests.get_manifest(Route(hub, "library/multi"), oci.parse_reference(child.digest))
     assert first.content == child.manifest
     mark = upstream.log_mark()
-    assert cache.get_manifest(hub, "library/multi", oci.parse_reference(child.digest)).content == child.manifest
+    assert (
+        manifests.get_manifest(Route(hub, "library/multi"), oci.parse_reference(child.digest)).content == child.manifest
+    )
     assert upstream.access_log(since=mark) == []
 
 
 def test_unknown_tag_and_repository(hub, images):
     with pytest.raises(oci.ManifestUnknown):
-        cache.get_manifest(hub, "library/small", oci.parse_reference("nope"))
+        manifests.get_manifest(Route(hub, "library/small"), oci.parse_reference("nope"))
     with pytest.raises(oci.NameUnknown):
-        cache.list_tags(hub, "library/never-existed", None, None)
+        listings.list_tags(Route(hub, "library/never-existed"), None, None)
     assert not Manifest.objects.exists()
 
 
 def test_stale_tag_served_when_upstream_unreachable_within_max_staleness(hub, images, settings):
-    cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    manifests.get_manifest(Route(hub, "library/small"), oci.parse_reference("1"))
     expire_tags()
     Upstream.objects.filter(pk=hub.pk).update(url="http://127.0.0.1:9")
     hub.refresh_from_db()
-    result = cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    result = manifests.get_manifest(Route(hub, "library/small"), oci.parse_reference("1"))
     assert result.digest == images.small.digest
     assert result.stale_reason
     settings.MIRROR_TAG_MAX_STALENESS = 3600
     with pytest.raises(oci.Unavailable):
-        cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+        manifests.get_manifest(Route(hub, "library/small"), oci.parse_reference("1"))
 
 
 @pytest.mark.parametrize("status,served_stale", [(429, True), (503, True), (404, False)])
 def test_revalidation_answers(mirror_of, hub, images, status, served_stale):
-    cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    manifests.get_manifest(Route(hub, "library/small"), oci.parse_reference("1"))
     expire_tags()
     methods: list[str] = []
 
@@ -155,10 +159,10 @@ def test_revalidation_answers(mirror_of, hub, images, status, served_stale):
         Upstream.objects.filter(pk=hub.pk).update(url=f"http://127.0.0.1:{server.server_port}")
         hub.refresh_from_db()
         if served_stale:
-            assert cache.get_manifest(hub, "library/small", oci.parse_reference("1")).stale_reason
+            assert manifests.get_manifest(Route(hub, "library/small"), oci.parse_reference("1")).stale_reason
         else:  # the upstream says the tag is gone: that is an answer, not an outage
             with pytest.raises(oci.ManifestUnknown):
-                cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+                manifests.get_manifest(Route(hub, "library/small"), oci.parse_reference("1"))
     finally:
         server.shutdown()
     assert methods == ["HEAD"], "a failed HEAD is never retried as a GET"
@@ -184,9 +188,9 @@ def test_manifest_not_matching_its_digest_is_rejected(mirror_of):
     try:
         liar = mirror_of(f"http://127.0.0.1:{server.server_port}")
         with pytest.raises(oci.ManifestInvalid):
-            cache.get_manifest(liar, "library/x", oci.parse_reference(asked_for))
+            manifests.get_manifest(Route(liar, "library/x"), oci.parse_reference(asked_for))
         with pytest.raises(oci.ManifestInvalid):
-            cache.get_manifest(liar, "library/x", oci.parse_reference("latest"))
+            manifests.get_manifest(Route(liar, "library/x"), oci.parse_reference("latest"))
     finally:
         server.shutdown()
     assert not Manifest.objects.exists() and not Tag.objects.exists()
@@ -196,16 +200,16 @@ def test_manifest_not_matching_its_digest_is_rejected(mirror_of):
 def test_blob_miss_streams_fills_and_then_hits(hub, upstream, images, store):
     layer = images.big.layers[0]
     digest = oci.parse_digest(layer.digest)
-    found = cache.fetch_blob(hub, "library/big", digest, store)
-    assert isinstance(found, cache.FillingBlob)
+    found = blobs.fetch_blob(Route(hub, "library/big"), digest, store)
+    assert isinstance(found, blobs.FillingBlob)
     assert found.size == layer.size
     assert drain(found) == layer.data
     assert Blob.objects.get(digest=layer.digest).size == layer.size, "recorded before the last byte is sent"
     mark = upstream.log_mark()
-    hit = cache.fetch_blob(hub, "library/big", digest, store)
-    assert isinstance(hit, cache.CachedBlob) and drain(hit) == layer.data
+    hit = blobs.fetch_blob(Route(hub, "library/big"), digest, store)
+    assert isinstance(hit, blobs.CachedBlob) and drain(hit) == layer.data
     assert upstream.access_log(since=mark) == []
-    assert cache.stat_blob(hub, "library/big", digest, store) == layer.size
+    assert blobs.stat_blob(Route(hub, "library/big"), digest, store) == layer.size
     assert upstream.access_log(since=mark) == []
 
 
@@ -213,7 +217,7 @@ def test_blob_miss_streams_fills_and_then_hits(hub, upstream, images, store):
 def test_fill_outlives_a_client_that_goes_away(hub, images, store):
     layer = images.big.layers[-1]
     digest = oci.parse_digest(layer.digest)
-    found = cache.fetch_blob(hub, "library/big", digest, store)
+    found = blobs.fetch_blob(Route(hub, "library/big"), digest, store)
     next(found.chunks)
     found.chunks.close()  # what the WSGI server does when the client disconnects
     # Done: the blob recorded, then its fill's files removed (the sidecar goes last).
@@ -230,7 +234,7 @@ def test_large_corrupt_blob_is_cut_short_and_never_stored(mirror_of, store):
         fake.serve(image.repository, image, corrupt=[layer.digest])
         liar = mirror_of(fake.url)
         digest = oci.parse_digest(layer.digest)
-        found = cache.fetch_blob(liar, "library/bad", digest, store)
+        found = blobs.fetch_blob(Route(liar, "library/bad"), digest, store)
         received = b""
         with pytest.raises(fills.UpstreamDigestMismatch):
             for chunk in found.chunks:
@@ -245,32 +249,32 @@ def test_large_corrupt_blob_is_cut_short_and_never_stored(mirror_of, store):
 def test_blob_of_another_repository_needs_upstream_confirmation(hub, upstream, images, store):
     layer = images.small.layers[0]
     digest = oci.parse_digest(layer.digest)
-    drain(cache.fetch_blob(hub, "library/small", digest, store))
+    drain(blobs.fetch_blob(Route(hub, "library/small"), digest, store))
     with pytest.raises(oci.BlobUnknown):
-        cache.fetch_blob(hub, "library/big", digest, store)
+        blobs.fetch_blob(Route(hub, "library/big"), digest, store)
     with pytest.raises(oci.BlobUnknown):
-        cache.stat_blob(hub, "library/big", digest, store)
+        blobs.stat_blob(Route(hub, "library/big"), digest, store)
     # Where the upstream has it too, the cached bytes are served after a HEAD, not a download.
     from tests.support.images import push_built
 
     push_built(upstream, images.small.__class__(**{**images.small.__dict__, "repository": "library/copy"}))
     mark = upstream.log_mark()
-    found = cache.fetch_blob(hub, "library/copy", digest, store)
-    assert isinstance(found, cache.CachedBlob) and drain(found) == layer.data
+    found = blobs.fetch_blob(Route(hub, "library/copy"), digest, store)
+    assert isinstance(found, blobs.CachedBlob) and drain(found) == layer.data
     assert {r.method for r in upstream.requests_log(since=mark) if r.status != 401} == {"HEAD"}
 
 
 def test_head_of_uncached_blob_downloads_nothing(hub, images, store):
     layer = images.big.layers[1]
-    assert cache.stat_blob(hub, "library/big", oci.parse_digest(layer.digest), store) == layer.size
+    assert blobs.stat_blob(Route(hub, "library/big"), oci.parse_digest(layer.digest), store) == layer.size
     assert store.size(oci.parse_digest(layer.digest)) is None
 
 
 def test_pull_times_are_buffered_then_flushed(hub, images, settings):
     settings.MIRROR_PULL_TIME_FLUSH_INTERVAL = 3600
     pulltimes.flush()
-    cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
-    cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    manifests.get_manifest(Route(hub, "library/small"), oci.parse_reference("1"))
+    manifests.get_manifest(Route(hub, "library/small"), oci.parse_reference("1"))
     tag = Tag.objects.get()
     assert tag.last_pulled_at is None, "no database write per hit"
     pulltimes.flush()
@@ -280,9 +284,9 @@ def test_pull_times_are_buffered_then_flushed(hub, images, settings):
 
 
 def test_tags_are_listed_sorted_and_paginated(hub, images):
-    page = cache.list_tags(hub, "library/small", None, None)
+    page = listings.list_tags(Route(hub, "library/small"), None, None)
     assert page.tags == sorted(page.tags) and "1" in page.tags
-    first = cache.list_tags(hub, "library/small", 1, None)
+    first = listings.list_tags(Route(hub, "library/small"), 1, None)
     assert len(first.tags) == 1
     if len(page.tags) > 1:
         assert first.next_last == first.tags[0]
@@ -290,7 +294,7 @@ def test_tags_are_listed_sorted_and_paginated(hub, images):
 
 
 def test_moved_tag_whose_new_manifest_cannot_be_fetched_is_served_stale(hub, images):
-    cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    manifests.get_manifest(Route(hub, "library/small"), oci.parse_reference("1"))
     expire_tags()
     moved_to = "sha256:" + "c" * 64
 
@@ -313,7 +317,7 @@ def test_moved_tag_whose_new_manifest_cannot_be_fetched_is_served_stale(hub, ima
     try:
         Upstream.objects.filter(pk=hub.pk).update(url=f"http://127.0.0.1:{server.server_port}")
         hub.refresh_from_db()
-        result = cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+        result = manifests.get_manifest(Route(hub, "library/small"), oci.parse_reference("1"))
     finally:
         server.shutdown()
     assert result.digest == images.small.digest and result.stale_reason
@@ -335,13 +339,13 @@ def test_concurrent_revalidations_of_one_tag_send_one_head(hub, upstream, images
 
     from django.db import connections
 
-    cache.get_manifest(hub, "library/small", oci.parse_reference("1"))
+    manifests.get_manifest(Route(hub, "library/small"), oci.parse_reference("1"))
     expire_tags()
     mark = upstream.log_mark()
 
     def pull(_: int) -> str:
         try:
-            return cache.get_manifest(hub, "library/small", oci.parse_reference("1")).digest
+            return manifests.get_manifest(Route(hub, "library/small"), oci.parse_reference("1")).digest
         finally:
             connections.close_all()
 
@@ -350,3 +354,13 @@ def test_concurrent_revalidations_of_one_tag_send_one_head(hub, upstream, images
     assert digests == [images.small.digest] * 8
     asked = [(r.method, r.path) for r in upstream.requests_log(since=mark) if r.status != 401]
     assert asked == [("HEAD", "/v2/library/small/manifests/1")]
+
+
+def test_a_fill_parses_the_manifest_once_and_hands_the_parse_on(hub, images, monkeypatch):
+    parsed = count_manifest_parses(monkeypatch)
+    result = manifests.get_manifest(Route(hub, "small"), oci.parse_reference("1"))
+    assert parsed == [images.small.manifest], "media type, references and sizes from one parse"
+    assert result.document.references()[0] == [b.digest for b in images.small.blobs]
+    assert len(parsed) == 1, "the result carries the fill's parse"
+    again = manifests.get_manifest(Route(hub, "small"), oci.parse_reference("1"))
+    assert again.parsed is None and len(parsed) == 1, "an answer from the cache is parsed only when asked"

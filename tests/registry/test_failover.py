@@ -13,8 +13,9 @@ import pytest
 from access.models import AccessRule, Policy
 from registry import memory, oci
 from registry.models import AccountSwitch, Tag, Upstream, UpstreamAccount
-from registry.proxy import cache
+from registry.proxy import manifests
 from registry.upstreams import accounts, verification
+from registry.upstreams.routing import Route
 from tests.support.fake_registry import FakeRegistry, Quota, Seen, hub_like
 from tests.support.images import build_image
 
@@ -48,9 +49,9 @@ def account(username: str) -> UpstreamAccount:
     return UpstreamAccount.objects.get(username=username)
 
 
-def pull(upstream: Upstream, repository: str) -> cache.ManifestResult:
+def pull(upstream: Upstream, repository: str) -> manifests.ManifestResult:
     """A cold pull of a tag: one manifest GET upstream."""
-    return cache.get_manifest(upstream, repository, oci.parse_reference("1"))
+    return manifests.get_manifest(Route(upstream, repository), oci.parse_reference("1"))
 
 
 def manifest_gets(registry: FakeRegistry, user: str | None = None) -> list[Seen]:
@@ -210,7 +211,7 @@ def test_each_request_is_counted_for_the_account_that_made_it(quiet_settings):
             upstream = upstream_with(registry.url, ("spare", USERS["spare"]))
             pull(upstream, "library/app")
             with pytest.raises(oci.ManifestUnknown):
-                cache.get_manifest(upstream, "library/app", oci.parse_reference("nope"))
+                manifests.get_manifest(Route(upstream, "library/app"), oci.parse_reference("nope"))
         accountusage.flush()
     finally:
         upstream_request.disconnect(listener)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from registry import oci
-from registry.jobs.imageref import ImageRefInvalid, Platform, index_entries, parse_image, parse_platforms, platform_of
+from registry.jobs.imageref import ImageRefInvalid, Platform, parse_image, parse_platforms, platform_of
 from registry.models import Upstream
 
 pytestmark = pytest.mark.django_db
@@ -75,7 +75,7 @@ def test_index_entries_and_their_platforms():
         b' {"digest": "not-a-digest"}, {"digest": "%s", "platform": {"os": "unknown"}}]}'
         % (DIGEST.encode(), DIGEST.replace("a", "b").encode())
     )
-    entries = index_entries(index)
+    entries = oci.ManifestDocument.parse(index).index_entries()
     assert [e["digest"] for e in entries] == [DIGEST, DIGEST.replace("a", "b")]
     assert [platform_of(e) for e in entries] == [Platform("linux", "arm64"), None]
-    assert index_entries(b'{"schemaVersion": 2, "layers": []}') is None
+    assert oci.ManifestDocument.parse(b'{"schemaVersion": 2, "layers": []}').index_entries() is None

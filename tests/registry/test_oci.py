@@ -79,18 +79,18 @@ def test_manifest_references_of_image_and_index():
             "layers": [{"digest": "sha256:" + "2" * 64}, {"digest": "not-a-digest"}],
         }
     ).encode()
-    assert oci.manifest_references(image) == (["sha256:" + "1" * 64, "sha256:" + "2" * 64], [])
+    assert oci.ManifestDocument.parse(image).references() == (["sha256:" + "1" * 64, "sha256:" + "2" * 64], [])
     index = json.dumps({"manifests": [{"digest": "sha256:" + "3" * 64}]}).encode()
-    assert oci.manifest_references(index) == ([], ["sha256:" + "3" * 64])
-    assert oci.manifest_references(b"not json") == ([], [])
+    assert oci.ManifestDocument.parse(index).references() == ([], ["sha256:" + "3" * 64])
+    assert oci.ManifestDocument.parse(b"not json").references() == ([], [])
 
 
 def test_manifest_media_type_prefers_header_then_document():
     doc = json.dumps({"mediaType": oci.DOCKER_MANIFEST_LIST, "manifests": []}).encode()
-    assert oci.manifest_media_type(doc, oci.OCI_INDEX + "; charset=utf-8") == oci.OCI_INDEX
-    assert oci.manifest_media_type(doc, "application/json") == oci.DOCKER_MANIFEST_LIST
-    assert oci.manifest_media_type(b'{"manifests": []}', None) == oci.OCI_INDEX
-    assert oci.manifest_media_type(b'{"layers": []}', None) == oci.OCI_MANIFEST
+    assert oci.ManifestDocument.parse(doc).media_type(oci.OCI_INDEX + "; charset=utf-8") == oci.OCI_INDEX
+    assert oci.ManifestDocument.parse(doc).media_type("application/json") == oci.DOCKER_MANIFEST_LIST
+    assert oci.ManifestDocument.parse(b'{"manifests": []}').media_type(None) == oci.OCI_INDEX
+    assert oci.ManifestDocument.parse(b'{"layers": []}').media_type(None) == oci.OCI_MANIFEST
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ def test_a_manifest_declaring_anything_but_a_manifest_type_is_invalid(media_type
     doc = json.dumps({"schemaVersion": 2, "mediaType": media_type, "layers": []}).encode()
     for header in (None, "application/json", oci.OCI_MANIFEST):
         with pytest.raises(oci.ManifestInvalid) as refused:
-            oci.manifest_media_type(doc, header)
+            oci.ManifestDocument.parse(doc).media_type(header)
         assert refused.value.status == 502
 
 
@@ -113,7 +113,7 @@ def test_a_manifest_sent_as_anything_but_a_manifest_type_is_invalid():
         "application/vnd.docker.distribution.manifest.v1+prettyjws",
     ):
         with pytest.raises(oci.ManifestInvalid):
-            oci.manifest_media_type(doc, header)
+            oci.ManifestDocument.parse(doc).media_type(header)
     for body in (b"<html><script>alert(1)</script></html>", b"[]", b'"text"'):
         with pytest.raises(oci.ManifestInvalid):
-            oci.manifest_media_type(body, oci.OCI_MANIFEST)
+            oci.ManifestDocument.parse(body).media_type(oci.OCI_MANIFEST)

@@ -14,8 +14,9 @@ from registry import memory, oci
 from registry.jobs import popular
 from registry.jobs.imageref import Platform
 from registry.models import Manifest, PrefetchJob, Tag, TagPullCount, Upstream
-from registry.proxy import cache, pulltimes
+from registry.proxy import blobs, manifests, pulltimes
 from registry.storage.blobstore import BlobStore, FilesystemStore
+from registry.upstreams.routing import Route
 from tests.registry.cachestate import cache_image
 from tests.support.images import push_image, push_index
 
@@ -44,15 +45,15 @@ def hub(settings, store, upstream) -> Upstream:
 
 def client_pull(hub: Upstream, name: str, tag: str, platform: str | None = None) -> str:
     """What a client does: the manifest by tag, a child by digest, every blob. The digest pulled."""
-    result = cache.get_manifest(hub, name, oci.parse_reference(tag))
+    result = manifests.get_manifest(Route(hub, name), oci.parse_reference(tag))
     document = json.loads(result.content)
     if platform:
         os_, arch = platform.split("/")
         child = next(m for m in document["manifests"] if m["platform"] == {"os": os_, "architecture": arch})
-        document = json.loads(cache.get_manifest(hub, name, oci.parse_reference(child["digest"])).content)
+        document = json.loads(manifests.get_manifest(Route(hub, name), oci.parse_reference(child["digest"])).content)
     for descriptor in [document["config"], *document["layers"]]:
-        found = cache.fetch_blob(hub, name, oci.parse_digest(descriptor["digest"]))
-        if isinstance(found, cache.FillingBlob):
+        found = blobs.fetch_blob(Route(hub, name), oci.parse_digest(descriptor["digest"]))
+        if isinstance(found, blobs.FillingBlob):
             b"".join(found.chunks)
     pulltimes.flush()
     return result.digest

@@ -15,6 +15,7 @@ from registry.jobs.imageref import parse_image, parse_platforms
 from registry.models import Manifest, PrefetchJob, Tag, TagPullCount, Upstream, UpstreamAccount
 from registry.proxy import pulltimes
 from registry.storage.blobstore import BlobStore, FilesystemStore
+from tests.registry.cachestate import count_manifest_parses
 from tests.support.fake_registry import ANY_REPOSITORY, Behaviour, FailFirst, FakeRegistry, Quota, RateLimit
 from tests.support.images import PushedImage, build_image, push_index
 
@@ -195,9 +196,10 @@ def test_prefetch_is_not_counted_as_a_client_pull(hub, images, store, settings):
     tag = Tag.objects.get()
     assert tag.last_pulled_at is not None, "it was used: garbage collection sees it"
     assert not TagPullCount.objects.exists(), "but it is not popular for it"
-    from registry.proxy import cache
+    from registry.proxy import manifests
+    from registry.upstreams.routing import Route
 
-    cache.get_manifest(hub, "small", oci.parse_reference("1"))
+    manifests.get_manifest(Route(hub, "small"), oci.parse_reference("1"))
     pulltimes.flush()
     assert TagPullCount.objects.get().count == 1
 
@@ -205,7 +207,7 @@ def test_prefetch_is_not_counted_as_a_client_pull(hub, images, store, settings):
 def test_enqueued_job_is_run_by_the_task(hub, images, store, monkeypatch):
     monkeypatch.setattr(app.conf, "task_always_eager", True)
     with transaction.atomic():
-        job = prefetch.enqueue(parse_image("small:1"), requested_by="staff")
+        job = tasks.enqueue_prefetch(parse_image("small:1"), requested_by="staff")
         assert PrefetchJob.objects.get(pk=job.pk).status == PrefetchJob.Status.QUEUED, "sent only once committed"
     job.refresh_from_db()
     assert job.status == PrefetchJob.Status.SUCCEEDED
@@ -217,7 +219,7 @@ def test_a_job_the_queue_cannot_take_says_so(hub, store, monkeypatch):
         raise ConnectionRefusedError("connection refused")
 
     monkeypatch.setattr(tasks.prefetch, "delay", broker_down)
-    job = prefetch.enqueue(parse_image("small:1"))
+    job = tasks.enqueue_prefetch(parse_image("small:1"))
     job.refresh_from_db()
     assert job.status == PrefetchJob.Status.FAILED
     assert "could not reach the task queue" in job.message
@@ -240,3 +242,10 @@ def test_a_job_whose_worker_was_lost_is_sent_again_and_resumes(hub, images, stor
     assert tasks.resume_stalled_prefetches() == [], "sent once"
     assert tasks.prefetch(lost.pk) == PrefetchJob.Status.SUCCEEDED
     assert waiting.pk not in sent
+
+
+def test_a_prefetch_parses_each_manifest_once(hub, warm, store, monkeypatch):
+    parsed = count_manifest_parses(monkeypatch)
+    job = run("warm:1", "linux/arm64")
+    assert job.status == PrefetchJob.Status.SUCCEEDED
+    assert sorted(parsed) == sorted([warm.manifest, warm.child("arm64").manifest]), "the index, then the image"

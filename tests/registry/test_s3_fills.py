@@ -15,10 +15,11 @@ import pytest
 
 from registry import oci
 from registry.models import Blob, Upstream
-from registry.proxy import cache, fills
+from registry.proxy import blobs, fills
 from registry.storage import locks
 from registry.storage.blobstore import Redirect
 from registry.storage.s3 import S3Config, S3Store
+from registry.upstreams.routing import Route
 from tests.support.dashboard import wait_for
 from tests.support.fake_registry import FakeRegistry, corrupt_image
 from tests.support.fault_proxy import FaultProxy
@@ -73,14 +74,14 @@ def test_replica_waits_for_another_replicas_commit_then_serves_the_object(
     digest = oci.parse_digest(layer.digest)
     mark = upstream.log_mark()
     proxy.bytes_per_second = 8 * 1024 * 1024  # the fill takes about a second
-    filling = cache.fetch_blob(hub, "library/big", digest, first)
-    assert isinstance(filling, cache.FillingBlob), "the first replica fills"
+    filling = blobs.fetch_blob(Route(hub, "library/big"), digest, first)
+    assert isinstance(filling, blobs.FillingBlob), "the first replica fills"
     assert second.size(digest) is None, "not committed yet when the other replica asks"
     with ThreadPoolExecutor(max_workers=1) as pool:
-        waiting = pool.submit(cache.fetch_blob, hub, "library/big", digest, second)
+        waiting = pool.submit(blobs.fetch_blob, Route(hub, "library/big"), digest, second)
         assert b"".join(filling.chunks) == layer.data
         served = waiting.result(timeout=60)
-    assert isinstance(served, cache.CachedBlob) and isinstance(served.location, Redirect)
+    assert isinstance(served, blobs.CachedBlob) and isinstance(served.location, Redirect)
     assert served.size == layer.size
     assert upstream.blob_gets(layer.digest, since=mark) == 1
 
@@ -95,8 +96,8 @@ def test_replica_takes_over_a_fill_whose_owner_died(redis_locks, settings, s3_se
     dead_owner = locks.named_lock(f"fill:{digest}").shared
     assert dead_owner.try_acquire()
     mark = upstream.log_mark()
-    found = cache.fetch_blob(hub, "library/big", digest, store)
-    assert isinstance(found, cache.FillingBlob), "this replica fills once the lock expired"
+    found = blobs.fetch_blob(Route(hub, "library/big"), digest, store)
+    assert isinstance(found, blobs.FillingBlob), "this replica fills once the lock expired"
     assert b"".join(found.chunks) == layer.data
     # The client may have it all before the upload completes.
     assert wait_for(lambda: store.size(digest), lambda size: size == layer.size) == layer.size
@@ -135,8 +136,8 @@ def test_followers_get_the_verified_blob_before_the_upload_completes(
     layer = images.big.layers[1]  # two parts
     digest = oci.parse_digest(layer.digest)
     completion = HeldCompletion(monkeypatch, local_store, fail=not completes)
-    found = cache.fetch_blob(hub, "library/big", digest, local_store)
-    assert isinstance(found, cache.FillingBlob)
+    found = blobs.fetch_blob(Route(hub, "library/big"), digest, local_store)
+    assert isinstance(found, blobs.FillingBlob)
     assert b"".join(found.chunks) == layer.data
     assert completion.called.wait(30)
     # The client has every verified byte; the bucket has no object yet, nor the database a row.
@@ -144,8 +145,8 @@ def test_followers_get_the_verified_blob_before_the_upload_completes(
     assert s3_server.keys(local_store.config.bucket) == {}
     assert not Blob.objects.filter(digest=layer.digest).exists()
     # A client that comes now follows the same fill, and reads the same verified file.
-    again = cache.fetch_blob(hub, "library/big", digest, local_store)
-    assert isinstance(again, cache.FillingBlob) and b"".join(again.chunks) == layer.data
+    again = blobs.fetch_blob(Route(hub, "library/big"), digest, local_store)
+    assert isinstance(again, blobs.FillingBlob) and b"".join(again.chunks) == layer.data
     completion.released.set()
     if completes:
         assert wait_for(lambda: Blob.objects.filter(digest=layer.digest).exists(), bool)
@@ -172,7 +173,7 @@ def test_failed_part_upload_ends_followers_cleanly(local_store, monkeypatch, s3_
         return upload_part(**request)
 
     monkeypatch.setattr(local_store.client, "upload_part", failing_part)
-    found = cache.fetch_blob(hub, "library/big", digest, local_store)
+    found = blobs.fetch_blob(Route(hub, "library/big"), digest, local_store)
     received = b""
     with pytest.raises(fills.FillFailed):
         for chunk in found.chunks:
@@ -192,7 +193,7 @@ def test_wrong_bytes_never_release_the_end(local_store, settings, s3_server):
         fake.serve(image.repository, image, corrupt=[layer.digest])
         liar = Upstream.objects.create(name="liar", url=fake.url, library_prefix=True)
         digest = oci.parse_digest(layer.digest)
-        found = cache.fetch_blob(liar, "library/bad", digest, local_store)
+        found = blobs.fetch_blob(Route(liar, "library/bad"), digest, local_store)
         received = b""
         with pytest.raises(fills.UpstreamDigestMismatch):
             for chunk in found.chunks:
@@ -212,8 +213,8 @@ def test_a_follower_that_read_the_verified_file_to_its_end_ends_cleanly_after_th
     layer = images.big.layers[2]  # a multipart upload, whose completion is held
     digest = oci.parse_digest(layer.digest)
     completion = HeldCompletion(monkeypatch, local_store, fail=False)
-    found = cache.fetch_blob(hub, "library/big", digest, local_store)
-    assert isinstance(found, cache.FillingBlob)
+    found = blobs.fetch_blob(Route(hub, "library/big"), digest, local_store)
+    assert isinstance(found, blobs.FillingBlob)
     chunks = iter(found.chunks)
     received = b""
     while len(received) < layer.size:

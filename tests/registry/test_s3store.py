@@ -17,7 +17,7 @@ import requests
 from registry import oci
 from registry.jobs import gc
 from registry.models import Upstream
-from registry.storage import blobstore, locks
+from registry.storage import blobstore, default_store, locks
 from registry.storage.blobstore import DigestMismatch, Redirect, StorageUnavailable, Streamed
 from registry.storage.s3 import S3Config, S3Store
 from tests.registry.cachestate import blob_digests, cache_image
@@ -55,16 +55,16 @@ def write_in_chunks(fill, content: bytes, chunk: int = MB) -> None:
 
 
 def test_factory_picks_the_configured_store(s3_settings, tmp_path):
-    assert isinstance(blobstore.default_store(), S3Store)
+    assert isinstance(default_store(), S3Store)
     s3_settings.MIRROR_STORAGE = "filesystem"
-    assert isinstance(blobstore.default_store(), blobstore.FilesystemStore)
+    assert isinstance(default_store(), blobstore.FilesystemStore)
     s3_settings.MIRROR_STORAGE = "tape"
     with pytest.raises(ImproperlyConfigured):
-        blobstore.default_store()
+        default_store()
     s3_settings.MIRROR_STORAGE = "s3"
     s3_settings.MIRROR_S3_PART_SIZE = MB  # below S3's minimum part
     with pytest.raises(ImproperlyConfigured):
-        blobstore.default_store()
+        default_store()
 
 
 def test_multipart_fill_is_visible_only_after_commit(store, s3_server, bucket):

@@ -13,8 +13,9 @@ import pytest
 
 from registry import memory, oci
 from registry.models import Tag, Upstream
-from registry.proxy import cache
+from registry.proxy import blobs, listings, manifests, upstream_calls
 from registry.upstreams.client import UpstreamUnavailable
+from registry.upstreams.routing import Route
 from tests.support.fake_registry import FakeRegistry, hub_like
 from tests.support.images import build_image
 from tests.support.tls import make_server_certificate
@@ -61,14 +62,14 @@ def expire_tags() -> None:
 
 def test_allow_and_deny_patterns_are_kept_without_asking_the_upstream(double):
     upstream = upstream_of(double.url, allow_repositories="library/*\nteam/*", deny_repositories="library/secret*")
-    assert cache.get_manifest(upstream, "app", TAG).digest == IMAGE.digest  # library/app
+    assert manifests.get_manifest(Route(upstream, "app"), TAG).digest == IMAGE.digest  # library/app
     digest = oci.parse_digest(IMAGE.layers[0].digest)
     for call in (
-        lambda: cache.get_manifest(upstream, "other/app", TAG),
-        lambda: cache.get_manifest(upstream, "library/secret-stuff", TAG),
-        lambda: cache.fetch_blob(upstream, "other/app", digest),
-        lambda: cache.stat_blob(upstream, "other/app", digest),
-        lambda: cache.list_tags(upstream, "other/app", None, None),
+        lambda: manifests.get_manifest(Route(upstream, "other/app"), TAG),
+        lambda: manifests.get_manifest(Route(upstream, "library/secret-stuff"), TAG),
+        lambda: blobs.fetch_blob(Route(upstream, "other/app"), digest),
+        lambda: blobs.stat_blob(Route(upstream, "other/app"), digest),
+        lambda: listings.list_tags(Route(upstream, "other/app"), None, None),
     ):
         with pytest.raises(oci.Denied):
             call()
@@ -80,7 +81,7 @@ def test_the_tag_ttl_of_the_upstream_wins(double, mirror_settings, upstream_ttl,
     mirror_settings.MIRROR_TAG_TTL = global_ttl
     upstream = upstream_of(double.url, tag_ttl=upstream_ttl)
     for _ in range(3):
-        cache.get_manifest(upstream, "app", TAG)
+        manifests.get_manifest(Route(upstream, "app"), TAG)
     assert len(asked(double, "HEAD")) == heads
     assert len(asked(double, "GET")) == 1
 
@@ -90,36 +91,36 @@ def test_stale_policy_and_maximum_staleness(double):
     never = Upstream.objects.create(name="never", url=double.url + "/", stale_policy=Upstream.StalePolicy.NEVER)
     short = Upstream.objects.create(name="short", url=double.url + "//", max_staleness=3600)
     for upstream in (serve, never, short):
-        cache.get_manifest(upstream, "library/app", TAG)
+        manifests.get_manifest(Route(upstream, "library/app"), TAG)
     expire_tags()
     for upstream in (serve, never, short):  # the upstream is gone
         Upstream.objects.filter(pk=upstream.pk).update(url=f"http://127.0.0.1:9/{upstream.name}")
     serve, never, short = (Upstream.objects.get(pk=u.pk) for u in (serve, never, short))
-    assert cache.get_manifest(serve, "library/app", TAG).stale_reason
+    assert manifests.get_manifest(Route(serve, "library/app"), TAG).stale_reason
     with pytest.raises(oci.Unavailable):
-        cache.get_manifest(never, "library/app", TAG)
+        manifests.get_manifest(Route(never, "library/app"), TAG)
     with pytest.raises(oci.Unavailable):
-        cache.get_manifest(short, "library/app", TAG)  # revalidated 2 hours ago: too old for 1 hour
+        manifests.get_manifest(Route(short, "library/app"), TAG)  # revalidated 2 hours ago: too old for 1 hour
 
 
 def test_upstream_404s_are_remembered_for_a_while(double, mirror_settings):
     upstream = upstream_of(double.url)
     for _ in range(3):
         with pytest.raises(oci.ManifestUnknown):
-            cache.get_manifest(upstream, "app", oci.parse_reference("typo"))
+            manifests.get_manifest(Route(upstream, "app"), oci.parse_reference("typo"))
     assert asked(double).count("GET /v2/library/app/manifests/typo") == 1
     for tag in ("1", "2", "3"):  # a repository the upstream does not know: any tag of it
         with pytest.raises(oci.NameUnknown):
-            cache.get_manifest(upstream, "missing/app", oci.parse_reference(tag))
+            manifests.get_manifest(Route(upstream, "missing/app"), oci.parse_reference(tag))
     with pytest.raises(oci.NameUnknown):
-        cache.list_tags(upstream, "missing/app", None, None)
+        listings.list_tags(Route(upstream, "missing/app"), None, None)
     assert [line for line in asked(double) if "missing" in line] == ["GET /v2/missing/app/manifests/1"]
-    assert cache.get_manifest(upstream, "app", TAG).digest == IMAGE.digest, "other tags are not affected"
+    assert manifests.get_manifest(Route(upstream, "app"), TAG).digest == IMAGE.digest, "other tags are not affected"
 
     mirror_settings.MIRROR_NEGATIVE_CACHE_TTL = 0
     for _ in range(2):
         with pytest.raises(oci.ManifestUnknown):
-            cache.get_manifest(upstream, "app", oci.parse_reference("other-typo"))
+            manifests.get_manifest(Route(upstream, "app"), oci.parse_reference("other-typo"))
     assert asked(double).count("GET /v2/library/app/manifests/other-typo") == 2
 
 
@@ -143,7 +144,7 @@ def test_the_timeouts_of_the_upstream_apply(mirror_settings):
         mirror_settings.MIRROR_UPSTREAM_READ_TIMEOUT = 60
         upstream = upstream_of(f"http://127.0.0.1:{server.server_port}", read_timeout=0.3)
         with pytest.raises(UpstreamUnavailable):
-            cache.get_manifest(upstream, "app", TAG)
+            manifests.get_manifest(Route(upstream, "app"), TAG)
         upstream.refresh_from_db()
         assert upstream.reachable is False
     finally:
@@ -157,13 +158,13 @@ def test_tls_with_the_upstreams_ca_bundle_or_insecure(mirror_settings, tmp_path)
     with hub_like(IMAGE, tls=certificate) as registry:
         system_trust = upstream_of(registry.url)
         with pytest.raises(UpstreamUnavailable):
-            cache.get_manifest(system_trust, "app", TAG)
+            manifests.get_manifest(Route(system_trust, "app"), TAG)
         with_ca = Upstream.objects.create(
             name="with-ca", url=registry.url + "/", ca_certificates=certificate.ca_cert.read_text()
         )
-        assert cache.get_manifest(with_ca, "app", TAG).digest == IMAGE.digest
+        assert manifests.get_manifest(Route(with_ca, "app"), TAG).digest == IMAGE.digest
         insecure = Upstream.objects.create(name="insecure", url=registry.url + "//", tls_verify=False)
-        assert cache.get_manifest(insecure, "app", TAG).digest == IMAGE.digest
+        assert manifests.get_manifest(Route(insecure, "app"), TAG).digest == IMAGE.digest
 
 
 @pytest.mark.django_db(transaction=True)  # the requests' threads write beside the test
@@ -196,7 +197,7 @@ def test_connections_to_an_upstream_are_limited(mirror_settings):
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     upstream = upstream_of(f"http://127.0.0.1:{server.server_port}", max_connections=2)
-    client = cache.upstream_client(upstream)
+    client = upstream_calls.upstream_client(upstream)
     _ = client.username  # resolve the (anonymous) account before the threads race for it
     sizes: list[int | None] = []
     threads = [

@@ -173,14 +173,15 @@ def test_the_cache_refuses_a_manifest_of_another_media_type_and_stores_nothing(d
     import json
 
     from registry.models import Manifest, Repository
-    from registry.proxy import cache
+    from registry.proxy import manifests
+    from registry.upstreams.routing import Route
 
     upstream, registry, _ = db_upstream
     body = json.dumps({"schemaVersion": 2, "mediaType": media_type, "body": "<script>alert(1)</script>"}).encode()
     registry.script("GET", "/v2/library/x/manifests/1", answer(200, body))
     for _attempt in range(2):
         with pytest.raises(oci.ManifestInvalid):
-            cache.get_manifest(upstream, "x", oci.parse_reference("1"))
+            manifests.get_manifest(Route(upstream, "x"), oci.parse_reference("1"))
     assert len(registry.seen("/v2/library/x/manifests/1")) == 2, "nothing cached: asked again"
     assert not Manifest.objects.exists() and not Repository.objects.exists()
 

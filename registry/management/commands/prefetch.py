@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from registry.jobs import prefetch
+from registry.jobs import prefetch, tasks
 from registry.jobs.gc import format_bytes
 from registry.jobs.imageref import ImageRefInvalid, parse_image, parse_platforms
 from registry.models import PrefetchJob, Upstream
@@ -76,7 +76,7 @@ class Command(BaseCommand):
             finally:
                 bar.close()
         else:
-            job = prefetch.enqueue(image, platforms, requested_by)
+            job = tasks.enqueue_prefetch(image, platforms, requested_by)
             self.stdout.write(f"queued prefetch job {job.pk} for {image}")
             if options["detach"]:
                 return

@@ -11,7 +11,7 @@ web server is all that runs.
 
 SIGINT or SIGTERM stops everything it started; the children also die with this process
 (PR_SET_PDEATHSIG), so a killed launcher leaves nothing behind. A prefetch still running
-when the worker is stopped is resumed later (prefetch.resume_stalled), fetching only what is
+when the worker is stopped is resumed later (tasks.resume_stalled_prefetches), fetching only what is
 missing.
 """
 
