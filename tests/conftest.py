@@ -64,7 +64,8 @@ class SessionImages:
 # a real upstream registry, token server or S3 server in this process, `e2e` runs real mirror
 # processes (tests/e2e). `clients` are the tests whose point is a real client daemon, a browser,
 # `make run` or the benchmark: they run once, on the SQLite pass. `database` is everything that
-# can behave differently on PostgreSQL: it touches the database, in this process or a mirror's.
+# can behave differently on PostgreSQL: it touches the database, in this process or a mirror's
+# (but for ENGINE_INDEPENDENT_MODULES below).
 SERVER_FIXTURES = frozenset({"upstream", "token_server", "images", "fake_upstream", "s3_server", "proxy", "hub"})
 DATABASE_FIXTURES = frozenset({"db", "transactional_db", "django_db_blocker_unblocked", "admin_client", "admin_user"})
 CLIENT_MODULES = frozenset(
@@ -80,6 +81,21 @@ CLIENT_MODULES = frozenset(
         "tests/benchmarks/test_bench_smoke.py",
         "tests/e2e/test_dockerd.py",
         "tests/e2e/test_docker_image.py",
+    }
+)
+# End-to-end modules whose subject is the same whatever the database: the server's handling of
+# connections, what is taken from upstreams, Redis failing, who may read the monitoring
+# endpoints, bounded answers, the visibility memory, the test harness. They run on the SQLite
+# pass only (with the client tests), which keeps the PostgreSQL pass to what can differ there.
+ENGINE_INDEPENDENT_MODULES = frozenset(
+    {
+        "tests/e2e/test_slow_clients.py",
+        "tests/e2e/test_trust_boundaries.py",
+        "tests/e2e/test_redis_outage.py",
+        "tests/e2e/test_monitoring_access.py",
+        "tests/e2e/test_bounded_answers.py",
+        "tests/e2e/test_visibility_outage.py",
+        "tests/e2e/test_upstream_harness.py",
     }
 )
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,6 +114,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(tier)
         if module in CLIENT_MODULES:
             item.add_marker("clients")
+        if module in ENGINE_INDEPENDENT_MODULES:
+            continue
         if tier == "e2e" or fixtures & DATABASE_FIXTURES or item.get_closest_marker("django_db"):
             item.add_marker("database")
 
