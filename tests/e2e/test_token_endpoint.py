@@ -12,9 +12,9 @@ import pytest
 import requests
 
 from access import tokens
+from tests.support.fault_proxy import FaultProxy
 from tests.support.images import MANIFEST_ACCEPT
 from tests.support.mirror import MirrorProcess
-from tests.support.switch_proxy import SwitchProxy
 
 SERVICE = "token-e2e"
 TOKEN_KEY = "token-e2e-key"
@@ -23,8 +23,8 @@ SETUP = 'from django.contrib.auth.models import User; User.objects.create_user("
 
 
 @pytest.fixture(scope="module")
-def counted(upstream) -> Iterator[SwitchProxy]:
-    proxy = SwitchProxy(upstream.url).start()
+def counted(upstream) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(upstream.url).start()
     yield proxy
     proxy.stop()
 

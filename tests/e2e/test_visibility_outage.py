@@ -11,14 +11,14 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from tests.support.fault_proxy import DROP, ERROR, FORWARD, RATE_LIMITED, FaultProxy
 from tests.support.images import MANIFEST_ACCEPT
 from tests.support.mirror import MirrorProcess
-from tests.support.switch_proxy import DROP, ERROR, FORWARD, RATE_LIMITED, SwitchProxy
 
 
 @pytest.fixture
-def switch(upstream) -> Iterator[SwitchProxy]:
-    proxy = SwitchProxy(upstream.url, retry_after=17).start()
+def switch(upstream) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(upstream.url, retry_after=17).start()
     yield proxy
     proxy.stop()
 

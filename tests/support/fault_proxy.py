@@ -1,22 +1,29 @@
-"""An HTTP proxy between the mirror and its upstream that can slow responses down or cut a
-blob download midway, to test what the mirror does when its upstream misbehaves."""
+"""An HTTP proxy between the mirror and its upstream, to test what the mirror does when its
+upstream misbehaves: it slows bodies down, cuts a blob download midway, or is switched to fail
+every request (drop connections unanswered: an unreachable upstream; answer 500; answer 429
+with a Retry-After) and back to forwarding (recovery). It logs every request it receives."""
 
 from __future__ import annotations
 
 import http.client
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import json
 import socket
 import threading
 import time
 from urllib.parse import urlsplit
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection", "host"}
+FORWARD, DROP, ERROR, RATE_LIMITED = "forward", "drop", "500", "429"  # what `mode` makes of every request
 
 
 class FaultProxy:
-    def __init__(self, upstream_url: str):
+    def __init__(self, upstream_url: str, *, retry_after: int = 17):
         target = urlsplit(upstream_url)
         self.target_host, self.target_port = target.hostname, target.port
+        self.mode = FORWARD
+        self.retry_after = retry_after  # the 429s' Retry-After
+        self.paths: list[str] = []  # every request received, in order ("GET /v2/...")
         self.bytes_per_second: float | None = None  # throttle for every body, when set
         self._cuts: list[tuple[str, int]] = []  # (path fragment, bytes to send before cutting)
         self._lock = threading.Lock()
@@ -37,6 +44,23 @@ class FaultProxy:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self.paths)
+
+    def wait_quiet(self, seconds: float = 2.0, timeout: float = 60.0) -> int:
+        """Wait until no request arrived for `seconds` (a process's start-up calls are over)."""
+        deadline = time.monotonic() + timeout
+        last, since = self.count, time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            if self.count != last:
+                last, since = self.count, time.monotonic()
+            elif time.monotonic() - since >= seconds:
+                return last
+        raise AssertionError("the upstream never went quiet")
 
     def cut_next(self, path_fragment: str, after_bytes: int) -> None:
         """The next GET whose path contains `path_fragment` dies after `after_bytes` of body."""
@@ -60,7 +84,29 @@ class FaultProxy:
             def log_message(self, *args: object) -> None:
                 pass
 
+            def fail(self, mode: str) -> None:
+                if mode == DROP:
+                    self.close_connection = True
+                    self.connection.close()  # no answer at all
+                    return
+                code = "UNKNOWN" if mode == ERROR else "TOOMANYREQUESTS"
+                body = json.dumps({"errors": [{"code": code, "message": f"switched to {mode}"}]}).encode()
+                self.send_response(int(mode))
+                self.send_header("Content-Type", "application/json")
+                if mode == RATE_LIMITED:
+                    self.send_header("Retry-After", str(proxy.retry_after))
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
             def forward(self) -> None:
+                with proxy._lock:
+                    proxy.paths.append(f"{self.command} {self.path}")
+                mode = proxy.mode
+                if mode != FORWARD:
+                    self.fail(mode)
+                    return
                 upstream = http.client.HTTPConnection(proxy.target_host, proxy.target_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 upstream.request(self.command, self.path, headers=headers)
