@@ -182,3 +182,46 @@ def test_redis_counts_are_shared_by_whoever_uses_that_redis(shared_redis):
     with pytest.raises(attempts.TooManyAttempts) as refused:
         attempts.begin("alice", ADDRESS)
     assert 590 <= refused.value.retry_after <= 600
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_hung_redis_costs_one_timeout_and_the_database_counts(limits, settings):
+    """A Redis that accepts and never answers: the reservation gives up after the client's timeout
+    (pytest-timeout would catch a hang) and counts in the database; the limit holds."""
+    from registry import redisclients
+    from tests.support.tcp_relay import TcpRelay
+
+    hung = TcpRelay().start()
+    try:
+        settings.REDIS_URL = f"redis://{hung.address}/0"
+        settings.MIRROR_REDIS_TIMEOUT = 0.5
+        redisclients.forget()
+        attempts._last_warning.clear()
+        reserved = [attempts.begin("alice", ADDRESS) for _ in range(5)]
+        assert all(isinstance(attempt, attempts.Attempt) for attempt in reserved)
+        with pytest.raises(attempts.TooManyAttempts):
+            attempts.begin("alice", ADDRESS)
+        assert PasswordAttempts.objects.get(key=attempts.counters("alice", ADDRESS)[0].key).count == 5
+        assert hung.connections >= 1, "Redis was asked first"
+    finally:
+        hung.stop()
+        redisclients.forget()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_neither_redis_nor_the_database_the_check_goes_on_uncounted(limits, settings, monkeypatch, caplog):
+    """Both counters down: the password check is not refused (it fails on the database anyway),
+    nothing raises, and the log says the limit is off."""
+    from django.db import OperationalError
+
+    settings.REDIS_URL = NOBODY_LISTENS
+    attempts._last_warning.clear()
+
+    def database_down(self, active, window):
+        raise OperationalError("the database does not answer")
+
+    monkeypatch.setattr(attempts.DatabaseStore, "reserve", database_down)
+    attempt = attempts.begin("alice", ADDRESS)
+    attempt.succeeded()  # nothing to give back, and no error
+    assert isinstance(attempt, attempts.Attempt)
+    assert "password attempts are not limited" in caplog.text
