@@ -14,7 +14,6 @@ an answer: the next request asks again, so the first one after the upstream reco
 from __future__ import annotations
 
 import logging
-import threading
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -24,7 +23,7 @@ from registry import oci
 from registry.memory import AnswerMemory
 from registry.models import Upstream
 from registry.upstreams import accounts, failover
-from registry.upstreams.client import CredentialsRejected, UpstreamClient
+from registry.upstreams.client import CredentialsRejected
 
 from .models import RepositoryVisibility
 
@@ -36,8 +35,6 @@ RETRY_AFTER_SECONDS = 30  # told to a client when the upstream's 429 named no Re
 ABSENT = "absent"
 # (upstream pk, repository) → public (bool) or ABSENT: answers only, never a failure to ask.
 _known: AnswerMemory[bool | str] = AnswerMemory(4 * 1024 * 1024)
-_clients: dict[int, tuple[tuple, UpstreamClient]] = {}
-_clients_lock = threading.Lock()
 # What an anonymous client that may not pull is told (Docker Hub says 401 even for a
 # repository that does not exist, so the two cannot be told apart, and need not be).
 REFUSED = (oci.Unauthorized, oci.Denied, CredentialsRejected)
@@ -93,7 +90,7 @@ def anonymous_pull_granted(upstream: Upstream, repository: str) -> bool:
     """Ask the upstream as an anonymous client. NameUnknown when it says there is no such
     repository; the upstream's failure (unreachable, rate-limiting) when it gives no answer."""
     try:
-        _anonymous_client(upstream).get_tags(repository, 1, None)
+        failover.anonymous_client(upstream).get_tags(repository, 1, None)
     except REFUSED:
         return False
     return True
@@ -125,22 +122,3 @@ def record_visibility(upstream: Upstream, repository: str, public: bool) -> None
 
 def forget() -> None:
     _known.clear()
-
-
-def _anonymous_client(upstream: Upstream) -> UpstreamClient:
-    """One anonymous client per upstream and process (it caches its tokens and connections)."""
-    connect, read = upstream.timeouts()
-    realm_hosts = tuple(upstream.token_realm_hosts())
-    fingerprint = (upstream.url, upstream.tls_verify, upstream.ca_certificates, connect, read, realm_hosts)
-    with _clients_lock:
-        found = _clients.get(upstream.pk)
-        if found is None or found[0] != fingerprint:
-            client = UpstreamClient(
-                upstream.url,
-                connect_timeout=connect,
-                read_timeout=read,
-                verify=failover.verify_option(upstream),
-                realm_hosts=realm_hosts,
-            )
-            found = _clients[upstream.pk] = (fingerprint, client)
-    return found[1]

@@ -71,19 +71,29 @@ def verify_option(upstream: Upstream) -> bool | str:
 def account_client(upstream: Upstream, state: AccountState, session=None, on_ratelimit=None) -> UpstreamClient:
     """A client of the upstream that authenticates as this account (SecretUnreadable if its
     secret cannot be decrypted)."""
-    connect, read = upstream.timeouts()
     password = decrypt(state.secret) if state.secret else ""
+    return _upstream_client(
+        upstream,
+        state.username,
+        password,
+        on_ratelimit=on_ratelimit,
+        session=session,
+        shared_tokens=tokencache.shared_tokens(),
+    )
+
+
+def _upstream_client(upstream: Upstream, username: str = "", password: str = "", **extra) -> UpstreamClient:
+    """A client of the upstream as its settings say: timeouts, TLS, the realms it may trust."""
+    connect, read = upstream.timeouts()
     return UpstreamClient(
         upstream.url,
-        state.username,
+        username,
         password,
         connect_timeout=connect,
         read_timeout=read,
         verify=verify_option(upstream),
-        on_ratelimit=on_ratelimit,
-        session=session,
-        shared_tokens=tokencache.shared_tokens(),
         realm_hosts=upstream.token_realm_hosts(),
+        **extra,
     )
 
 
@@ -222,6 +232,20 @@ def _fingerprint(upstream: Upstream) -> tuple:
         tuple(upstream.token_realm_hosts()),
         settings.MIRROR_DATA_DIR,
     )
+
+
+_anonymous_clients: dict[int, tuple[tuple, UpstreamClient]] = {}
+
+
+def anonymous_client(upstream: Upstream) -> UpstreamClient:
+    """The process-wide anonymous client of an upstream: it asks what anyone may pull (access's
+    visibility checks), with the upstream's settings and its own tokens and connections."""
+    fingerprint = _fingerprint(upstream)
+    with _failover_lock:
+        found = _anonymous_clients.get(upstream.pk)
+        if found is None or found[0] != fingerprint:
+            found = _anonymous_clients[upstream.pk] = (fingerprint, _upstream_client(upstream))
+    return found[1]
 
 
 def client_for(upstream: Upstream) -> FailoverClient:
